@@ -1,0 +1,101 @@
+// CPU kernel maps and strided output coordinates by hashing (both cores via at::parallel_for).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <climits>
+
+#include "../kmap_checks.h"
+#include "../kmap_element.h"
+
+namespace pointsparse {
+namespace {
+
+constexpr int64_t kGrain = 1024;
+
+// A table sized for n keys; keys start empty, values at fill_value.
+struct OwnedTable {
+  at::Tensor keys, values;
+  HashTable view;
+};
+
+OwnedTable make_table_cpu(int64_t n, int32_t fill_value) {
+  const int64_t capacity = hash_capacity(n);
+  OwnedTable t;
+  t.keys = at::full({capacity}, kEmptyKey, at::dtype(at::kLong));
+  t.values = at::full({capacity}, fill_value, at::dtype(at::kInt));
+  t.view = {t.keys.data_ptr<int64_t>(), t.values.data_ptr<int32_t>(), uint64_t(capacity - 1)};
+  return t;
+}
+
+at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                               const at::Tensor& offsets_, bool symmetric) {
+  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
+  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
+  const at::Tensor offsets = offsets_.contiguous();
+  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
+  const int32_t K = int32_t(offsets.size(0));
+  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  if (n_in == 0 || n_out == 0) return neighbors;
+
+  OwnedTable table = make_table_cpu(n_in, -1);
+  const int32_t* in_ptr = in_coords.data_ptr<int32_t>();
+  std::atomic<bool> duplicate{false};
+  at::parallel_for(0, n_in, kGrain, [&](int64_t begin, int64_t end) {
+    bool seen = false;
+    for (int64_t i = begin; i < end; ++i) seen |= insert_row_element(table.view, in_ptr, i);
+    if (seen) duplicate = true;
+  });
+  check_no_duplicates(duplicate, "in_coords");
+
+  const int32_t* out_ptr = out_coords.data_ptr<int32_t>();
+  const int32_t* off_ptr = offsets.data_ptr<int32_t>();
+  int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
+  const int32_t queried = num_queried_offsets(K, symmetric);
+  at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      for (int32_t k = 0; k < queried; ++k) {
+        kmap_hash_element(table.view, out_ptr, off_ptr, K, symmetric, o, k, nbr_ptr);
+      }
+    }
+  });
+  return neighbors;
+}
+
+at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
+  check_coords(coords_, "coords");
+  const auto factor = check_factor(factor_, "factor");
+  check_downsample_range(coords_, factor);
+  const at::Tensor coords = coords_.contiguous();
+  const int64_t n = coords.size(0);
+  at::Tensor floored = at::empty_like(coords);                  // [N, 4]
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
+  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));
+  if (n == 0) return floored;
+
+  const int32_t* in_ptr = coords.data_ptr<int32_t>();
+  int32_t* floored_ptr = floored.data_ptr<int32_t>();
+  int64_t* key_ptr = keys.data_ptr<int64_t>();
+  bool* first_ptr = is_first.data_ptr<bool>();
+  OwnedTable table = make_table_cpu(n, INT32_MAX);
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      downsample_element(in_ptr, factor.data(), i, floored_ptr, key_ptr);
+      insert_first_row_element(table.view, key_ptr, i);
+    }
+  });
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) first_ptr[i] = is_first_row_element(table.view, key_ptr, i);
+  });
+  return floored.index({is_first});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("build_kmap_hash", &build_kmap_hash_cpu);
+  m.impl("downsample_coords_hash", &downsample_coords_hash_cpu);
+}
+
+}  // namespace pointsparse

@@ -1,0 +1,109 @@
+// CPU packing of coordinates and the CSR / bitmask layouts derived from a neighbour table.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "../kmap_checks.h"
+#include "../kmap_element.h"
+#include "kmap_cpu.h"
+
+namespace pointsparse {
+
+at::Tensor pack_rows_cpu(const at::Tensor& coords) {
+  const int64_t n = coords.size(0);
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
+  const int32_t* c = coords.data_ptr<int32_t>();
+  int64_t* k = keys.data_ptr<int64_t>();
+  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) k[i] = pack_coord(c + 4 * i);
+  });
+  return keys;
+}
+
+namespace {
+
+constexpr int64_t kRowChunk = 8192;
+
+at::Tensor pack_coords_cpu(const at::Tensor& coords) {
+  check_coords(coords, "coords");
+  return pack_rows_cpu(coords.contiguous());
+}
+
+// Two passes over row chunks: count pairs per (chunk, offset), then write each chunk's pairs at
+// its prefix-sum position, so pairs of an offset come out with ascending output rows.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cpu(const at::Tensor& neighbors_) {
+  check_neighbors(neighbors_);
+  const at::Tensor neighbors = neighbors_.contiguous();
+  const int64_t n = neighbors.size(0), K = neighbors.size(1);
+  const int64_t chunks = (n + kRowChunk - 1) / kRowChunk;
+  const int32_t* nbr = neighbors.data_ptr<int32_t>();
+  std::vector<int64_t> start(chunks * K, 0);  // [chunks, K]: count, then write position
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* count = start.data() + c * K;
+      for (int64_t o = c * kRowChunk; o < std::min(n, (c + 1) * kRowChunk); ++o) {
+        for (int64_t k = 0; k < K; ++k) count[k] += nbr[o * K + k] >= 0;
+      }
+    }
+  });
+  at::Tensor offset_ptr = at::empty({K + 1}, neighbors.options().dtype(at::kLong));  // [K + 1]
+  int64_t* ptr = offset_ptr.data_ptr<int64_t>();
+  int64_t total = 0;
+  for (int64_t k = 0; k < K; ++k) {
+    ptr[k] = total;
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t count = start[c * K + k];
+      start[c * K + k] = total;
+      total += count;
+    }
+  }
+  ptr[K] = total;
+  at::Tensor in_idx = at::empty({total}, neighbors.options());   // [P]
+  at::Tensor out_idx = at::empty({total}, neighbors.options());  // [P]
+  int32_t* in_ptr = in_idx.data_ptr<int32_t>();
+  int32_t* out_ptr = out_idx.data_ptr<int32_t>();
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t c = begin; c < end; ++c) {
+      int64_t* pos = start.data() + c * K;
+      for (int64_t o = c * kRowChunk; o < std::min(n, (c + 1) * kRowChunk); ++o) {
+        for (int64_t k = 0; k < K; ++k) {
+          const int32_t i = nbr[o * K + k];
+          if (i < 0) continue;
+          in_ptr[pos[k]] = i;
+          out_ptr[pos[k]] = int32_t(o);
+          ++pos[k];
+        }
+      }
+    }
+  });
+  return {offset_ptr, in_idx, out_idx};
+}
+
+at::Tensor kmap_bitmask_cpu(const at::Tensor& neighbors_) {
+  check_neighbors(neighbors_);
+  const at::Tensor neighbors = neighbors_.contiguous();
+  const int64_t n = neighbors.size(0);
+  const int32_t K = int32_t(neighbors.size(1));
+  const int32_t words = (K + 31) / 32;
+  at::Tensor bitmask = at::empty({n, words}, neighbors.options());  // [N_out, W]
+  const int32_t* nbr = neighbors.data_ptr<int32_t>();
+  int32_t* bits = bitmask.data_ptr<int32_t>();
+  at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
+    for (int64_t o = begin; o < end; ++o) {
+      for (int32_t w = 0; w < words; ++w) bitmask_element(nbr + o * K, K, w, bits + o * words);
+    }
+  });
+  return bitmask;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("pack_coords", &pack_coords_cpu);
+  m.impl("kmap_csr", &kmap_csr_cpu);
+  m.impl("kmap_bitmask", &kmap_bitmask_cpu);
+}
+
+}  // namespace pointsparse

@@ -1,0 +1,139 @@
+// CPU kernel maps and strided output coordinates by sorting packed keys.
+//
+// Keys are sorted once; adding an offset to every output key keeps them sorted, so each offset is
+// one merge of two sorted lists, split into chunks that run in parallel (a binary search finds
+// where each chunk starts in the input keys).
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+
+#include "../kmap_checks.h"
+#include "../kmap_element.h"
+#include "kmap_cpu.h"
+
+namespace pointsparse {
+namespace {
+
+constexpr int64_t kGrain = 1024;
+constexpr int64_t kMergeChunk = 4096;
+
+struct SortedKeys {
+  at::Tensor keys;  // int64 [N] ascending
+  at::Tensor rows;  // int64 [N] row of each key in the unsorted input
+};
+
+SortedKeys sort_keys(const at::Tensor& keys) {
+  auto [sorted, rows] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  return {sorted, rows};
+}
+
+bool has_adjacent_equal(const at::Tensor& sorted) {
+  const int64_t* s = sorted.data_ptr<int64_t>();
+  std::atomic<bool> found{false};
+  at::parallel_for(1, sorted.size(0), kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) {
+      if (!is_run_start(s, j)) {
+        found = true;
+        return;
+      }
+    }
+  });
+  return found;
+}
+
+// Offset k over sorted output positions [begin, end): merge with the sorted input keys.
+void merge_chunk(const SortedKeys& in, const SortedKeys& out, const int32_t* offsets, int32_t K,
+                 bool symmetric, int32_t k, int64_t begin, int64_t end, int32_t* neighbors) {
+  const int64_t* in_keys = in.keys.data_ptr<int64_t>();
+  const int64_t* in_rows = in.rows.data_ptr<int64_t>();
+  const int64_t* out_keys = out.keys.data_ptr<int64_t>();
+  const int64_t* out_rows = out.rows.data_ptr<int64_t>();
+  const int64_t n_in = in.keys.size(0);
+  const bool centre = symmetric && k == K / 2;
+  int64_t p = -1;
+  for (int64_t j = begin; j < end; ++j) {
+    const int64_t o = out_rows[j];
+    int32_t i = int32_t(o);
+    if (!centre) {
+      const int64_t key =
+          shift_key(out_keys[j], offsets[3 * k], offsets[3 * k + 1], offsets[3 * k + 2]);
+      i = -1;
+      if (key != kEmptyKey) {
+        if (p < 0) {
+          p = lower_bound_key(in_keys, n_in, key);
+        } else {
+          while (p < n_in && in_keys[p] < key) ++p;
+        }
+        if (p < n_in && in_keys[p] == key) i = int32_t(in_rows[p]);
+      }
+    }
+    record_neighbor(neighbors, K, o, k, i, symmetric);
+  }
+}
+
+at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                               const at::Tensor& offsets_, bool symmetric) {
+  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
+  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
+  const at::Tensor offsets = offsets_.contiguous();
+  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
+  const int32_t K = int32_t(offsets.size(0));
+  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  if (n_in == 0 || n_out == 0) return neighbors;
+
+  const SortedKeys in = sort_keys(pack_rows_cpu(in_coords));
+  check_no_duplicates(has_adjacent_equal(in.keys), "in_coords");
+  const SortedKeys out = in_coords.is_same(out_coords) ? in : sort_keys(pack_rows_cpu(out_coords));
+
+  const int32_t* off_ptr = offsets.data_ptr<int32_t>();
+  int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
+  const int32_t queried = num_queried_offsets(K, symmetric);
+  const int64_t chunks = (n_out + kMergeChunk - 1) / kMergeChunk;
+  at::parallel_for(0, queried * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int32_t k = int32_t(task / chunks);
+      const int64_t first = (task % chunks) * kMergeChunk;
+      merge_chunk(in, out, off_ptr, K, symmetric, k, first, std::min(first + kMergeChunk, n_out),
+                  nbr_ptr);
+    }
+  });
+  return neighbors;
+}
+
+at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
+  check_coords(coords_, "coords");
+  const auto factor = check_factor(factor_, "factor");
+  check_downsample_range(coords_, factor);
+  const at::Tensor coords = coords_.contiguous();
+  const int64_t n = coords.size(0);
+  at::Tensor floored = at::empty_like(coords);                          // [N, 4]
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
+  if (n == 0) return floored;
+
+  const int32_t* in_ptr = coords.data_ptr<int32_t>();
+  int32_t* floored_ptr = floored.data_ptr<int32_t>();
+  int64_t* key_ptr = keys.data_ptr<int64_t>();
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) downsample_element(in_ptr, factor.data(), i, floored_ptr, key_ptr);
+  });
+  const SortedKeys sorted = sort_keys(keys);
+  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));
+  const int64_t* sorted_ptr = sorted.keys.data_ptr<int64_t>();
+  const int64_t* rows_ptr = sorted.rows.data_ptr<int64_t>();
+  bool* first_ptr = is_first.data_ptr<bool>();
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) first_ptr[rows_ptr[j]] = is_run_start(sorted_ptr, j);
+  });
+  return floored.index({is_first});
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("build_kmap_sort", &build_kmap_sort_cpu);
+  m.impl("downsample_coords_sort", &downsample_coords_sort_cpu);
+}
+
+}  // namespace pointsparse

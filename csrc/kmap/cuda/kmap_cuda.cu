@@ -1,0 +1,263 @@
+// CUDA kernel maps: the per-element logic of kmap_element.h, one thread per element.
+// Kernels take raw pointers; ATen appears only in the entry functions (allocation, sort, checks).
+#include <ATen/ATen.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include <climits>
+
+#include "../kmap_checks.h"
+#include "../kmap_element.h"
+
+namespace pointsparse {
+namespace {
+
+constexpr int kThreads = 256;
+
+inline unsigned int blocks_for(int64_t n) { return unsigned((n + kThreads - 1) / kThreads); }
+
+struct Factor {
+  int32_t v[3];
+};
+
+__global__ void pack_kernel(const int32_t* coords, int64_t n, int64_t* keys) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) keys[i] = pack_coord(coords + 4 * i);
+}
+
+__global__ void insert_rows_kernel(HashTable table, const int32_t* coords, int64_t n, int* duplicate) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n && insert_row_element(table, coords, i)) *duplicate = 1;
+}
+
+// One thread per (output row, queried offset).
+__global__ void kmap_hash_kernel(HashTable table, const int32_t* out_coords, const int32_t* offsets,
+                                 int32_t K, bool symmetric, int64_t n_out, int32_t queried,
+                                 int32_t* neighbors) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= n_out * queried) return;
+  kmap_hash_element(table, out_coords, offsets, K, symmetric, t / queried, int32_t(t % queried),
+                    neighbors);
+}
+
+__global__ void kmap_search_kernel(const int64_t* sorted_keys, const int64_t* sorted_rows,
+                                   int64_t n_in, const int32_t* out_coords, const int32_t* offsets,
+                                   int32_t K, bool symmetric, int64_t n_out, int32_t queried,
+                                   int32_t* neighbors) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= n_out * queried) return;
+  kmap_search_element(sorted_keys, sorted_rows, n_in, out_coords, offsets, K, symmetric,
+                      t / queried, int32_t(t % queried), neighbors);
+}
+
+__global__ void adjacent_equal_kernel(const int64_t* sorted_keys, int64_t n, int* duplicate) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j < n && !is_run_start(sorted_keys, j)) *duplicate = 1;
+}
+
+__global__ void downsample_kernel(const int32_t* coords, Factor factor, int64_t n,
+                                  int32_t* floored, int64_t* keys) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) downsample_element(coords, factor.v, i, floored, keys);
+}
+
+__global__ void insert_first_kernel(HashTable table, const int64_t* keys, int64_t n) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) insert_first_row_element(table, keys, i);
+}
+
+__global__ void is_first_kernel(HashTable table, const int64_t* keys, int64_t n, bool* is_first) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n) is_first[i] = is_first_row_element(table, keys, i);
+}
+
+__global__ void run_start_kernel(const int64_t* sorted_keys, const int64_t* rows, int64_t n,
+                                 bool* is_first) {
+  const int64_t j = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (j < n) is_first[rows[j]] = is_run_start(sorted_keys, j);
+}
+
+__global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, int32_t words,
+                               int32_t* bitmask) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= n * words) return;
+  const int64_t o = t / words;
+  bitmask_element(neighbors + o * K, K, int32_t(t % words), bitmask + o * words);
+}
+
+cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
+
+HashTable view_of(at::Tensor& keys, at::Tensor& values) {
+  return {keys.data_ptr<int64_t>(), values.data_ptr<int32_t>(), uint64_t(keys.size(0) - 1)};
+}
+
+at::Tensor pack_rows_cuda(const at::Tensor& coords) {
+  const int64_t n = coords.size(0);
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
+  if (n > 0) {
+    pack_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(coords.data_ptr<int32_t>(), n,
+                                                          keys.data_ptr<int64_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return keys;
+}
+
+at::Tensor pack_coords_cuda(const at::Tensor& coords) {
+  check_coords(coords, "coords");
+  const c10::cuda::CUDAGuard guard(coords.device());
+  return pack_rows_cuda(coords.contiguous());
+}
+
+at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                                const at::Tensor& offsets_, bool symmetric) {
+  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
+  const c10::cuda::CUDAGuard guard(in_coords_.device());
+  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
+  const at::Tensor offsets = offsets_.contiguous();
+  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
+  const int32_t K = int32_t(offsets.size(0));
+  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  if (n_in == 0 || n_out == 0) return neighbors;
+
+  const int64_t capacity = hash_capacity(n_in);
+  at::Tensor keys = at::full({capacity}, kEmptyKey, in_coords.options().dtype(at::kLong));
+  at::Tensor values = at::full({capacity}, -1, in_coords.options());
+  at::Tensor duplicate = at::zeros({1}, in_coords.options());
+  const HashTable table = view_of(keys, values);
+  insert_rows_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
+      table, in_coords.data_ptr<int32_t>(), n_in, duplicate.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
+
+  const int32_t queried = num_queried_offsets(K, symmetric);
+  kmap_hash_kernel<<<blocks_for(n_out * queried), kThreads, 0, stream()>>>(
+      table, out_coords.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), K, symmetric, n_out,
+      queried, neighbors.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return neighbors;
+}
+
+at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                                const at::Tensor& offsets_, bool symmetric) {
+  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
+  const c10::cuda::CUDAGuard guard(in_coords_.device());
+  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
+  const at::Tensor offsets = offsets_.contiguous();
+  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
+  const int32_t K = int32_t(offsets.size(0));
+  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  if (n_in == 0 || n_out == 0) return neighbors;
+
+  auto [sorted_keys, sorted_rows] = at::sort(pack_rows_cuda(in_coords), /*stable=*/true, 0, false);
+  at::Tensor duplicate = at::zeros({1}, in_coords.options());
+  adjacent_equal_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
+      sorted_keys.data_ptr<int64_t>(), n_in, duplicate.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
+
+  const int32_t queried = num_queried_offsets(K, symmetric);
+  kmap_search_kernel<<<blocks_for(n_out * queried), kThreads, 0, stream()>>>(
+      sorted_keys.data_ptr<int64_t>(), sorted_rows.data_ptr<int64_t>(), n_in,
+      out_coords.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), K, symmetric, n_out, queried,
+      neighbors.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return neighbors;
+}
+
+// Floors coords to multiples of factor. Returns (floored int32 [N, 4], keys int64 [N]).
+std::tuple<at::Tensor, at::Tensor> floor_rows_cuda(const at::Tensor& coords, const Factor& factor) {
+  const int64_t n = coords.size(0);
+  at::Tensor floored = at::empty_like(coords);
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));
+  downsample_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(
+      coords.data_ptr<int32_t>(), factor, n, floored.data_ptr<int32_t>(), keys.data_ptr<int64_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {floored, keys};
+}
+
+Factor checked_factor(const at::Tensor& coords, at::IntArrayRef factor_) {
+  check_coords(coords, "coords");
+  const auto f = check_factor(factor_, "factor");
+  check_downsample_range(coords, f);
+  return {{f[0], f[1], f[2]}};
+}
+
+at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_) {
+  const Factor factor = checked_factor(coords_, factor_);
+  const c10::cuda::CUDAGuard guard(coords_.device());
+  const at::Tensor coords = coords_.contiguous();
+  const int64_t n = coords.size(0);
+  if (n == 0) return at::empty_like(coords);
+  auto [floored, keys] = floor_rows_cuda(coords, factor);
+  const int64_t capacity = hash_capacity(n);
+  at::Tensor table_keys = at::full({capacity}, kEmptyKey, keys.options());
+  at::Tensor table_values = at::full({capacity}, INT32_MAX, coords.options());
+  const HashTable table = view_of(table_keys, table_values);
+  insert_first_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(table, keys.data_ptr<int64_t>(), n);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));
+  is_first_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(table, keys.data_ptr<int64_t>(), n,
+                                                            is_first.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return floored.index({is_first});
+}
+
+at::Tensor downsample_coords_sort_cuda(const at::Tensor& coords_, at::IntArrayRef factor_) {
+  const Factor factor = checked_factor(coords_, factor_);
+  const c10::cuda::CUDAGuard guard(coords_.device());
+  const at::Tensor coords = coords_.contiguous();
+  const int64_t n = coords.size(0);
+  if (n == 0) return at::empty_like(coords);
+  auto [floored, keys] = floor_rows_cuda(coords, factor);
+  auto [sorted_keys, rows] = at::sort(keys, /*stable=*/true, 0, false);
+  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));
+  run_start_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(
+      sorted_keys.data_ptr<int64_t>(), rows.data_ptr<int64_t>(), n, is_first.data_ptr<bool>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return floored.index({is_first});
+}
+
+// Pairs of offset k in ascending output row: nonzero() of the transposed presence mask walks
+// offsets major, rows minor.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cuda(const at::Tensor& neighbors) {
+  check_neighbors(neighbors);
+  const c10::cuda::CUDAGuard guard(neighbors.device());
+  const at::Tensor by_offset = neighbors.t();                  // [K, N_out]
+  const at::Tensor present = by_offset.ge(0);                  // [K, N_out]
+  at::Tensor counts = present.sum(1);                          // [K] int64
+  at::Tensor offset_ptr = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});  // [K + 1]
+  at::Tensor in_idx = by_offset.masked_select(present);        // [P]
+  at::Tensor out_idx = present.nonzero().select(1, 1).to(at::kInt);  // [P]
+  return {offset_ptr, in_idx, out_idx};
+}
+
+at::Tensor kmap_bitmask_cuda(const at::Tensor& neighbors_) {
+  check_neighbors(neighbors_);
+  const c10::cuda::CUDAGuard guard(neighbors_.device());
+  const at::Tensor neighbors = neighbors_.contiguous();
+  const int64_t n = neighbors.size(0);
+  const int32_t K = int32_t(neighbors.size(1));
+  const int32_t words = (K + 31) / 32;
+  at::Tensor bitmask = at::empty({n, words}, neighbors.options());  // [N_out, W]
+  if (n > 0) {
+    bitmask_kernel<<<blocks_for(n * words), kThreads, 0, stream()>>>(
+        neighbors.data_ptr<int32_t>(), n, K, words, bitmask.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return bitmask;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
+  m.impl("pack_coords", &pack_coords_cuda);
+  m.impl("downsample_coords_hash", &downsample_coords_hash_cuda);
+  m.impl("downsample_coords_sort", &downsample_coords_sort_cuda);
+  m.impl("build_kmap_hash", &build_kmap_hash_cuda);
+  m.impl("build_kmap_sort", &build_kmap_sort_cuda);
+  m.impl("kmap_csr", &kmap_csr_cuda);
+  m.impl("kmap_bitmask", &kmap_bitmask_cuda);
+}
+
+}  // namespace pointsparse

@@ -1,0 +1,83 @@
+#include "kmap_checks.h"
+
+#include "../common/coords.h"
+
+namespace pointsparse {
+
+void check_coords(const at::Tensor& coords, const char* name) {
+  TORCH_CHECK_TYPE(coords.scalar_type() == at::kInt, name, " must be int32, got ",
+                   coords.scalar_type(), " (convert with .int() after flooring)");
+  TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, name,
+                    " must have shape [N, 4] as (batch, x, y, z), got ", coords.sizes());
+  if (coords.size(0) == 0) return;
+  const auto [lo, hi] = at::aminmax(coords, 0);
+  const at::Tensor lo_cpu = lo.cpu(), hi_cpu = hi.cpu();
+  const int32_t* mn = lo_cpu.data_ptr<int32_t>();
+  const int32_t* mx = hi_cpu.data_ptr<int32_t>();
+  TORCH_CHECK_VALUE(mn[0] >= 0 && mx[0] <= kBatchMax, name, ": batch index must be in [0, ",
+                    kBatchMax, "], got values in [", mn[0], ", ", mx[0], "]");
+  static const char* axes[] = {"x", "y", "z"};
+  for (int a = 1; a < 4; ++a) {
+    TORCH_CHECK_VALUE(mn[a] >= kCoordMin && mx[a] <= kCoordMax, name, ": ", axes[a - 1],
+                      " coordinates must be in [", kCoordMin, ", ", kCoordMax, "], got values in [",
+                      mn[a], ", ", mx[a], "]");
+  }
+}
+
+std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name) {
+  TORCH_CHECK_VALUE(factor.size() == 3, name, " must have 3 entries, got ", factor.size());
+  std::array<int32_t, 3> out{};
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK_VALUE(factor[a] > 0 && factor[a] <= kCoordMax, name,
+                      " entries must be positive and at most ", kCoordMax, ", got ", factor);
+    out[a] = int32_t(factor[a]);
+  }
+  return out;
+}
+
+void check_downsample_range(const at::Tensor& coords, const std::array<int32_t, 3>& factor) {
+  if (coords.size(0) == 0) return;
+  const at::Tensor lo = std::get<0>(at::aminmax(coords, 0)).cpu();
+  const int32_t* mn = lo.data_ptr<int32_t>();
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK_VALUE(floor_to_multiple(mn[a + 1], factor[a]) >= kCoordMin,
+                      "downsampled coordinates leave the packable range: floor(", mn[a + 1], " / ",
+                      factor[a], ") * ", factor[a], " < ", kCoordMin);
+  }
+}
+
+void check_kmap_inputs(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                       const at::Tensor& offsets, bool symmetric) {
+  check_coords(in_coords, "in_coords");
+  check_coords(out_coords, "out_coords");
+  TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt, "offsets must be int32, got ",
+                   offsets.scalar_type());
+  TORCH_CHECK_VALUE(offsets.dim() == 2 && offsets.size(1) == 3 && offsets.size(0) > 0,
+                    "offsets must have shape [K, 3] with K > 0, got ", offsets.sizes());
+  TORCH_CHECK_VALUE(in_coords.device() == out_coords.device() &&
+                        in_coords.device() == offsets.device(),
+                    "in_coords, out_coords and offsets must be on one device, got ",
+                    in_coords.device(), ", ", out_coords.device(), ", ", offsets.device());
+  TORCH_CHECK_VALUE(in_coords.size(0) < (int64_t{1} << 31) && out_coords.size(0) < (int64_t{1} << 31),
+                    "kernel maps index rows with int32: at most 2^31 - 1 coordinates");
+  if (!symmetric) return;
+  TORCH_CHECK_VALUE(in_coords.is_same(out_coords) || at::equal(in_coords, out_coords),
+                    "symmetric kernel maps need out_coords equal to in_coords (submanifold)");
+  const int64_t K = offsets.size(0);
+  TORCH_CHECK_VALUE(K % 2 == 1 && at::equal(offsets, -offsets.flip(0)),
+                    "symmetric kernel maps need offset K-1-k == -offset k (odd, centred kernel)");
+}
+
+void check_neighbors(const at::Tensor& neighbors) {
+  TORCH_CHECK_TYPE(neighbors.scalar_type() == at::kInt, "neighbors must be int32, got ",
+                   neighbors.scalar_type());
+  TORCH_CHECK_VALUE(neighbors.dim() == 2, "neighbors must have shape [N_out, K], got ",
+                    neighbors.sizes());
+}
+
+void check_no_duplicates(bool has_duplicates, const char* name) {
+  TORCH_CHECK_VALUE(!has_duplicates, name,
+                    " holds duplicate coordinates; deduplicate them (e.g. sparse_quantize) first");
+}
+
+}  // namespace pointsparse

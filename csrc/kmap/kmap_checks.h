@@ -1,0 +1,31 @@
+// Input validation shared by the CPU and CUDA kernel-map entry functions. Every failure raises a
+// Python exception (TypeError / ValueError) that names the offending tensor and bound.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <array>
+
+namespace pointsparse {
+
+// coords: int32 [N, 4] (batch, x, y, z); batch in [0, 511], x/y/z in [-131072, 131071].
+void check_coords(const at::Tensor& coords, const char* name);
+
+// factor: 3 positive ints (one per spatial axis). Returns them as int32.
+std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name);
+
+// Floored coordinates coords // factor * factor must stay inside the packable range.
+void check_downsample_range(const at::Tensor& coords, const std::array<int32_t, 3>& factor);
+
+// in_coords, out_coords: checked coords; offsets: int32 [K, 3] on the same device.
+// symmetric requires out_coords to be in_coords, K odd and offset K-1-k == -offset k.
+void check_kmap_inputs(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                       const at::Tensor& offsets, bool symmetric);
+
+// neighbors: int32 [N_out, K].
+void check_neighbors(const at::Tensor& neighbors);
+
+// Raises the duplicate-coordinate ValueError when flagged.
+void check_no_duplicates(bool has_duplicates, const char* name);
+
+}  // namespace pointsparse

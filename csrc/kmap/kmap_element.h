@@ -1,0 +1,104 @@
+// Per-(output row, offset) kernel-map logic shared by the CPU loops and the CUDA kernels.
+//
+// neighbors is row-major [N_out, K] int32, -1 where absent. In a symmetric (submanifold, odd
+// kernel) map offset K-1-k is the negation of offset k, so a match o + d_k = i also gives
+// i + d_{K-1-k} = o: only offsets 0 .. K/2 are queried and the mirrored entry is written too.
+// The centre offset K/2 is the identity there and needs no lookup.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/coords.h"
+#include "../common/hash_table.h"
+#include "../common/host_device.h"
+
+namespace pointsparse {
+
+// Offsets each output row queries: all K, or 0 .. K/2 when symmetric.
+PS_HD int32_t num_queried_offsets(int32_t K, bool symmetric) { return symmetric ? K / 2 + 1 : K; }
+
+// Stores input row i (or -1) as neighbour k of output row o, and its mirror when symmetric.
+PS_HD void record_neighbor(int32_t* neighbors, int32_t K, int64_t o, int32_t k, int32_t i,
+                           bool symmetric) {
+  neighbors[o * K + k] = i;
+  if (symmetric && i >= 0) neighbors[int64_t(i) * K + (K - 1 - k)] = int32_t(o);
+}
+
+// Key of output row o shifted by offset k (offsets: [K, 3] int32 in coordinate units).
+PS_HD int64_t query_key(const int32_t* out_coords, const int32_t* offsets, int64_t o, int32_t k) {
+  return shift_key(pack_coord(out_coords + 4 * o), offsets[3 * k], offsets[3 * k + 1],
+                   offsets[3 * k + 2]);
+}
+
+// Hash-table kernel map: neighbour k of output row o.
+PS_HD void kmap_hash_element(HashTable table, const int32_t* out_coords, const int32_t* offsets,
+                             int32_t K, bool symmetric, int64_t o, int32_t k, int32_t* neighbors) {
+  int32_t i = int32_t(o);
+  if (!(symmetric && k == K / 2)) {
+    const int64_t key = query_key(out_coords, offsets, o, k);
+    i = key == kEmptyKey ? -1 : hash_lookup(table, key);
+  }
+  record_neighbor(neighbors, K, o, k, i, symmetric);
+}
+
+// Sorted-key kernel map by binary search: neighbour k of output row o.
+// sorted_keys / sorted_rows: [N_in] input keys ascending and the input row of each.
+PS_HD void kmap_search_element(const int64_t* sorted_keys, const int64_t* sorted_rows, int64_t n_in,
+                               const int32_t* out_coords, const int32_t* offsets, int32_t K,
+                               bool symmetric, int64_t o, int32_t k, int32_t* neighbors) {
+  int32_t i = int32_t(o);
+  if (!(symmetric && k == K / 2)) {
+    const int64_t key = query_key(out_coords, offsets, o, k);
+    i = -1;
+    if (key != kEmptyKey) {
+      const int64_t pos = lower_bound_key(sorted_keys, n_in, key);
+      if (pos < n_in && sorted_keys[pos] == key) i = int32_t(sorted_rows[pos]);
+    }
+  }
+  record_neighbor(neighbors, K, o, k, i, symmetric);
+}
+
+// Packs input row i into the table with value i. Returns true when the key was already there.
+PS_HD bool insert_row_element(HashTable table, const int32_t* coords, int64_t i) {
+  bool was_new = false;
+  const int64_t slot = hash_insert(table, pack_coord(coords + 4 * i), &was_new);
+  if (was_new) table.values[slot] = int32_t(i);
+  return !was_new;
+}
+
+// Floors row i of coords to a multiple of factor: writes out_coords[i] and its key out_keys[i].
+PS_HD void downsample_element(const int32_t* coords, const int32_t* factor, int64_t i,
+                              int32_t* out_coords, int64_t* out_keys) {
+  downsample_coord(coords + 4 * i, factor, out_coords + 4 * i);
+  out_keys[i] = pack_coord(out_coords + 4 * i);
+}
+
+// Inserts keys[i] keeping, per key, the smallest row that carries it (values start at INT32_MAX).
+PS_HD void insert_first_row_element(HashTable table, const int64_t* keys, int64_t i) {
+  bool was_new = false;
+  const int64_t slot = hash_insert(table, keys[i], &was_new);
+  atomic_min_i32(&table.values[slot], int32_t(i));
+}
+
+// Row i is the first occurrence of its key when the table kept i for it.
+PS_HD bool is_first_row_element(HashTable table, const int64_t* keys, int64_t i) {
+  return table.values[hash_find(table, keys[i])] == int32_t(i);
+}
+
+// Position j of a stable sort starts a run of equal keys; its row is that key's first occurrence.
+PS_HD bool is_run_start(const int64_t* sorted_keys, int64_t j) {
+  return j == 0 || sorted_keys[j] != sorted_keys[j - 1];
+}
+
+// Bit k % 32 of word k / 32 is set when neighbour k of the row exists.
+// row: [K] int32 neighbours of one output; words: [W] int32, W = ceil(K / 32).
+PS_HD void bitmask_element(const int32_t* row, int32_t K, int32_t word, int32_t* words) {
+  uint32_t bits = 0;
+  const int32_t end = K < 32 * (word + 1) ? K : 32 * (word + 1);
+  for (int32_t k = 32 * word; k < end; ++k) {
+    if (row[k] >= 0) bits |= 1u << (k - 32 * word);
+  }
+  words[word] = int32_t(bits);
+}
+
+}  // namespace pointsparse

@@ -1,0 +1,34 @@
+// Every schema of the pointsparse operator library, defined once. Backends register their kernels
+// from their own files with TORCH_LIBRARY_IMPL; the dispatcher picks CPU or CUDA by the inputs.
+//
+// Coordinates are int32 [N, 4] as (batch, x, y, z), unique per tensor, batch in [0, 511] and
+// x/y/z in [-131072, 131071] (the packable range, see csrc/common/coords.h).
+#include <Python.h>
+#include <torch/library.h>
+
+TORCH_LIBRARY(pointsparse, m) {
+  // coords int32 [N, 4] -> keys int64 [N]; key order is lexicographic (b, x, y, z).
+  m.def("pack_coords(Tensor coords) -> Tensor");
+  // coords int32 [N, 4], factor 3 ints > 0 -> unique floor(c / factor) * factor, int32 [M, 4],
+  // in order of first occurrence in coords. Two algorithms with identical results.
+  m.def("downsample_coords_hash(Tensor coords, int[] factor) -> Tensor");
+  m.def("downsample_coords_sort(Tensor coords, int[] factor) -> Tensor");
+  // in_coords int32 [N_in, 4], out_coords int32 [N_out, 4], offsets int32 [K, 3] in coordinate
+  // units -> neighbors int32 [N_out, K]: row of in_coords at out_coords[o] + offsets[k], -1 if none.
+  // symmetric: submanifold map of an odd centred kernel (out_coords == in_coords).
+  m.def("build_kmap_hash(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric) -> Tensor");
+  m.def("build_kmap_sort(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric) -> Tensor");
+  // neighbors int32 [N_out, K] -> per-offset pairs as CSR: offset_ptr int64 [K + 1],
+  // in_idx int32 [P], out_idx int32 [P]; pairs of offset k sit in offset_ptr[k] .. offset_ptr[k+1]
+  // with out_idx ascending.
+  m.def("kmap_csr(Tensor neighbors) -> (Tensor offset_ptr, Tensor in_idx, Tensor out_idx)");
+  // neighbors int32 [N_out, K] -> bitmask int32 [N_out, ceil(K / 32)]; bit k % 32 of word k / 32
+  // is set where neighbour k exists.
+  m.def("kmap_bitmask(Tensor neighbors) -> Tensor");
+}
+
+// The extension is imported as pointsparse._C only to run the registrations above.
+extern "C" PyObject* PyInit__C(void) {
+  static PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}

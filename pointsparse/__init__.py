@@ -1,0 +1,28 @@
+"""pointsparse: sparse convolution over voxelised point clouds, on CPU and CUDA."""
+
+import torch  # noqa: F401  (the extension links against torch's libraries)
+
+from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
+from . import ops
+from .config import ConvConfig, KernelMapAlgo
+from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cached_kernel_map
+from .offsets import kernel_offsets
+from .quantize import sparse_collate, sparse_quantize
+from .tensor import SparseTensor, kernel_map
+
+__all__ = [
+    "ConvConfig",
+    "KernelMap",
+    "KernelMapAlgo",
+    "KernelMapCache",
+    "KernelMapKey",
+    "SparseTensor",
+    "build_kernel_map",
+    "cached_kernel_map",
+    "kernel_map",
+    "kernel_offsets",
+    "ops",
+    "sparse_collate",
+    "sparse_quantize",
+]
+

@@ -1,0 +1,169 @@
+"""Kernel maps: which input row feeds which output row through which kernel offset.
+
+A :class:`KernelMap` holds one map in every layout the dataflows use. Maps are built once per
+(tensor stride, kernel size, stride, dilation, transposed) and cached in the
+:class:`KernelMapCache` owned by a sparse tensor and shared with the tensors derived from it.
+
+Output coordinates (MinkowskiEngine semantics):
+  * stride 1 (submanifold): the input coordinates;
+  * stride s on a tensor of stride t: unique ``floor(c / (t*s)) * (t*s)`` per batch, in order of first
+    occurrence, at tensor stride ``t*s``;
+  * transposed, stride s on a tensor of stride ``t*s``: the coordinates of the finer tensor at stride
+    t, with the strided map from t reused with input and output swapped.
+Output row o takes input row i through offset k when ``coords_in[i] = coords_out[o] + d_k * t``,
+``d_k`` being row k of :func:`~pointsparse.offsets.kernel_offsets` (dilation included).
+"""
+
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .config import ConvConfig, KernelMapAlgo
+from .offsets import IntOrTriple, as_triple, kernel_offsets
+
+Triple = Tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class KernelMap:
+    """One kernel map in all layouts. Indices are 0-based int32 rows; -1 marks absence."""
+
+    neighbors: Tensor   # int32 [N_out, K]: input row of output o at offset k, -1 if none
+    offset_ptr: Tensor  # int64 [K + 1]: pairs of offset k are offset_ptr[k] .. offset_ptr[k+1]
+    in_idx: Tensor      # int32 [P]: input row of each pair
+    out_idx: Tensor     # int32 [P]: output row of each pair, ascending within an offset
+    bitmask: Tensor     # int32 [N_out, ceil(K / 32)]: bit k % 32 of word k // 32 = neighbour k exists
+    out_coords: Tensor  # int32 [N_out, 4]
+    out_stride: Triple  # tensor stride of the output
+
+    @property
+    def num_out(self) -> int:
+        return self.out_coords.shape[0]
+
+    @property
+    def num_offsets(self) -> int:
+        return self.neighbors.shape[1]
+
+    @property
+    def pair_counts(self) -> Tensor:
+        """int64 ``[K]``: pairs per offset (``n_k``)."""
+        return self.offset_ptr.diff()
+
+    @staticmethod
+    def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
+        offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
+        return KernelMap(neighbors, offset_ptr, in_idx, out_idx, ops.kmap_bitmask(neighbors),
+                         out_coords, out_stride)
+
+    def transposed(self, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
+        """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
+        neighbors = torch.full((out_coords.shape[0], self.num_offsets), -1, dtype=torch.int32,
+                               device=out_coords.device)                       # [N_in, K]
+        offset_of_pair = torch.repeat_interleave(
+            torch.arange(self.num_offsets, device=out_coords.device), self.pair_counts)  # [P]
+        neighbors[self.in_idx.long(), offset_of_pair] = self.out_idx
+        return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
+
+
+@dataclass(frozen=True)
+class KernelMapKey:
+    tensor_stride: Triple
+    kernel_size: Triple
+    stride: Triple
+    dilation: Triple
+    transposed: bool
+
+
+@dataclass
+class KernelMapCache:
+    """Maps and coordinates of one family of tensors; owned by tensors, never global.
+
+    ``coords[t]`` holds the coordinates at tensor stride t, so that a strided conv reuses the
+    coarser coordinates already made and a transposed conv finds the finer ones it returns to.
+    """
+
+    kmaps: Dict[KernelMapKey, KernelMap] = field(default_factory=dict)
+    coords: Dict[Triple, Tensor] = field(default_factory=dict)
+
+
+def _mul(a: Triple, b: Triple) -> Triple:
+    return (a[0] * b[0], a[1] * b[1], a[2] * b[2])
+
+
+def build_neighbors(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
+                    algo: KernelMapAlgo) -> Tensor:
+    """Neighbour table int32 ``[N_out, K]`` by the chosen algorithm (offsets in coordinate units)."""
+    build = ops.build_kmap_hash if algo is KernelMapAlgo.HASH else ops.build_kmap_sort
+    return build(in_coords, out_coords, offsets, symmetric)
+
+
+def downsample_coords(coords: Tensor, factor: Triple, algo: KernelMapAlgo) -> Tensor:
+    """Unique ``floor(c / factor) * factor`` per batch, int32 ``[M, 4]``, in first-occurrence order."""
+    down = ops.downsample_coords_hash if algo is KernelMapAlgo.HASH else ops.downsample_coords_sort
+    return down(coords, factor)
+
+
+def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTriple,
+                     stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
+                     config: ConvConfig = ConvConfig(),
+                     out_coords: Optional[Tensor] = None) -> KernelMap:
+    """Uncached forward (non-transposed) map from ``coords`` int32 ``[N, 4]`` at ``tensor_stride``.
+
+    ``out_coords`` may supply the coarser coordinates of a strided conv (they must be what
+    downsampling would give, possibly in another order); by default they are computed.
+    """
+    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+    dil = as_triple(dilation, "dilation")
+    offsets = (kernel_offsets(size, dil) * torch.tensor(tensor_stride, dtype=torch.int32)).to(coords.device)
+    submanifold = step == (1, 1, 1)
+    out_stride = _mul(tensor_stride, step)
+    if submanifold:
+        out_coords = coords
+    elif out_coords is None:
+        out_coords = downsample_coords(coords, out_stride, config.kmap)
+    symmetric = submanifold and all(s % 2 == 1 for s in size)
+    neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap)
+    return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
+
+
+def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Triple,
+                      kernel_size: IntOrTriple, stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
+                      transposed: bool = False, config: ConvConfig = ConvConfig()) -> KernelMap:
+    """The map of a conv on ``coords`` at ``tensor_stride``, from ``cache`` or built into it."""
+    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+    dil = as_triple(dilation, "dilation")
+    key = KernelMapKey(tensor_stride, size, step, dil, transposed)
+    if key in cache.kmaps:
+        return cache.kmaps[key]
+    cache.coords.setdefault(tensor_stride, coords)
+    if transposed:
+        kmap = _transposed_kernel_map(cache, coords, tensor_stride, size, step, dil, config)
+    else:
+        out_stride = _mul(tensor_stride, step)
+        kmap = build_kernel_map(coords, tensor_stride, size, step, dil, config,
+                                out_coords=cache.coords.get(out_stride))
+        cache.coords.setdefault(out_stride, kmap.out_coords)
+    cache.kmaps[key] = kmap
+    return kmap
+
+
+def _transposed_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Triple,
+                           size: Triple, step: Triple, dil: Triple, config: ConvConfig) -> KernelMap:
+    if any(t % s for t, s in zip(tensor_stride, step)):
+        raise ValueError(f"transposed conv with stride {step} needs a tensor stride divisible by it, "
+                         f"got tensor stride {tensor_stride}")
+    fine_stride = tuple(t // s for t, s in zip(tensor_stride, step))
+    fine_coords = cache.coords.get(fine_stride)
+    if fine_coords is None:
+        raise ValueError(
+            f"transposed conv with stride {step} on a tensor of stride {tensor_stride} needs the "
+            f"coordinates at stride {fine_stride}, made by the strided conv it inverts; this "
+            f"tensor's cache has strides {sorted(cache.coords)}")
+    forward = cached_kernel_map(cache, fine_coords, fine_stride, size, step, dil, False, config)
+    if forward.num_out != coords.shape[0]:
+        raise ValueError(f"transposed conv: the tensor has {coords.shape[0]} rows but the strided "
+                         f"map it inverts has {forward.num_out} outputs")
+    return forward.transposed(fine_coords, fine_stride)

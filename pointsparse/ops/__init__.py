@@ -1,0 +1,25 @@
+"""Typed wrappers over ``torch.ops.pointsparse``; importing registers the fake kernels."""
+
+from .kmap import (
+    BATCH_RANGE,
+    COORD_RANGE,
+    build_kmap_hash,
+    build_kmap_sort,
+    downsample_coords_hash,
+    downsample_coords_sort,
+    kmap_bitmask,
+    kmap_csr,
+    pack_coords,
+)
+
+__all__ = [
+    "BATCH_RANGE",
+    "COORD_RANGE",
+    "build_kmap_hash",
+    "build_kmap_sort",
+    "downsample_coords_hash",
+    "downsample_coords_sort",
+    "kmap_bitmask",
+    "kmap_csr",
+    "pack_coords",
+]

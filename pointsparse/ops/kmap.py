@@ -1,0 +1,92 @@
+"""Typed wrappers over the kernel-map ops ``torch.ops.pointsparse.*`` and their fake kernels.
+
+Coordinates are int32 ``[N, 4]`` rows ``(batch, x, y, z)``, unique, with batch in ``[0, 511]`` and
+x/y/z in ``[-131072, 131071]`` (see :data:`COORD_RANGE`). Row indices are 0-based int32; ``-1``
+marks an absent neighbour.
+"""
+
+from typing import Sequence, Tuple
+
+import torch
+from torch import Tensor
+
+BATCH_RANGE = (0, 511)
+COORD_RANGE = (-131072, 131071)
+
+_ops = torch.ops.pointsparse
+
+
+def pack_coords(coords: Tensor) -> Tensor:
+    """Packs coords int32 ``[N, 4]`` into int64 keys ``[N]`` ordered like ``(b, x, y, z)`` tuples."""
+    return _ops.pack_coords(coords)
+
+
+def downsample_coords_hash(coords: Tensor, factor: Sequence[int]) -> Tensor:
+    """Unique ``floor(c / factor) * factor`` of coords int32 ``[N, 4]`` per batch, as int32 ``[M, 4]``
+    in order of first occurrence; deduplicated with a hash table. ``factor``: 3 ints > 0."""
+    return _ops.downsample_coords_hash(coords, list(factor))
+
+
+def downsample_coords_sort(coords: Tensor, factor: Sequence[int]) -> Tensor:
+    """Same result as :func:`downsample_coords_hash`, deduplicated by sorting packed keys."""
+    return _ops.downsample_coords_sort(coords, list(factor))
+
+
+def build_kmap_hash(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool) -> Tensor:
+    """Neighbour table int32 ``[N_out, K]``: the row of ``in_coords`` (int32 ``[N_in, 4]``) at
+    ``out_coords[o] + offsets[k]``, or -1. ``offsets``: int32 ``[K, 3]`` in coordinate units.
+    ``symmetric``: a submanifold map of an odd centred kernel (``out_coords`` is ``in_coords``),
+    built from half the queries. Duplicate input coordinates raise ``ValueError``."""
+    return _ops.build_kmap_hash(in_coords, out_coords, offsets, symmetric)
+
+
+def build_kmap_sort(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool) -> Tensor:
+    """Same table as :func:`build_kmap_hash`, found by merging sorted packed keys (CPU) or by
+    binary search in them (CUDA)."""
+    return _ops.build_kmap_sort(in_coords, out_coords, offsets, symmetric)
+
+
+def kmap_csr(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    """Per-offset pairs of a neighbour table int32 ``[N_out, K]`` as CSR: ``offset_ptr`` int64
+    ``[K + 1]``, ``in_idx`` and ``out_idx`` int32 ``[P]``; within an offset, ``out_idx`` ascends."""
+    return _ops.kmap_csr(neighbors)
+
+
+def kmap_bitmask(neighbors: Tensor) -> Tensor:
+    """Presence bits of a neighbour table int32 ``[N_out, K]`` as int32 ``[N_out, ceil(K / 32)]``:
+    bit ``k % 32`` of word ``k // 32`` is set where neighbour k exists."""
+    return _ops.kmap_bitmask(neighbors)
+
+
+@torch.library.register_fake("pointsparse::pack_coords")
+def _pack_coords_fake(coords: Tensor) -> Tensor:
+    return coords.new_empty((coords.shape[0],), dtype=torch.int64)
+
+
+def _downsample_fake(coords: Tensor, factor: Sequence[int]) -> Tensor:
+    num_out = torch.library.get_ctx().new_dynamic_size()
+    return coords.new_empty((num_out, 4))
+
+
+torch.library.register_fake("pointsparse::downsample_coords_hash", _downsample_fake)
+torch.library.register_fake("pointsparse::downsample_coords_sort", _downsample_fake)
+
+
+def _build_kmap_fake(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool) -> Tensor:
+    return out_coords.new_empty((out_coords.shape[0], offsets.shape[0]))
+
+
+torch.library.register_fake("pointsparse::build_kmap_hash", _build_kmap_fake)
+torch.library.register_fake("pointsparse::build_kmap_sort", _build_kmap_fake)
+
+
+@torch.library.register_fake("pointsparse::kmap_csr")
+def _kmap_csr_fake(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    num_pairs = torch.library.get_ctx().new_dynamic_size()
+    offset_ptr = neighbors.new_empty((neighbors.shape[1] + 1,), dtype=torch.int64)
+    return offset_ptr, neighbors.new_empty((num_pairs,)), neighbors.new_empty((num_pairs,))
+
+
+@torch.library.register_fake("pointsparse::kmap_bitmask")
+def _kmap_bitmask_fake(neighbors: Tensor) -> Tensor:
+    return neighbors.new_empty((neighbors.shape[0], (neighbors.shape[1] + 31) // 32))

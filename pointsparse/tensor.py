@@ -1,0 +1,109 @@
+"""SparseTensor: features at unique integer voxel coordinates, with a shared kernel-map cache."""
+
+from typing import Optional, Sequence, Union
+
+import torch
+from torch import Tensor
+
+from .config import ConvConfig
+from .kmap import KernelMap, KernelMapCache, Triple, cached_kernel_map
+from .offsets import IntOrTriple, as_triple
+
+
+def check_coords_tensor(coords: Tensor, name: str = "coords") -> None:
+    """coords must be an int32 ``[N, 4]`` tensor (range and uniqueness are checked by the ops)."""
+    if not isinstance(coords, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(coords).__name__}")
+    if coords.dtype != torch.int32:
+        raise TypeError(f"{name} must be int32 (batch, x, y, z), got {coords.dtype}; "
+                        "quantise float positions with sparse_quantize or floor(...).int()")
+    if coords.dim() != 2 or coords.shape[1] != 4:
+        raise ValueError(f"{name} must have shape [N, 4] as (batch, x, y, z), got {tuple(coords.shape)}")
+
+
+class SparseTensor:
+    """Features ``feats [N, C]`` at coordinates ``coords`` int32 ``[N, 4]`` = (batch, x, y, z).
+
+    Coordinates are in units of the finest grid and are multiples of the tensor ``stride`` (a 3-tuple).
+    They must be unique; duplicates are reported when a kernel map is built. ``cache`` holds kernel
+    maps and the coordinates at each tensor stride; tensors derived from this one share it.
+    """
+
+    def __init__(self, feats: Tensor, coords: Tensor, stride: IntOrTriple = 1,
+                 cache: Optional[KernelMapCache] = None):
+        check_coords_tensor(coords)
+        if not isinstance(feats, Tensor):
+            raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+        if feats.dim() != 2 or feats.shape[0] != coords.shape[0]:
+            raise ValueError(f"feats must have shape [N, C] with N = {coords.shape[0]} rows of coords, "
+                             f"got {tuple(feats.shape)}")
+        if feats.device != coords.device:
+            raise ValueError(f"feats ({feats.device}) and coords ({coords.device}) must share a device")
+        self.feats = feats
+        self.coords = coords
+        self.stride: Triple = as_triple(stride, "stride")
+        self.cache = cache if cache is not None else KernelMapCache()
+        self.cache.coords.setdefault(self.stride, coords)
+
+    @property
+    def num_channels(self) -> int:
+        return self.feats.shape[1]
+
+    @property
+    def batch_size(self) -> int:
+        return int(self.coords[:, 0].max()) + 1 if self.coords.shape[0] else 0
+
+    def with_feats(self, feats: Tensor) -> "SparseTensor":
+        """Same coordinates, stride and cache, new ``feats [N, C']``."""
+        return SparseTensor(feats, self.coords, self.stride, self.cache)
+
+    def to(self, target: Union[torch.device, str, torch.dtype], non_blocking: bool = False) -> "SparseTensor":
+        """A dtype converts the features; a device moves both (with a fresh cache on a new device)."""
+        if isinstance(target, torch.dtype):
+            return self.with_feats(self.feats.to(target))
+        device = torch.device(target)
+        if device == self.coords.device:
+            return self
+        return SparseTensor(self.feats.to(device, non_blocking=non_blocking),
+                            self.coords.to(device, non_blocking=non_blocking), self.stride)
+
+    def cpu(self) -> "SparseTensor":
+        return self.to("cpu")
+
+    def cuda(self) -> "SparseTensor":
+        return self.to("cuda")
+
+    def dense(self, spatial_shape: Optional[Sequence[int]] = None,
+              origin: Sequence[int] = (0, 0, 0)) -> Tensor:
+        """Dense ``[B, C, X, Y, Z]`` grid (zeros where empty); voxel c lands at ``(c - origin) / stride``.
+
+        ``spatial_shape`` defaults to the smallest grid holding every voxel.
+        """
+        step = torch.tensor(self.stride, device=self.coords.device)
+        offset = self.coords[:, 1:] - torch.tensor(origin, device=self.coords.device)  # [N, 3]
+        if bool((offset % step != 0).any()):
+            raise ValueError(f"coordinates minus origin {tuple(origin)} must be multiples of the "
+                             f"tensor stride {self.stride}")
+        index = (offset // step).long()                                                 # [N, 3]
+        if spatial_shape is None:
+            spatial_shape = (index.max(0).values + 1).tolist() if index.shape[0] else [0, 0, 0]
+        shape = as_triple(tuple(spatial_shape), "spatial_shape", minimum=0)
+        if index.shape[0] and (bool((index < 0).any()) or
+                               bool((index >= torch.tensor(shape, device=index.device)).any())):
+            raise ValueError(f"coordinates fall outside the dense grid {shape} at origin {tuple(origin)}")
+        grid = self.feats.new_zeros((self.batch_size, *shape, self.num_channels))     # [B, X, Y, Z, C]
+        grid[self.coords[:, 0].long(), index[:, 0], index[:, 1], index[:, 2]] = self.feats
+        return grid.permute(0, 4, 1, 2, 3).contiguous()                               # [B, C, X, Y, Z]
+
+    def __repr__(self) -> str:
+        return (f"SparseTensor(num_points={self.coords.shape[0]}, channels={self.num_channels}, "
+                f"stride={self.stride}, dtype={self.feats.dtype}, device={self.coords.device})")
+
+
+def kernel_map(x: SparseTensor, kernel_size: IntOrTriple = 3, stride: IntOrTriple = 1,
+               dilation: IntOrTriple = 1, transposed: bool = False,
+               config: ConvConfig = ConvConfig()) -> KernelMap:
+    """The kernel map of a conv applied to ``x``, from ``x.cache`` or built into it
+    (semantics in :mod:`pointsparse.kmap`)."""
+    return cached_kernel_map(x.cache, x.coords, x.stride, kernel_size, stride, dilation,
+                             transposed, config)
