@@ -68,9 +68,12 @@ def _extension():
     cpu_sources = ["csrc/ops.cpp", "csrc/kmap/kmap_checks.cpp"] + sorted(
         glob.glob("csrc/*/cpu/*.cpp")
     )
-    cxx_flags = ["-O3"]
+    # at::parallel_for is an OpenMP loop in torch's builds: without -fopenmp it runs serially.
+    cxx_flags = ["-O3", "-fopenmp"]
+    link_flags = ["-fopenmp"]
     if not _want_cuda():
-        return CppExtension("pointsparse._C", cpu_sources, extra_compile_args={"cxx": cxx_flags})
+        return CppExtension("pointsparse._C", cpu_sources, extra_compile_args={"cxx": cxx_flags},
+                            extra_link_args=link_flags)
     _default_arch_list()
     cuda_sources = sorted(glob.glob("csrc/*/cuda/*.cu"))
     return CUDAExtension(
@@ -78,6 +81,7 @@ def _extension():
         cpu_sources + cuda_sources,
         include_dirs=_nvidia_include_dirs(),
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr"]},
+        extra_link_args=link_flags,
     )
 
 

@@ -1,6 +1,6 @@
 // Open-addressing hash table of packed coordinate keys, shared by the CPU and CUDA kernel maps.
 //
-// Linear probing over a power-of-two capacity kept at load factor <= 0.5. Slots hold kEmptyKey
+// Linear probing over a power-of-two capacity kept at load factor <= 0.25. Slots hold kEmptyKey
 // until a compare-and-swap claims them; values (int32 row indices) sit in a parallel array and are
 // written only after the claiming thread owns the slot. Inserts and lookups run in separate phases.
 #pragma once
@@ -18,22 +18,25 @@ struct HashTable {
   uint64_t mask;    // capacity - 1
 };
 
-// Capacity: smallest power of two >= 2 * n (and >= 16).
+// Capacity: smallest power of two >= 4 * n (and >= 16): load factor <= 0.25, because the
+// z-blocked slots below cluster more than a plain hash and probe lengths dominate lookups.
 inline int64_t hash_capacity(int64_t n) {
   int64_t capacity = 16;
-  while (capacity < 2 * n) capacity <<= 1;
+  while (capacity < 4 * n) capacity <<= 1;
   return capacity;
 }
 
-// splitmix64 finaliser: spreads neighbouring coordinates over the table.
+// Slot of a key: a splitmix64 finaliser of the key without its two lowest z bits, times 4, plus
+// those bits. Four z-consecutive voxels thus share one 32-byte run of key slots, so the queries of
+// a kernel's z-column mostly hit one cache line, while columns still spread over the table.
 PS_HD uint64_t hash_key(int64_t key) {
-  uint64_t h = uint64_t(key);
+  uint64_t h = uint64_t(key) >> 2;
   h ^= h >> 30;
   h *= 0xbf58476d1ce4e5b9ULL;
   h ^= h >> 27;
   h *= 0x94d049bb133111ebULL;
   h ^= h >> 31;
-  return h;
+  return (h << 2) | (uint64_t(key) & 3);
 }
 
 // Atomically: if *addr == expected, store desired. Returns the value seen before.

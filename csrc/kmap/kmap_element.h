@@ -95,9 +95,7 @@ PS_HD bool is_run_start(const int64_t* sorted_keys, int64_t j) {
 PS_HD void bitmask_element(const int32_t* row, int32_t K, int32_t word, int32_t* words) {
   uint32_t bits = 0;
   const int32_t end = K < 32 * (word + 1) ? K : 32 * (word + 1);
-  for (int32_t k = 32 * word; k < end; ++k) {
-    if (row[k] >= 0) bits |= 1u << (k - 32 * word);
-  }
+  for (int32_t k = 32 * word; k < end; ++k) bits |= uint32_t(row[k] >= 0) << (k - 32 * word);
   words[word] = int32_t(bits);
 }
 

@@ -44,7 +44,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cpu(const at::Tensor& ne
     for (int64_t c = begin; c < end; ++c) {
       int64_t* count = start.data() + c * K;
       for (int64_t o = c * kRowChunk; o < std::min(n, (c + 1) * kRowChunk); ++o) {
-        for (int64_t k = 0; k < K; ++k) count[k] += nbr[o * K + k] >= 0;
+        const int32_t* row = nbr + o * K;
+        for (int64_t k = 0; k < K; ++k) count[k] += row[k] >= 0;
       }
     }
   });
@@ -68,12 +69,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cpu(const at::Tensor& ne
     for (int64_t c = begin; c < end; ++c) {
       int64_t* pos = start.data() + c * K;
       for (int64_t o = c * kRowChunk; o < std::min(n, (c + 1) * kRowChunk); ++o) {
-        for (int64_t k = 0; k < K; ++k) {
-          const int32_t i = nbr[o * K + k];
-          if (i < 0) continue;
-          in_ptr[pos[k]] = i;
-          out_ptr[pos[k]] = int32_t(o);
-          ++pos[k];
+        const int32_t* row = nbr + o * K;
+        // Most neighbours are absent: gather presence bits branch-free, then visit set bits only.
+        for (int64_t base = 0; base < K; base += 64) {
+          uint64_t present = 0;
+          for (int64_t k = base; k < std::min(K, base + 64); ++k) {
+            present |= uint64_t(row[k] >= 0) << (k - base);
+          }
+          for (; present != 0; present &= present - 1) {
+            const int64_t k = base + __builtin_ctzll(present);
+            in_ptr[pos[k]] = row[k];
+            out_ptr[pos[k]] = int32_t(o);
+            ++pos[k];
+          }
         }
       }
     }

@@ -1,13 +1,16 @@
 // CPU kernel maps and strided output coordinates by sorting packed keys.
 //
-// Keys are sorted once; adding an offset to every output key keeps them sorted, so each offset is
-// one merge of two sorted lists, split into chunks that run in parallel (a binary search finds
-// where each chunk starts in the input keys).
+// Keys are sorted once; adding an offset to every output key keeps them sorted, so each column of
+// offsets is one merge of two sorted lists, split into chunks that run in parallel (a binary
+// search finds where each chunk starts in the input keys).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <atomic>
+#include <map>
+#include <vector>
 
 #include "../kmap_checks.h"
 #include "../kmap_element.h"
@@ -43,33 +46,60 @@ bool has_adjacent_equal(const at::Tensor& sorted) {
   return found;
 }
 
-// Offset k over sorted output positions [begin, end): merge with the sorted input keys.
-void merge_chunk(const SortedKeys& in, const SortedKeys& out, const int32_t* offsets, int32_t K,
-                 bool symmetric, int32_t k, int64_t begin, int64_t end, int32_t* neighbors) {
+// Offsets that differ only in dz form a column: their shifted keys differ by dz alone, so they
+// are adjacent in the sorted input keys. One merge pointer per column finds the smallest dz, and
+// the other members scan a few keys forward from it.
+struct Column {
+  int32_t dx, dy;
+  std::vector<std::pair<int32_t, int32_t>> members;  // (dz, k), dz ascending
+};
+
+// Columns to query. A symmetric map needs one offset of each (d, -d) pair: the columns with
+// (dx, dy) < (0, 0) and, in column (0, 0), the offsets with dz < 0; the centre is the identity.
+std::vector<Column> query_columns(const int32_t* offsets, int32_t K, bool symmetric) {
+  std::map<std::pair<int32_t, int32_t>, std::vector<std::pair<int32_t, int32_t>>> by_column;
+  for (int32_t k = 0; k < K; ++k) {
+    const int32_t dx = offsets[3 * k], dy = offsets[3 * k + 1], dz = offsets[3 * k + 2];
+    const bool negative_column = dx < 0 || (dx == 0 && dy < 0);
+    const bool centre_column = dx == 0 && dy == 0;
+    if (symmetric && !negative_column && !(centre_column && dz < 0)) continue;
+    by_column[{dx, dy}].push_back({dz, k});
+  }
+  std::vector<Column> columns;
+  for (auto& [xy, members] : by_column) {
+    std::sort(members.begin(), members.end());
+    columns.push_back({xy.first, xy.second, members});
+  }
+  return columns;
+}
+
+// One column over sorted output positions [begin, end): merge with the sorted input keys.
+void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& column, int32_t K,
+                  bool symmetric, int64_t begin, int64_t end, int32_t* neighbors) {
   const int64_t* in_keys = in.keys.data_ptr<int64_t>();
   const int64_t* in_rows = in.rows.data_ptr<int64_t>();
   const int64_t* out_keys = out.keys.data_ptr<int64_t>();
   const int64_t* out_rows = out.rows.data_ptr<int64_t>();
   const int64_t n_in = in.keys.size(0);
-  const bool centre = symmetric && k == K / 2;
-  int64_t p = -1;
+  // Plain sum, possibly aliased near the range edge: used only to move the pointer, which stays
+  // at or below every exact key of the column because the sum is monotone in the output key.
+  const int64_t base_delta = (int64_t(column.dx) << (2 * kAxisBits)) +
+                             (int64_t(column.dy) << kAxisBits) + column.members.front().first;
+  int64_t p = lower_bound_key(in_keys, n_in, out_keys[begin] + base_delta);
   for (int64_t j = begin; j < end; ++j) {
+    const int64_t target = out_keys[j] + base_delta;
+    while (p < n_in && in_keys[p] < target) ++p;
     const int64_t o = out_rows[j];
-    int32_t i = int32_t(o);
-    if (!centre) {
-      const int64_t key =
-          shift_key(out_keys[j], offsets[3 * k], offsets[3 * k + 1], offsets[3 * k + 2]);
-      i = -1;
+    int64_t q = p;
+    for (const auto& [dz, k] : column.members) {
+      const int64_t key = shift_key(out_keys[j], column.dx, column.dy, dz);
+      int32_t i = -1;
       if (key != kEmptyKey) {
-        if (p < 0) {
-          p = lower_bound_key(in_keys, n_in, key);
-        } else {
-          while (p < n_in && in_keys[p] < key) ++p;
-        }
-        if (p < n_in && in_keys[p] == key) i = int32_t(in_rows[p]);
+        while (q < n_in && in_keys[q] < key) ++q;
+        if (q < n_in && in_keys[q] == key) i = int32_t(in_rows[q]);
       }
+      record_neighbor(neighbors, K, o, k, i, symmetric);
     }
-    record_neighbor(neighbors, K, o, k, i, symmetric);
   }
 }
 
@@ -87,16 +117,20 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   check_no_duplicates(has_adjacent_equal(in.keys), "in_coords");
   const SortedKeys out = in_coords.is_same(out_coords) ? in : sort_keys(pack_rows_cpu(out_coords));
 
-  const int32_t* off_ptr = offsets.data_ptr<int32_t>();
   int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
-  const int32_t queried = num_queried_offsets(K, symmetric);
+  if (symmetric) {
+    at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) record_neighbor(nbr_ptr, K, o, K / 2, int32_t(o), true);
+    });
+  }
+  const std::vector<Column> columns = query_columns(offsets.data_ptr<int32_t>(), K, symmetric);
   const int64_t chunks = (n_out + kMergeChunk - 1) / kMergeChunk;
-  at::parallel_for(0, queried * chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, int64_t(columns.size()) * chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
-      const int32_t k = int32_t(task / chunks);
+      const Column& column = columns[task / chunks];
       const int64_t first = (task % chunks) * kMergeChunk;
-      merge_chunk(in, out, off_ptr, K, symmetric, k, first, std::min(first + kMergeChunk, n_out),
-                  nbr_ptr);
+      merge_column(in, out, column, K, symmetric, first, std::min(first + kMergeChunk, n_out),
+                   nbr_ptr);
     }
   });
   return neighbors;
