@@ -1,0 +1,39 @@
+# Set-up on a fresh machine is part of every target: the virtual environment, its packages and the
+# extension (CUDA sources included when nvcc and a CUDA-enabled torch are present).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+MAX_JOBS ?= 2
+export MAX_JOBS
+
+.PHONY: test venv build bench demo clean
+
+# With torch importable from the invoking Python (an active environment), the venv reuses it;
+# otherwise pip installs torch (here 2.14.1 from local disk under the machine's cap).
+$(VENV)/bin/python:
+	if $(PYTHON) -c "import torch" 2>/dev/null; then \
+		$(PYTHON) -m venv --system-site-packages $(VENV); \
+	else \
+		$(PYTHON) -m venv $(VENV); \
+	fi
+
+venv: $(VENV)/bin/python
+	$(PIP) install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
+	$(PIP) install -q numpy pytest hypothesis setuptools wheel ninja
+
+build: venv
+	$(PIP) install -q --no-build-isolation -e .
+
+test: build
+	$(PY) -m pytest -q
+
+bench: build
+	$(PY) -m pointsparse.bench kmap --scan ../shared/data/semantickitti/sequences/00/velodyne/000000.bin
+
+demo:
+	@echo "make demo (training MinkUNet on synthetic scenes) arrives with the training issue"; exit 1
+
+clean:
+	rm -rf build *.egg-info pointsparse/_C*.so

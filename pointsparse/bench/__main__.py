@@ -1,0 +1,22 @@
+"""``python -m pointsparse.bench <suite>``: benchmarks that print a table and write JSON."""
+
+import argparse
+import sys
+
+from . import kmap
+
+
+SUITES = {"kmap": kmap}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pointsparse.bench")
+    sub = parser.add_subparsers(dest="suite", required=True)
+    for name, module in SUITES.items():
+        module.add_arguments(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
+    args = parser.parse_args(argv)
+    return SUITES[args.suite].run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

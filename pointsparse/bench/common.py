@@ -1,0 +1,57 @@
+"""Timing, scan loading and result records shared by the benchmark suites."""
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+import numpy as np
+import torch
+
+from ..quantize import sparse_quantize
+
+
+def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:
+    """Median and best wall time of fn in milliseconds (CUDA synchronised when in use)."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    for _ in range(warmup):
+        fn()
+    sync()
+    samples: List[float] = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        samples.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": statistics.median(samples), "best_ms": min(samples)}
+
+
+def load_voxels(scan: str, voxel_size: float, device: str) -> torch.Tensor:
+    """int32 [N, 4] voxel coordinates (batch 0) of a KITTI-format .bin scan (float32 x, y, z, r)."""
+    path = Path(scan)
+    if not path.exists():
+        raise SystemExit(f"scan {path} not found: pass --scan path/to/NNNNNN.bin")
+    points = np.fromfile(path, dtype=np.float32).reshape(-1, 4)[:, :3]
+    xyz = torch.from_numpy(sparse_quantize(points, voxel_size))
+    return torch.cat([torch.zeros(xyz.shape[0], 1, dtype=torch.int32), xyz], 1).to(device)
+
+
+def environment() -> Dict[str, object]:
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        commit = "unknown"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    return {"commit": commit, "torch": torch.__version__, "device": device,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+
+
+def write_json(path: str, record: Dict[str, object]) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+    print(f"wrote {path}")

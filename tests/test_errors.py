@@ -1,0 +1,115 @@
+"""Bad inputs raise Python exceptions that name the problem; none may crash the interpreter."""
+
+import numpy as np
+import pytest
+import torch
+
+import pointsparse as ps
+from pointsparse import SparseTensor, kernel_offsets, ops
+
+from conftest import DEVICES
+
+GOOD = [[0, 0, 0, 0], [0, 1, 0, 0]]
+
+
+def coords_of(rows, device="cpu", dtype=torch.int32):
+    return torch.tensor(rows, dtype=dtype, device=device)
+
+
+KMAP_BUILDERS = [ops.build_kmap_hash, ops.build_kmap_sort]
+DOWNSAMPLERS = [ops.downsample_coords_hash, ops.downsample_coords_sort]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("build", KMAP_BUILDERS)
+@pytest.mark.parametrize("rows,dtype,error,message", [
+    (GOOD, torch.float32, TypeError, "int32"),
+    (GOOD, torch.int64, TypeError, "int32"),
+    ([[0, 0, 0], [0, 1, 0]], torch.int32, ValueError, r"\[N, 4\]"),
+    ([[0, 131072, 0, 0]], torch.int32, ValueError, "131071"),
+    ([[0, 0, -131073, 0]], torch.int32, ValueError, "-131072"),
+    ([[-1, 0, 0, 0]], torch.int32, ValueError, "batch index"),
+    ([[512, 0, 0, 0]], torch.int32, ValueError, "batch index"),
+    ([[0, 1, 2, 3], [0, 4, 5, 6], [0, 1, 2, 3]], torch.int32, ValueError, "duplicate"),
+])
+def test_bad_coords_raise(device, build, rows, dtype, error, message):
+    coords = coords_of(rows, device, dtype)
+    offsets = kernel_offsets(3).to(device)
+    with pytest.raises(error, match=message):
+        build(coords, coords, offsets, False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("build", KMAP_BUILDERS)
+def test_bad_offsets_and_symmetry_raise(device, build):
+    coords = coords_of(GOOD, device)
+    with pytest.raises(TypeError, match="offsets must be int32"):
+        build(coords, coords, kernel_offsets(3).float().to(device), False)
+    with pytest.raises(ValueError, match=r"\[K, 3\]"):
+        build(coords, coords, torch.zeros((4, 2), dtype=torch.int32, device=device), False)
+    with pytest.raises(ValueError, match="symmetric"):
+        build(coords, coords, kernel_offsets(2).to(device), True)
+    with pytest.raises(ValueError, match="symmetric"):
+        build(coords, coords[:1], kernel_offsets(3).to(device), True)
+    if device == "cuda":
+        with pytest.raises(ValueError, match="one device"):
+            build(coords, coords, kernel_offsets(3), False)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("down", DOWNSAMPLERS)
+def test_bad_downsample_inputs_raise(device, down):
+    coords = coords_of(GOOD, device)
+    with pytest.raises(ValueError, match="factor"):
+        down(coords, [2, 2])
+    with pytest.raises(ValueError, match="factor"):
+        down(coords, [2, 0, 2])
+    with pytest.raises(ValueError, match="packable range"):
+        down(coords_of([[0, -131072, 0, 0]], device), [3, 3, 3])
+    with pytest.raises(TypeError, match="int32"):
+        down(coords.float(), [2, 2, 2])
+
+
+@pytest.mark.parametrize("op", [ops.kmap_csr, ops.kmap_bitmask])
+def test_bad_neighbor_tables_raise(op):
+    with pytest.raises(TypeError, match="neighbors must be int32"):
+        op(torch.zeros((3, 27), dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"\[N_out, K\]"):
+        op(torch.zeros(27, dtype=torch.int32))
+
+
+def test_sparse_tensor_rejects_bad_construction():
+    coords = coords_of(GOOD)
+    with pytest.raises(TypeError, match="int32"):
+        SparseTensor(torch.randn(2, 3), coords.float())
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        SparseTensor(torch.randn(2, 3), coords[:, :3])
+    with pytest.raises(ValueError, match=r"\[N, C\]"):
+        SparseTensor(torch.randn(3, 3), coords)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        SparseTensor(np.zeros((2, 3)), coords)
+    with pytest.raises(ValueError, match="stride"):
+        SparseTensor(torch.randn(2, 3), coords, stride=0)
+
+
+def test_duplicates_surface_when_building_a_map():
+    x = SparseTensor(torch.randn(2, 1), coords_of([[0, 1, 1, 1], [0, 1, 1, 1]]))
+    for algo in ps.KernelMapAlgo:
+        with pytest.raises(ValueError, match="duplicate"):
+            ps.kernel_map(x, 3, config=ps.ConvConfig(kmap=algo))
+
+
+def test_sparse_quantize_and_collate_reject_bad_input():
+    with pytest.raises(ValueError, match=r"\[N, 3\]"):
+        ps.sparse_quantize(np.zeros((4, 4), dtype=np.float32), 0.1)
+    with pytest.raises(ValueError, match="positive"):
+        ps.sparse_quantize(np.zeros((4, 3), dtype=np.float32), 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        ps.sparse_quantize(np.full((4, 3), np.nan, dtype=np.float32), 0.1)
+    with pytest.raises(ValueError, match="larger voxel_size"):
+        ps.sparse_quantize(np.full((1, 3), 1e6, dtype=np.float32), 0.01)
+    with pytest.raises(ValueError, match="at least one"):
+        ps.sparse_collate([])
+    two_items = SparseTensor(torch.randn(2, 1), coords_of([[0, 0, 0, 0], [1, 0, 0, 0]]))
+    with pytest.raises(ValueError, match="several batch items"):
+        ps.sparse_collate([two_items])

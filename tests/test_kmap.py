@@ -1,0 +1,157 @@
+"""Kernel maps: hash, sort and the brute-force reference agree on every layout."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pointsparse as ps
+from pointsparse import ConvConfig, KernelMapAlgo, SparseTensor, kernel_offsets, ops
+from pointsparse.testing import (reference_bitmask, reference_csr, reference_downsample,
+                                 reference_neighbors)
+
+from conftest import DEVICES
+
+ALGOS = list(KernelMapAlgo)
+
+
+@st.composite
+def coord_sets(draw, max_points=40, span=5):
+    """Unique int32 [N, 4] coords over up to 3 ragged batches, around a drawn origin."""
+    num_batches = draw(st.integers(1, 3))
+    origin = draw(st.sampled_from([0, -7, 1000]))
+    axis = st.integers(origin - span, origin + span)
+    rows = draw(st.lists(st.tuples(st.integers(0, num_batches - 1), axis, axis, axis),
+                         max_size=max_points, unique=True))
+    return torch.tensor(rows, dtype=torch.int32).reshape(-1, 4)
+
+
+def scaled(coords: torch.Tensor, tensor_stride: int) -> torch.Tensor:
+    return torch.cat([coords[:, :1], coords[:, 1:] * tensor_stride], 1)
+
+
+def assert_layouts_match_reference(kmap: ps.KernelMap, expected_neighbors: torch.Tensor):
+    torch.testing.assert_close(kmap.neighbors.cpu(), expected_neighbors)
+    for got, want in zip((kmap.offset_ptr, kmap.in_idx, kmap.out_idx), reference_csr(expected_neighbors)):
+        torch.testing.assert_close(got.cpu(), want)
+    torch.testing.assert_close(kmap.bitmask.cpu(), reference_bitmask(expected_neighbors))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algo", ALGOS)
+@settings(max_examples=40, deadline=None)
+@given(coords=coord_sets(), kernel_size=st.sampled_from([1, 2, 3, 5]),
+       stride=st.sampled_from([1, 2, 3]), dilation=st.sampled_from([1, 2]),
+       tensor_stride=st.sampled_from([1, 2]))
+def test_kernel_map_matches_reference(device, algo, coords, kernel_size, stride, dilation, tensor_stride):
+    t = tensor_stride
+    in_coords = scaled(coords, t)
+    kmap = ps.build_kernel_map(in_coords.to(device), (t, t, t), kernel_size, stride, dilation,
+                               ConvConfig(kmap=algo))
+    factor = (t * stride,) * 3
+    expected_out = in_coords if stride == 1 else reference_downsample(in_coords, factor)
+    torch.testing.assert_close(kmap.out_coords.cpu(), expected_out)
+    assert kmap.out_stride == factor
+    offsets = kernel_offsets(kernel_size, dilation) * t
+    assert_layouts_match_reference(kmap, reference_neighbors(in_coords, expected_out, offsets))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kernel_size", [1, 3, 5])
+@settings(max_examples=25, deadline=None)
+@given(coords=coord_sets(), dilation=st.sampled_from([1, 2]))
+def test_symmetric_build_equals_full_build(device, kernel_size, coords, dilation):
+    coords = coords.to(device)
+    offsets = kernel_offsets(kernel_size, dilation).to(device)
+    full = ops.build_kmap_hash(coords, coords, offsets, False)
+    for build in (ops.build_kmap_hash, ops.build_kmap_sort):
+        torch.testing.assert_close(build(coords, coords, offsets, True), full)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=40, deadline=None)
+@given(coords=coord_sets(), factor=st.tuples(*[st.integers(1, 4)] * 3))
+def test_downsample_hash_sort_reference_agree(device, coords, factor):
+    expected = reference_downsample(coords, factor)
+    for down in (ops.downsample_coords_hash, ops.downsample_coords_sort):
+        torch.testing.assert_close(down(coords.to(device), factor).cpu(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_empty_input_gives_empty_maps(device, algo):
+    empty = torch.empty((0, 4), dtype=torch.int32, device=device)
+    for stride in (1, 2):
+        kmap = ps.build_kernel_map(empty, (1, 1, 1), 3, stride, config=ConvConfig(kmap=algo))
+        assert kmap.neighbors.shape == (0, 27) and kmap.in_idx.numel() == 0
+        assert kmap.offset_ptr.tolist() == [0] * 28 and kmap.bitmask.shape == (0, 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_one_point_only_sees_itself(device, algo):
+    point = torch.tensor([[0, -3, 4, 5]], dtype=torch.int32, device=device)
+    kmap = ps.build_kernel_map(point, (1, 1, 1), 3, config=ConvConfig(kmap=algo))
+    expected = torch.full((1, 27), -1, dtype=torch.int32)
+    expected[0, 13] = 0
+    torch.testing.assert_close(kmap.neighbors.cpu(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algo", ALGOS)
+def test_range_edges_do_not_alias(device, algo):
+    # x = 131071 plus one would carry into the batch bits and alias (1, -131072, 0, 0) if the
+    # shifted key were not range-checked.
+    low, high = ops.COORD_RANGE
+    coords = torch.tensor([[0, high, 0, 0], [1, low, 0, 0], [0, high, high, high], [1, low, low, low]],
+                          dtype=torch.int32, device=device)
+    offsets = kernel_offsets(3).to(device)
+    expected = reference_neighbors(coords.cpu(), coords.cpu(), offsets.cpu())
+    for build in (ops.build_kmap_hash, ops.build_kmap_sort):
+        for symmetric in (True, False):
+            torch.testing.assert_close(build(coords, coords, offsets, symmetric).cpu(), expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algo", ALGOS)
+@pytest.mark.parametrize("kernel_size,stride", [(2, 2), (3, 2), (3, 3)])
+@settings(max_examples=20, deadline=None)
+@given(coords=coord_sets())
+def test_transposed_map_swaps_the_strided_map(device, algo, kernel_size, stride, coords):
+    config = ConvConfig(kmap=algo)
+    fine = SparseTensor(torch.zeros(coords.shape[0], 1, device=device), coords.to(device))
+    down = ps.kernel_map(fine, kernel_size, stride, config=config)
+    coarse = SparseTensor(torch.zeros(down.num_out, 1, device=device), down.out_coords,
+                          stride, fine.cache)
+    up = ps.kernel_map(coarse, kernel_size, stride, transposed=True, config=config)
+    torch.testing.assert_close(up.out_coords, fine.coords)
+    assert up.out_stride == (1, 1, 1)
+    offsets = kernel_offsets(kernel_size)
+    expected = reference_neighbors(down.out_coords.cpu(), coords, -offsets)
+    assert_layouts_match_reference(up, expected)
+
+
+def test_cache_is_shared_by_derived_tensors_and_reused():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 1, 0]], dtype=torch.int32)
+    x = SparseTensor(torch.randn(3, 2), coords)
+    kmap = ps.kernel_map(x, 3)
+    y = x.with_feats(torch.randn(3, 5))
+    assert y.cache is x.cache and ps.kernel_map(y, 3) is kmap
+    assert ps.kernel_map(SparseTensor(x.feats, coords), 3) is not kmap  # a new tensor, a new cache
+
+
+def test_strided_conv_reuses_cached_coarse_coordinates():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 3, 0, 0], [0, 1, 0, 0]], dtype=torch.int32)
+    x = SparseTensor(torch.randn(3, 2), coords)
+    by_k2 = ps.kernel_map(x, 2, 2)
+    by_k3 = ps.kernel_map(x, 3, 2)
+    assert by_k3.out_coords is by_k2.out_coords
+
+
+def test_transposed_without_the_strided_map_raises():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 2, 0, 0]], dtype=torch.int32)
+    coarse = SparseTensor(torch.randn(2, 2), coords, stride=2)
+    with pytest.raises(ValueError, match="coordinates at stride"):
+        ps.kernel_map(coarse, 2, 2, transposed=True)
+    with pytest.raises(ValueError, match="divisible"):
+        ps.kernel_map(coarse, 2, 4, transposed=True)
