@@ -75,6 +75,27 @@ void check_neighbors(const at::Tensor& neighbors) {
                     neighbors.sizes());
 }
 
+KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                        const at::Tensor& offsets, bool symmetric) {
+  check_kmap_inputs(in_coords, out_coords, offsets, symmetric);
+  KmapInputs inputs;
+  inputs.in_coords = in_coords.contiguous();
+  inputs.out_coords = in_coords.is_same(out_coords) ? inputs.in_coords : out_coords.contiguous();
+  inputs.offsets = offsets.contiguous();
+  inputs.n_in = in_coords.size(0);
+  inputs.n_out = out_coords.size(0);
+  inputs.K = int32_t(offsets.size(0));
+  inputs.neighbors = at::full({inputs.n_out, inputs.K}, -1, in_coords.options());
+  return inputs;
+}
+
+std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor) {
+  check_coords(coords, "coords");
+  const auto checked = check_factor(factor, "factor");
+  check_downsample_range(coords, checked);
+  return checked;
+}
+
 void check_no_duplicates(bool has_duplicates, const char* name) {
   TORCH_CHECK_VALUE(!has_duplicates, name,
                     " holds duplicate coordinates; deduplicate them (e.g. sparse_quantize) first");

@@ -1,4 +1,4 @@
-// Input validation shared by the CPU and CUDA kernel-map entry functions. Every failure raises a
+// Input validation and preparation shared by the CPU and CUDA kernel-map entry functions. Every failure raises a
 // Python exception (TypeError / ValueError) that names the offending tensor and bound.
 #pragma once
 
@@ -24,6 +24,21 @@ void check_kmap_inputs(const at::Tensor& in_coords, const at::Tensor& out_coords
 
 // neighbors: int32 [N_out, K].
 void check_neighbors(const at::Tensor& neighbors);
+
+// Checked, contiguous inputs of a kernel-map build and its output, filled with -1.
+struct KmapInputs {
+  at::Tensor in_coords;   // int32 [N_in, 4]
+  at::Tensor out_coords;  // int32 [N_out, 4]
+  at::Tensor offsets;     // int32 [K, 3]
+  at::Tensor neighbors;   // int32 [N_out, K], -1
+  int64_t n_in, n_out;
+  int32_t K;
+};
+KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                        const at::Tensor& offsets, bool symmetric);
+
+// Checks coords and factor of a downsampling (range of the floored result included).
+std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor);
 
 // Raises the duplicate-coordinate ValueError when flagged.
 void check_no_duplicates(bool has_duplicates, const char* name);

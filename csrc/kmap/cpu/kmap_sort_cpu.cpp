@@ -105,12 +105,12 @@ void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& col
 
 at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                const at::Tensor& offsets_, bool symmetric) {
-  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
-  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
-  const at::Tensor offsets = offsets_.contiguous();
-  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
-  const int32_t K = int32_t(offsets.size(0));
-  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
+  const at::Tensor& offsets = inputs.offsets;
+  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
+  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
+  const int32_t K = inputs.K;
   if (n_in == 0 || n_out == 0) return neighbors;
 
   const SortedKeys in = sort_keys(pack_rows_cpu(in_coords));
@@ -137,9 +137,7 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
 }
 
 at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
-  check_coords(coords_, "coords");
-  const auto factor = check_factor(factor_, "factor");
-  check_downsample_range(coords_, factor);
+  const auto factor = check_downsample_inputs(coords_, factor_);
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
   at::Tensor floored = at::empty_like(coords);                          // [N, 4]

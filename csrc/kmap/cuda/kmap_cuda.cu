@@ -111,13 +111,13 @@ at::Tensor pack_coords_cuda(const at::Tensor& coords) {
 
 at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                 const at::Tensor& offsets_, bool symmetric) {
-  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
   const c10::cuda::CUDAGuard guard(in_coords_.device());
-  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
-  const at::Tensor offsets = offsets_.contiguous();
-  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
-  const int32_t K = int32_t(offsets.size(0));
-  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
+  const at::Tensor& offsets = inputs.offsets;
+  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
+  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
+  const int32_t K = inputs.K;
   if (n_in == 0 || n_out == 0) return neighbors;
 
   const int64_t capacity = hash_capacity(n_in);
@@ -140,13 +140,13 @@ at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& 
 
 at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                 const at::Tensor& offsets_, bool symmetric) {
-  check_kmap_inputs(in_coords_, out_coords_, offsets_, symmetric);
   const c10::cuda::CUDAGuard guard(in_coords_.device());
-  const at::Tensor in_coords = in_coords_.contiguous(), out_coords = out_coords_.contiguous();
-  const at::Tensor offsets = offsets_.contiguous();
-  const int64_t n_in = in_coords.size(0), n_out = out_coords.size(0);
-  const int32_t K = int32_t(offsets.size(0));
-  at::Tensor neighbors = at::full({n_out, K}, -1, in_coords.options());  // [N_out, K]
+  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
+  const at::Tensor& offsets = inputs.offsets;
+  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
+  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
+  const int32_t K = inputs.K;
   if (n_in == 0 || n_out == 0) return neighbors;
 
   auto [sorted_keys, sorted_rows] = at::sort(pack_rows_cuda(in_coords), /*stable=*/true, 0, false);
@@ -176,10 +176,8 @@ std::tuple<at::Tensor, at::Tensor> floor_rows_cuda(const at::Tensor& coords, con
   return {floored, keys};
 }
 
-Factor checked_factor(const at::Tensor& coords, at::IntArrayRef factor_) {
-  check_coords(coords, "coords");
-  const auto f = check_factor(factor_, "factor");
-  check_downsample_range(coords, f);
+Factor checked_factor(const at::Tensor& coords, at::IntArrayRef factor) {
+  const auto f = check_downsample_inputs(coords, factor);
   return {{f[0], f[1], f[2]}};
 }
 
