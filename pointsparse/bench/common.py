@@ -40,13 +40,23 @@ def load_voxels(scan: str, voxel_size: float, device: str) -> torch.Tensor:
     return torch.cat([torch.zeros(xyz.shape[0], 1, dtype=torch.int32), xyz], 1).to(device)
 
 
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "cpu"
+
+
 def environment() -> Dict[str, object]:
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
                                 cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else platform.processor() or "cpu"
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
     return {"commit": commit, "torch": torch.__version__, "device": device,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
 
