@@ -65,9 +65,7 @@ def _default_arch_list() -> None:
 
 
 def _extension():
-    cpu_sources = ["csrc/ops.cpp", "csrc/kmap/kmap_checks.cpp"] + sorted(
-        glob.glob("csrc/*/cpu/*.cpp")
-    )
+    cpu_sources = ["csrc/ops.cpp"] + sorted(glob.glob("csrc/*/*.cpp") + glob.glob("csrc/*/cpu/*.cpp"))
     # at::parallel_for is an OpenMP loop in torch's builds: without -fopenmp it runs serially.
     cxx_flags = ["-O3", "-fopenmp"]
     link_flags = ["-fopenmp"]
@@ -89,7 +87,7 @@ setup(
     name="pointsparse",
     version="0.1.0",
     description="Point-cloud sparse convolution engine for PyTorch (CPU and CUDA)",
-    packages=["pointsparse", "pointsparse.ops", "pointsparse.bench", "pointsparse.models",
+    packages=["pointsparse", "pointsparse.ops", "pointsparse.nn", "pointsparse.bench", "pointsparse.models",
               "pointsparse.datasets"],
     package_dir={
         "pointsparse": "pointsparse",

@@ -25,6 +25,15 @@ TORCH_LIBRARY(pointsparse, m) {
   // neighbors int32 [N_out, K] -> bitmask int32 [N_out, ceil(K / 32)]; bit k % 32 of word k / 32
   // is set where neighbour k exists.
   m.def("kmap_bitmask(Tensor neighbors) -> Tensor");
+  // Gather-GEMM-scatter convolution over per-offset pairs:
+  // feats [N_in, C_in], weight [K, C_in, C_out], offset_ptr int64 [K + 1] on the CPU, in_idx and
+  // out_idx int32 [P] -> out [num_out, C_out] = sum_k scatter(out_idx_k, feats[in_idx_k] @ weight[k]).
+  // identity_offset: -1, or an offset whose pairs are i -> i for all rows (one GEMM, no gather).
+  m.def("conv_gather_scatter(Tensor feats, Tensor weight, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, SymInt num_out, int identity_offset) -> Tensor");
+  // Weight gradient of conv_gather_scatter: grad_out [num_out, C_out] -> [K, C_in, C_out].
+  m.def("conv_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, int identity_offset) -> Tensor");
 }
 
 // The extension is imported as pointsparse._C only to run the registrations above.

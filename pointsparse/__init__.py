@@ -3,7 +3,7 @@
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
-from . import ops
+from . import functional, nn, ops
 from .config import ConvConfig, KernelMapAlgo
 from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cached_kernel_map
 from .offsets import kernel_offsets
@@ -19,8 +19,10 @@ __all__ = [
     "SparseTensor",
     "build_kernel_map",
     "cached_kernel_map",
+    "functional",
     "kernel_map",
     "kernel_offsets",
+    "nn",
     "ops",
     "sparse_collate",
     "sparse_quantize",

@@ -32,7 +32,7 @@ class KernelMap:
     """One kernel map in all layouts. Indices are 0-based int32 rows; -1 marks absence."""
 
     neighbors: Tensor   # int32 [N_out, K]: input row of output o at offset k, -1 if none
-    offset_ptr: Tensor  # int64 [K + 1]: pairs of offset k are offset_ptr[k] .. offset_ptr[k+1]
+    offset_ptr: Tensor  # int64 [K + 1] on the CPU: pairs of offset k are offset_ptr[k] .. offset_ptr[k+1]
     in_idx: Tensor      # int32 [P]: input row of each pair
     out_idx: Tensor     # int32 [P]: output row of each pair, ascending within an offset
     bitmask: Tensor     # int32 [N_out, ceil(K / 32)]: bit k % 32 of word k // 32 = neighbour k exists
@@ -55,7 +55,8 @@ class KernelMap:
     @staticmethod
     def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
         offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
-        return KernelMap(neighbors, offset_ptr, in_idx, out_idx, ops.kmap_bitmask(neighbors),
+        # The host sizes one GEMM per offset from offset_ptr, so it lives on the CPU.
+        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, ops.kmap_bitmask(neighbors),
                          out_coords, out_stride)
 
     def transposed(self, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
@@ -63,7 +64,8 @@ class KernelMap:
         neighbors = torch.full((out_coords.shape[0], self.num_offsets), -1, dtype=torch.int32,
                                device=out_coords.device)                       # [N_in, K]
         offset_of_pair = torch.repeat_interleave(
-            torch.arange(self.num_offsets, device=out_coords.device), self.pair_counts)  # [P]
+            torch.arange(self.num_offsets, device=out_coords.device),
+            self.pair_counts.to(out_coords.device))                                    # [P]
         neighbors[self.in_idx.long(), offset_of_pair] = self.out_idx
         return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
 

@@ -21,6 +21,16 @@ def check_coords_tensor(coords: Tensor, name: str = "coords") -> None:
         raise ValueError(f"{name} must have shape [N, 4] as (batch, x, y, z), got {tuple(coords.shape)}")
 
 
+def check_same_coords(tensors: Sequence["SparseTensor"], what: str) -> None:
+    """ValueError unless all tensors share coordinates (same rows in the same order) and stride."""
+    first = tensors[0]
+    for other in tensors[1:]:
+        same = other.coords is first.coords or (
+            other.coords.shape == first.coords.shape and bool(torch.equal(other.coords, first.coords)))
+        if not same or other.stride != first.stride:
+            raise ValueError(f"{what} needs tensors at equal coordinates and stride")
+
+
 class SparseTensor:
     """Features ``feats [N, C]`` at coordinates ``coords`` int32 ``[N, 4]`` = (batch, x, y, z).
 
@@ -94,6 +104,12 @@ class SparseTensor:
         grid = self.feats.new_zeros((self.batch_size, *shape, self.num_channels))     # [B, X, Y, Z, C]
         grid[self.coords[:, 0].long(), index[:, 0], index[:, 1], index[:, 2]] = self.feats
         return grid.permute(0, 4, 1, 2, 3).contiguous()                               # [B, C, X, Y, Z]
+
+    def __add__(self, other: "SparseTensor") -> "SparseTensor":
+        if not isinstance(other, SparseTensor):
+            return NotImplemented
+        check_same_coords([self, other], "+")
+        return self.with_feats(self.feats + other.feats)
 
     def __repr__(self) -> str:
         return (f"SparseTensor(num_points={self.coords.shape[0]}, channels={self.num_channels}, "

@@ -1,5 +1,6 @@
 """Typed wrappers over ``torch.ops.pointsparse``; importing registers the fake kernels."""
 
+from .conv import conv_gather_scatter, conv_weight_grad
 from .kmap import (
     BATCH_RANGE,
     COORD_RANGE,
@@ -17,6 +18,8 @@ __all__ = [
     "COORD_RANGE",
     "build_kmap_hash",
     "build_kmap_sort",
+    "conv_gather_scatter",
+    "conv_weight_grad",
     "downsample_coords_hash",
     "downsample_coords_sort",
     "kmap_bitmask",

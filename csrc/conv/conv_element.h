@@ -1,0 +1,26 @@
+// Per-element gather and scatter of feature rows, shared by the CPU loops and the CUDA kernels.
+//
+// src / dst are row-major [rows, C]; idx holds int32 row indices. Within one kernel offset every
+// output row occurs at most once, so a scatter-add over one offset's pairs never races.
+#pragma once
+
+#include <cstdint>
+
+#include "../common/host_device.h"
+
+namespace pointsparse {
+
+// dst[p, c] = src[idx[p], c]
+template <typename T>
+PS_HD void gather_element(const T* src, const int32_t* idx, int64_t p, int64_t c, int64_t C, T* dst) {
+  dst[p * C + c] = src[int64_t(idx[p]) * C + c];
+}
+
+// dst[idx[p], c] += src[p, c]
+template <typename T>
+PS_HD void scatter_add_element(const T* src, const int32_t* idx, int64_t p, int64_t c, int64_t C,
+                               T* dst) {
+  dst[int64_t(idx[p]) * C + c] += src[p * C + c];
+}
+
+}  // namespace pointsparse

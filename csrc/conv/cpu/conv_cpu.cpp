@@ -1,0 +1,65 @@
+// CPU gather / scatter rows for the gather-GEMM-scatter convolution (both cores, at::parallel_for).
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../conv_driver.h"
+#include "../conv_element.h"
+
+namespace pointsparse {
+namespace {
+
+// Rows per task: enough work to amortise a task, few enough to spread over the cores.
+int64_t row_grain(int64_t channels) { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, channels)); }
+
+void gather_rows_cpu(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst) {
+  const int64_t C = src.size(1);
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "gather_rows_cpu", [&] {
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    scalar_t* d = dst.data_ptr<scalar_t>();
+    at::parallel_for(0, n, row_grain(C), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t c = 0; c < C; ++c) gather_element(s, idx, p, c, C, d);
+      }
+    });
+  });
+}
+
+void scatter_add_rows_cpu(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst) {
+  const int64_t C = src.size(1);
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_add_rows_cpu", [&] {
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    scalar_t* d = dst.data_ptr<scalar_t>();
+    at::parallel_for(0, n, row_grain(C), [&](int64_t begin, int64_t end) {
+      for (int64_t p = begin; p < end; ++p) {
+        for (int64_t c = 0; c < C; ++c) scatter_add_element(s, idx, p, c, C, d);
+      }
+    });
+  });
+}
+
+constexpr RowKernels kCpuRows{&gather_rows_cpu, &scatter_add_rows_cpu};
+
+at::Tensor conv_gather_scatter_cpu(const at::Tensor& feats, const at::Tensor& weight,
+                                   const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                   const at::Tensor& out_idx, int64_t num_out, int64_t identity_offset) {
+  return conv_forward_driver(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset,
+                             kCpuRows);
+}
+
+at::Tensor conv_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out,
+                                const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                const at::Tensor& out_idx, int64_t identity_offset) {
+  return conv_weight_grad_driver(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset,
+                                 kCpuRows);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("conv_gather_scatter", &conv_gather_scatter_cpu);
+  m.impl("conv_weight_grad", &conv_weight_grad_cpu);
+}
+
+}  // namespace pointsparse

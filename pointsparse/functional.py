@@ -1,0 +1,76 @@
+"""SparseTensor in, SparseTensor out: convolution and the feature-wise operations around it.
+
+Addition of tensors at equal coordinates is ``SparseTensor.__add__`` (``a + b``).
+"""
+
+from typing import Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from . import ops
+from .config import ConvConfig
+from .offsets import IntOrTriple, as_triple
+from .tensor import SparseTensor, check_same_coords, kernel_map
+
+
+def conv3d(x: SparseTensor, weight: Tensor, kernel_size: IntOrTriple = 3, bias: Optional[Tensor] = None,
+           stride: IntOrTriple = 1, dilation: IntOrTriple = 1, transposed: bool = False,
+           config: Optional[ConvConfig] = None) -> SparseTensor:
+    """Sparse 3-D convolution of ``x`` (feats ``[N, C_in]``) with ``weight [K, C_in, C_out]``.
+
+    ``K`` is the volume of ``kernel_size`` and rows of ``weight`` follow
+    :func:`~pointsparse.offsets.kernel_offsets`. Stride 1 is submanifold (outputs at the input
+    coordinates); stride s outputs tensor stride ``x.stride * s``; ``transposed`` with stride s
+    returns from tensor stride ``t * s`` to the coordinates of the finer tensor at stride t (found
+    in ``x.cache``). ``bias``: ``[C_out]``. Runs gather-GEMM-scatter per kernel offset.
+    """
+    config = config or ConvConfig()
+    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+    _check_conv_inputs(x, weight, bias, size)
+    kmap = kernel_map(x, size, step, dilation, transposed, config)
+    submanifold_centre = (not transposed and step == (1, 1, 1) and all(s % 2 for s in size))
+    identity_offset = weight.shape[0] // 2 if submanifold_centre else -1
+    feats = ops.conv_gather_scatter(x.feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx,
+                                    kmap.num_out, identity_offset)                     # [N_out, C_out]
+    if bias is not None:
+        feats = feats + bias
+    return SparseTensor(feats, kmap.out_coords, kmap.out_stride, x.cache)
+
+
+def _check_conv_inputs(x: SparseTensor, weight: Tensor, bias: Optional[Tensor], size) -> None:
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"conv3d expects a SparseTensor, got {type(x).__name__}")
+    volume = size[0] * size[1] * size[2]
+    if weight.dim() != 3 or weight.shape[0] != volume:
+        raise ValueError(f"weight must have shape [K={volume}, C_in, C_out] for kernel size {size}, "
+                         f"got {tuple(weight.shape)}")
+    if weight.shape[1] != x.num_channels:
+        raise ValueError(f"weight expects {weight.shape[1]} input channels, the tensor has {x.num_channels}")
+    if not x.feats.is_floating_point():
+        raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is None:
+            continue
+        if t.dtype != x.feats.dtype:
+            raise TypeError(f"{name} dtype {t.dtype} differs from feats dtype {x.feats.dtype}")
+        if t.device != x.feats.device:
+            raise ValueError(f"{name} is on {t.device} but the tensor is on {x.feats.device}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[2],):
+        raise ValueError(f"bias must have shape [{weight.shape[2]}], got {tuple(bias.shape)}")
+
+
+def cat(tensors: Sequence[SparseTensor]) -> SparseTensor:
+    """Features of tensors at equal coordinates, concatenated along channels."""
+    if len(tensors) == 0:
+        raise ValueError("cat needs at least one tensor")
+    check_same_coords(tensors, "cat")
+    return tensors[0].with_feats(torch.cat([t.feats for t in tensors], 1))
+
+
+def global_pool(x: SparseTensor, reduce: str) -> Tensor:
+    """``[B, C]``: per batch item, the mean (``"mean"``) or max (``"amax"``) of its features."""
+    batch = x.coords[:, 0].long()
+    out = x.feats.new_zeros((x.batch_size, x.num_channels))
+    index = batch[:, None].expand_as(x.feats)
+    return out.scatter_reduce(0, index, x.feats, reduce, include_self=False)

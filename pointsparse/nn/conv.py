@@ -1,0 +1,54 @@
+"""SparseConv3d: a module owning the weight of one sparse convolution."""
+
+import math
+from typing import Optional
+
+import torch
+from torch import nn
+
+from .. import functional as F
+from ..config import ConvConfig
+from ..offsets import IntOrTriple, as_triple
+from ..tensor import SparseTensor
+
+
+class SparseConv3d(nn.Module):
+    """Sparse 3-D convolution; ``weight [K, in_channels, out_channels]`` in ``kernel_offsets`` order.
+
+    Stride 1 is submanifold; stride s > 1 downsamples to tensor stride ``t * s``; ``transposed``
+    with stride s upsamples back to the finer tensor's coordinates (see :func:`functional.conv3d`).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTriple = 3,
+                 stride: IntOrTriple = 1, dilation: IntOrTriple = 1, bias: bool = False,
+                 transposed: bool = False, config: Optional[ConvConfig] = None):
+        super().__init__()
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"channels must be positive, got {in_channels} -> {out_channels}")
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_size = as_triple(kernel_size, "kernel_size")
+        self.stride = as_triple(stride, "stride")
+        self.dilation = as_triple(dilation, "dilation")
+        self.transposed = transposed
+        self.config = config or ConvConfig()
+        volume = math.prod(self.kernel_size)
+        self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))  # [K, C_in, C_out]
+        self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # TorchSparse's initialisation: uniform in +-1/sqrt(C * K), C the fan side of the conv.
+        fan = (self.out_channels if self.transposed else self.in_channels) * self.weight.shape[0]
+        bound = 1.0 / math.sqrt(fan)
+        nn.init.uniform_(self.weight, -bound, bound)
+        if self.bias is not None:
+            nn.init.uniform_(self.bias, -bound, bound)
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        return F.conv3d(x, self.weight, self.kernel_size, self.bias, self.stride, self.dilation,
+                        self.transposed, self.config)
+
+    def extra_repr(self) -> str:
+        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+                f"stride={self.stride}, dilation={self.dilation}, bias={self.bias is not None}, "
+                f"transposed={self.transposed}")

@@ -1,0 +1,62 @@
+"""Typed wrappers over the convolution ops, their fake kernels and their autograd.
+
+Pairs come from a :class:`~pointsparse.kmap.KernelMap` in CSR form: ``offset_ptr`` int64 ``[K + 1]``
+(on the CPU: it sizes the GEMMs), ``in_idx`` / ``out_idx`` int32 ``[P]`` 0-based rows on the
+features' device. ``identity_offset`` is -1 or an offset whose pairs are ``i -> i`` for every row
+(the centre of a submanifold odd kernel), computed as one GEMM without gather or scatter.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+_ops = torch.ops.pointsparse
+
+
+def conv_gather_scatter(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                        out_idx: Tensor, num_out: int, identity_offset: int = -1) -> Tensor:
+    """``out [num_out, C_out] = sum_k scatter(out_idx_k, feats[in_idx_k] @ weight[k])``.
+
+    ``feats [N_in, C_in]``, ``weight [K, C_in, C_out]`` of one floating dtype. Differentiable in
+    ``feats`` and ``weight``.
+    """
+    return _ops.conv_gather_scatter(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset)
+
+
+def conv_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                     out_idx: Tensor, identity_offset: int = -1) -> Tensor:
+    """``grad_weight [K, C_in, C_out]``, ``grad_weight[k] = feats[in_idx_k]^T @ grad_out[out_idx_k]``."""
+    return _ops.conv_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset)
+
+
+@torch.library.register_fake("pointsparse::conv_gather_scatter")
+def _conv_gather_scatter_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset):
+    return feats.new_empty((num_out, weight.shape[2]))
+
+
+@torch.library.register_fake("pointsparse::conv_weight_grad")
+def _conv_weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset):
+    return feats.new_empty((offset_ptr.shape[0] - 1, feats.shape[1], grad_out.shape[1]))
+
+
+def _setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
+    feats, weight, offset_ptr, in_idx, out_idx, _num_out, identity_offset = inputs
+    ctx.save_for_backward(feats, weight, offset_ptr, in_idx, out_idx)
+    ctx.identity_offset = identity_offset
+
+
+def _backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    feats, weight, offset_ptr, in_idx, out_idx = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_feats = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        # The adjoint runs the same pairs backwards: out -> in with weight[k]^T [C_out, C_in].
+        grad_feats = conv_gather_scatter(grad, weight.transpose(1, 2), offset_ptr, out_idx, in_idx,
+                                         feats.shape[0], ctx.identity_offset)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv_weight_grad(feats, grad, offset_ptr, in_idx, out_idx, ctx.identity_offset)
+    return grad_feats, grad_weight, None, None, None, None, None
+
+
+torch.library.register_autograd("pointsparse::conv_gather_scatter", _backward, setup_context=_setup_context)
