@@ -3,10 +3,10 @@
 import argparse
 import sys
 
-from . import kmap
+from . import conv, kmap
 
 
-SUITES = {"kmap": kmap}
+SUITES = {"conv": conv, "kmap": kmap}
 
 
 def main(argv=None) -> int:

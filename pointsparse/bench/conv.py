@@ -1,0 +1,192 @@
+"""Convolution times on one voxelised scan against spconv's CPU package and a naive torch conv.
+
+Cases: submanifold 3x3x3 32->32 with the kernel map built inside the timed call and with it cached,
+64->64 cached, strided k2 s2 32->64 with the map built, and forward+backward 32->32 cached. spconv
+(``pip install spconv``) runs its Native gather-GEMM-scatter; its CPU backward needs
+``spconv.pytorch.ops.get_current_stream`` replaced by ``lambda: 0``, which this benchmark does.
+Each row also reports how many output rows differ from ours (spconv's CPU scatter races at more
+than one thread), and GEMM efficiency: useful FLOP/s against ``torch.mm`` on the same FLOPs.
+"""
+
+import argparse
+from typing import Callable, Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .. import functional as F
+from ..config import ConvConfig, KernelMapAlgo
+from ..kmap import build_kernel_map
+from ..tensor import SparseTensor
+from .common import environment, load_voxels, time_ms, write_json
+from .kmap import naive_neighbors
+
+HASH, SORT = ConvConfig(kmap=KernelMapAlgo.HASH), ConvConfig(kmap=KernelMapAlgo.SORT)
+CASES = {  # name: (kernel, stride, C_in, C_out, map cached, backward, config)
+    "subm3 32->32 map built hash": (3, 1, 32, 32, False, False, HASH),
+    "subm3 32->32 map built sort": (3, 1, 32, 32, False, False, SORT),
+    "subm3 32->32 cached": (3, 1, 32, 32, True, False, HASH),
+    "subm3 64->64 cached": (3, 1, 64, 64, True, False, HASH),
+    "k2s2 32->64 map built hash": (2, 2, 32, 64, False, False, HASH),
+    "k2s2 32->64 map built sort": (2, 2, 32, 64, False, False, SORT),
+    "subm3 32->32 fwd+bwd cached": (3, 1, 32, 32, True, True, HASH),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scan", required=True, help="KITTI-format .bin scan")
+    parser.add_argument("--voxel-size", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--out", default="bench_results/conv.json")
+
+
+def naive_conv(coords: Tensor, feats: Tensor, weight: Tensor, kernel: int, stride: int,
+               table: Optional[Tuple[Tensor, Tensor]] = None) -> Tensor:
+    """Pure torch: searchsorted kernel map (unless given), then index_select / mm / index_add_ per offset."""
+    out_coords, neighbors = table if table is not None else naive_neighbors(coords, kernel, stride)
+    out = feats.new_zeros((out_coords.shape[0], weight.shape[2]))
+    for k in range(weight.shape[0]):
+        rows = (neighbors[:, k] >= 0).nonzero().squeeze(1)
+        out.index_add_(0, rows, feats.index_select(0, neighbors[rows, k].long()) @ weight[k])
+    return out
+
+
+def spconv_layer(kernel: int, stride: int, c_in: int, c_out: int, weight: Tensor):
+    import spconv.pytorch as spconv
+
+    if stride == 1:
+        layer = spconv.SubMConv3d(c_in, c_out, kernel, bias=False, indice_key="bench", algo=spconv.ConvAlgo.Native)
+    else:
+        layer = spconv.SparseConv3d(c_in, c_out, kernel, stride, bias=False, algo=spconv.ConvAlgo.Native)
+    # Ours [K, C_in, C_out], x fastest -> spconv [C_out, kx, ky, kz, C_in].
+    layer.weight.data = weight.reshape(kernel, kernel, kernel, c_in, c_out).permute(4, 2, 1, 0, 3).contiguous()
+    return layer
+
+
+def spconv_input(coords: Tensor, feats: Tensor):
+    import spconv.pytorch as spconv
+
+    # spconv wants indices >= 0; shifting by an even amount keeps its stride-2 cells equal to ours.
+    shifted = coords.clone()
+    shifted[:, 1:] -= torch.div(shifted[:, 1:].min(0).values, 2, rounding_mode="floor") * 2
+    shape = (shifted[:, 1:].max(0).values + 1).tolist()
+    return spconv.SparseConvTensor(feats, shifted, shape, 1)
+
+
+def rows_differing(ours: SparseTensor, theirs_feats: Tensor, theirs_coords: Tensor, stride: int) -> Dict[str, int]:
+    """Rows at coordinates both produce whose features differ (relative 1e-3), and rows only we have."""
+    def keys(coords: Tensor) -> Tensor:
+        c = coords.long()  # [N, 3] spatial; a constant shift keeps the order
+        return (c[:, 0] * 65536 + c[:, 1]) * 65536 + c[:, 2]
+
+    mine_keys, theirs_keys = keys(ours.coords[:, 1:] // stride), keys(theirs_coords)
+    shift = mine_keys.min() - theirs_keys.min() if stride == 1 else None
+    if shift is None:  # spconv's stride-2 indices are ours // 2 after an even shift: align by offset
+        shift = keys(ours.coords[:, 1:].min(0).values[None] // stride)[0] - keys(theirs_coords.min(0).values[None])[0]
+    theirs_keys = theirs_keys + shift
+    order = torch.argsort(theirs_keys)
+    pos = torch.searchsorted(theirs_keys[order], mine_keys).clamp(max=theirs_keys.numel() - 1)
+    found = theirs_keys[order][pos] == mine_keys
+    theirs = theirs_feats[order][pos[found]]
+    scale = ours.feats.abs().max()
+    bad = int(((ours.feats[found] - theirs).abs().max(1).values > 1e-3 * scale).sum())
+    return {"rows_differing_from_pointsparse": bad, "rows_missing_vs_pointsparse": int((~found).sum())}
+
+
+def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, cached: bool,
+             backward: bool, config: ConvConfig, repeats: int) -> Dict[str, object]:
+    gen = torch.Generator().manual_seed(0)
+    feats = torch.randn(coords.shape[0], c_in, generator=gen)
+    weight = torch.randn(kernel ** 3, c_in, c_out, generator=gen) / (c_in * kernel ** 3) ** 0.5
+    grad = torch.randn(coords.shape[0] if stride == 1 else 1, c_out, generator=gen)
+    base = SparseTensor(feats, coords)
+    fresh = lambda: SparseTensor(feats, coords)  # noqa: E731  (a new tensor: no cached map)
+    ours_w = weight.clone().requires_grad_(backward)
+    ours_x = base.with_feats(feats.clone().requires_grad_(backward))
+
+    def ours() -> SparseTensor:
+        y = F.conv3d(ours_x if cached else fresh(), ours_w, kernel, None, stride, config=config)
+        if backward:
+            y.feats.backward(grad)
+        return y
+
+    mine = ours()
+    rows: Dict[str, object] = {"pointsparse": time_ms(ours, repeats)}
+
+    table = naive_neighbors(coords, kernel, stride) if cached else None
+    naive_w = weight.clone().requires_grad_(backward)
+    naive_f = feats.clone().requires_grad_(backward)
+
+    def naive() -> Tensor:
+        out = naive_conv(coords, naive_f, naive_w, kernel, stride, table)
+        if backward:
+            out.backward(grad)
+        return out
+
+    rows["naive torch"] = time_ms(naive, max(3, repeats // 3))
+    rows["spconv (CPU)"] = _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached,
+                                        backward, grad, repeats, mine)
+    useful_flops = 2 * int(build_kernel_map(coords, (1, 1, 1), kernel, stride).in_idx.numel()) * c_in * c_out
+    a = torch.randn(useful_flops // (2 * c_in * c_out), c_in)
+    mm = time_ms(lambda: a @ weight[0], repeats)
+    ours_ms = rows["pointsparse"]["median_ms"]
+    rows["gemm_efficiency"] = {"useful_gflops": useful_flops / 1e9,
+                               "pointsparse_gflop_per_s": useful_flops / ours_ms / 1e6,
+                               "torch_mm_gflop_per_s": useful_flops / mm["median_ms"] / 1e6}
+    if backward:
+        rows["gemm_efficiency"]["note"] = "forward FLOPs only; backward runs about twice more"
+    return rows
+
+
+def _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached, backward, grad, repeats,
+                 mine) -> Dict[str, object]:
+    try:
+        import spconv.pytorch.ops as spconv_ops
+    except ImportError:
+        return {"skipped": "spconv not installed (pip install spconv)"}
+    spconv_ops.get_current_stream = lambda: 0  # its CPU backward asks for a CUDA stream otherwise
+    layer = spconv_layer(kernel, stride, c_in, c_out, weight)
+    layer.weight.requires_grad_(backward)
+    warm = layer(spconv_input(coords, feats.clone()))  # indice_dict of warm holds the subm map
+    source = feats.clone().requires_grad_(backward)
+
+    def theirs():
+        x = warm.replace_feature(source) if cached else spconv_input(coords, source)
+        y = layer(x)
+        if backward:
+            y.features.backward(grad)
+        return y
+
+    timing: Dict[str, object] = dict(time_ms(theirs, repeats))
+    out = theirs()
+    timing.update(rows_differing(mine, out.features.detach(), out.indices[:, 1:], stride))
+    timing["rows"] = int(out.features.shape[0])
+    return timing
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    coords = load_voxels(args.scan, args.voxel_size, "cpu")
+    env = environment()
+    print(f"{coords.shape[0]} voxels at {args.voxel_size} m from {args.scan}; {env['device']}, "
+          f"{torch.get_num_threads()} threads, torch {env['torch']}")
+    header = (f"{'case':<30}{'pointsparse ms':>15}{'spconv ms':>11}{'naive ms':>10}"
+              f"{'spconv/ours':>13}{'naive/ours':>12}{'GEMM eff':>10}{'spconv bad rows':>17}")
+    print(header)
+    print("-" * len(header))
+    results = {}
+    for name, (kernel, stride, c_in, c_out, cached, backward, config) in CASES.items():
+        rows = run_case(coords, kernel, stride, c_in, c_out, cached, backward, config, args.repeats)
+        ours = rows["pointsparse"]["median_ms"]
+        theirs = rows["spconv (CPU)"].get("median_ms", float("nan"))
+        naive = rows["naive torch"]["median_ms"]
+        eff = rows["gemm_efficiency"]
+        bad = rows["spconv (CPU)"].get("rows_differing_from_pointsparse", "-")
+        print(f"{name:<30}{ours:>15.2f}{theirs:>11.2f}{naive:>10.2f}{theirs / ours:>12.2f}x"
+              f"{naive / ours:>11.2f}x{eff['pointsparse_gflop_per_s'] / eff['torch_mm_gflop_per_s']:>10.2f}"
+              f"{bad:>17}")
+        results[name] = rows
+    write_json(args.out, {"benchmark": "conv", "scan": args.scan, "voxel_size": args.voxel_size, **env,
+                          "results": results})
+    return 0
