@@ -1,5 +1,6 @@
 """Timing, scan loading and result records shared by the benchmark suites."""
 
+import argparse
 import json
 import os
 import platform
@@ -13,6 +14,15 @@ import numpy as np
 import torch
 
 from ..quantize import sparse_quantize
+
+
+def add_scan_arguments(parser: argparse.ArgumentParser, suite: str, repeats: int) -> None:
+    """Options every suite takes: the scan, its voxel size, threads, repeats and the JSON path."""
+    parser.add_argument("--scan", required=True, help="KITTI-format .bin scan")
+    parser.add_argument("--voxel-size", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--out", default=f"bench_results/{suite}.json")
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:

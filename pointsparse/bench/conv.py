@@ -9,7 +9,7 @@ than one thread), and GEMM efficiency: useful FLOP/s against ``torch.mm`` on the
 """
 
 import argparse
-from typing import Callable, Dict, Optional, Tuple
+from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from .. import functional as F
 from ..config import ConvConfig, KernelMapAlgo
 from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
-from .common import environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, environment, load_voxels, time_ms, write_json
 from .kmap import naive_neighbors
 
 HASH, SORT = ConvConfig(kmap=KernelMapAlgo.HASH), ConvConfig(kmap=KernelMapAlgo.SORT)
@@ -34,11 +34,7 @@ CASES = {  # name: (kernel, stride, C_in, C_out, map cached, backward, config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scan", required=True, help="KITTI-format .bin scan")
-    parser.add_argument("--voxel-size", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", default="bench_results/conv.json")
+    add_scan_arguments(parser, "conv", repeats=10)
 
 
 def naive_conv(coords: Tensor, feats: Tensor, weight: Tensor, kernel: int, stride: int,

@@ -11,22 +11,17 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
-from .. import ops
 from ..config import ConvConfig, KernelMapAlgo
 from ..kmap import build_kernel_map, build_neighbors, downsample_coords
 from ..offsets import kernel_offsets
-from .common import environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, environment, load_voxels, time_ms, write_json
 
 CASES = {"subm_k3": (3, 1), "strided_k2_s2": (2, 2)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scan", required=True, help="KITTI-format .bin scan")
-    parser.add_argument("--voxel-size", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=20)
+    add_scan_arguments(parser, "kmap", repeats=20)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="bench_results/kmap.json")
 
 
 def naive_neighbors(coords: Tensor, kernel_size: int, stride: int) -> Tuple[Tensor, Tensor]:
