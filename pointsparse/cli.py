@@ -1,0 +1,135 @@
+"""``pointsparse`` command line: train, eval, predict and generate (synthetic SemanticKITTI data)."""
+
+import argparse
+import os
+import sys
+from dataclasses import fields
+from pathlib import Path
+from typing import List, Optional
+
+import torch
+
+SYNTHETIC_SEQUENCES = {0: 24, 8: 4}  # train / val scans of the embedded default data set
+
+
+def default_data_root() -> Path:
+    """The synthetic data set in the cache folder, generated on first use."""
+    cache = Path(os.environ.get("POINTSPARSE_CACHE", Path.home() / ".cache" / "pointsparse"))
+    root = cache / "synthetic-kitti"
+    marker = root / ".complete"
+    if not marker.exists():
+        from .datasets.synthetic import generate_dataset
+
+        print(f"generating synthetic SemanticKITTI scans into {root} ...", flush=True)
+        generate_dataset(root, SYNTHETIC_SEQUENCES)
+        marker.write_text("ok\n")
+    return root
+
+
+def _train(args) -> int:
+    from .training import TrainConfig, train
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        backend = "nccl" if args.device.startswith("cuda") else "gloo"
+        torch.distributed.init_process_group(backend)
+        if args.device.startswith("cuda"):
+            args.device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+            torch.cuda.set_device(args.device)
+    names = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in vars(args).items() if k in names and v is not None}
+    values["data_root"] = str(args.data_root or default_data_root())
+    values["max_voxels"] = None if args.max_voxels == 0 else args.max_voxels
+    matrix = train(TrainConfig(**values), resume=args.resume)
+    if world > 1:
+        torch.distributed.destroy_process_group()
+    return 0 if matrix is not None else 1
+
+
+def _eval(args) -> int:
+    from torch.utils.data import DataLoader
+
+    from .datasets import CLASS_NAMES, SemanticKITTI, VoxelConfig, collate
+    from .training import evaluate, load_model, split_arg
+
+    model, config = load_model(Path(args.checkpoint), args.device)
+    root = args.data_root or config["data_root"]
+    data = SemanticKITTI(root, split_arg(args.split), VoxelConfig(config["voxel_size"], None, augment=False))
+    matrix = evaluate(model, DataLoader(data, 1, collate_fn=collate, num_workers=args.workers), args.device)
+    print(matrix.table(CLASS_NAMES))
+    return 0
+
+
+def _predict(args) -> int:
+    from .training import load_model, predict
+
+    _, config = load_model(Path(args.checkpoint), "cpu")
+    root = args.data_root or config["data_root"]
+    count = predict(Path(args.checkpoint), root, args.split, Path(args.out), args.device, args.ply)
+    print(f"wrote {count} prediction files under {args.out}/sequences/*/predictions")
+    return 0
+
+
+def _generate(args) -> int:
+    from .datasets.synthetic import generate_dataset
+
+    sequences = {int(s): args.scans for s in args.sequences.split(",")}
+    generate_dataset(Path(args.out), sequences, args.seed)
+    print(f"wrote {sum(sequences.values())} scans under {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pointsparse")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train a segmentation model (default: MinkUNet18 on synthetic scans)")
+    train.add_argument("--data-root", help="folder holding sequences/ (default: synthetic scans in the cache)")
+    train.add_argument("--out-dir", default="runs/minkunet")
+    train.add_argument("--model", default="minkunet18")
+    train.add_argument("--cr", type=float, default=1.0, help="width multiplier")
+    train.add_argument("--epochs", type=int, default=15)
+    train.add_argument("--batch-size", type=int, default=2)
+    train.add_argument("--lr", type=float, default=0.24)
+    train.add_argument("--warmup-iters", type=int, default=0)
+    train.add_argument("--voxel-size", type=float, default=0.05)
+    train.add_argument("--max-voxels", type=int, default=80000, help="0 keeps all voxels")
+    train.add_argument("--train-split", default="train", help="train / val / test or e.g. 0,1,2")
+    train.add_argument("--val-split", default="val")
+    train.add_argument("--workers", type=int, default=2)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    train.add_argument("--no-amp", dest="amp", action="store_false", help="disable AMP on CUDA")
+    train.add_argument("--max-iters-per-epoch", type=int)
+    train.add_argument("--resume", action="store_true", help="continue from out-dir/last.pt")
+    train.set_defaults(run=_train)
+
+    for name, run, help_text in (("eval", _eval, "per-class IoU of a checkpoint"),
+                                 ("predict", _predict, "write SemanticKITTI prediction files")):
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("checkpoint")
+        cmd.add_argument("--data-root", help="default: the data root the checkpoint was trained on")
+        cmd.add_argument("--split", default="val")
+        cmd.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+        cmd.add_argument("--workers", type=int, default=2)
+        if name == "predict":
+            cmd.add_argument("--out", default="predictions")
+            cmd.add_argument("--ply", action="store_true", help="also write coloured .ply (needs open3d)")
+        cmd.set_defaults(run=run)
+
+    gen = sub.add_parser("generate", help="write synthetic scans in the SemanticKITTI layout")
+    gen.add_argument("out")
+    gen.add_argument("--sequences", default="0,8")
+    gen.add_argument("--scans", type=int, default=10)
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

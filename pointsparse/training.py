@@ -1,0 +1,215 @@
+"""Training, evaluation and prediction of segmentation models on SemanticKITTI-layout data."""
+
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .datasets import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SemanticKITTI, VoxelConfig, collate, train_to_raw
+from .metrics import ConfusionMatrix
+from .models import build_model
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data_root: str
+    out_dir: str = "runs/minkunet"
+    model: str = "minkunet18"
+    cr: float = 1.0
+    epochs: int = 15
+    batch_size: int = 2
+    lr: float = 0.24
+    weight_decay: float = 1e-4
+    warmup_iters: int = 0
+    voxel_size: float = 0.05
+    max_voxels: Optional[int] = 80000
+    train_split: str = "train"
+    val_split: str = "val"
+    workers: int = 2
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True
+    max_iters_per_epoch: Optional[int] = None
+
+
+def split_arg(split: str):
+    """'train' / 'val' / 'test', or comma-separated sequence numbers."""
+    return split if split in ("train", "val", "test") else [int(s) for s in split.split(",") if s]
+
+
+def cosine_with_warmup(warmup: int, total: int):
+    """lr factor per iteration: linear warm-up, then cosine from 1 to 0 (the SPVNAS schedule)."""
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(step, total) / max(1, total)))
+    return factor
+
+
+def distributed() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def rank() -> int:
+    return dist.get_rank() if distributed() else 0
+
+
+def save_atomic(obj: Dict, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(checkpoint: Path, device: str) -> nn.Module:
+    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    config = state["config"]
+    model = build_model(config["model"], num_classes=NUM_CLASSES, in_channels=4, cr=config["cr"]).to(device)
+    model.load_state_dict(state["model"])
+    return model, config
+
+
+def _progress(iterable, **kwargs):
+    try:
+        from tqdm import tqdm
+    except ImportError:  # progress bars are optional
+        return iterable
+    return tqdm(iterable, disable=rank() != 0, dynamic_ncols=True, **kwargs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader, device: str) -> ConfusionMatrix:
+    """Point-level confusion matrix: voxel logits mapped back to every point through ``inverse``."""
+    model.eval()
+    matrix = ConfusionMatrix(NUM_CLASSES, IGNORE_INDEX)
+    for batch in _progress(loader, desc="eval", leave=False):
+        logits = model(batch["input"].to(device))
+        start = 0
+        for count, inverse, point_labels in zip(batch["num_voxels"], batch["inverse"], batch["point_labels"]):
+            pred = logits[start:start + count].argmax(1).cpu()
+            matrix.update(pred[inverse], point_labels)
+            start += count
+    if distributed():
+        dist.all_reduce(matrix.matrix)
+    return matrix
+
+
+def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
+    torch.manual_seed(config.seed)
+    random.seed(config.seed)
+    np.random.seed(config.seed)
+    voxels = VoxelConfig(config.voxel_size, config.max_voxels, augment=True)
+    train_set = SemanticKITTI(config.data_root, split_arg(config.train_split), voxels, config.seed)
+    val_set = SemanticKITTI(config.data_root, split_arg(config.val_split),
+                            VoxelConfig(config.voxel_size, None, augment=False))
+    sampler = DistributedSampler(train_set, seed=config.seed) if distributed() else None
+    val_sampler = DistributedSampler(val_set, shuffle=False) if distributed() else None
+    shuffle_gen = torch.Generator()
+    train_loader = DataLoader(train_set, config.batch_size, shuffle=sampler is None, sampler=sampler,
+                              collate_fn=collate, num_workers=config.workers, generator=shuffle_gen)
+    val_loader = DataLoader(val_set, 1, sampler=val_sampler, collate_fn=collate, num_workers=config.workers)
+
+    device = config.device
+    model = build_model(config.model, num_classes=NUM_CLASSES, in_channels=4, cr=config.cr).to(device)
+    if distributed():
+        model = nn.parallel.DistributedDataParallel(model)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
+                                weight_decay=config.weight_decay)
+    iters = len(train_loader) if config.max_iters_per_epoch is None else min(len(train_loader), config.max_iters_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(config.warmup_iters, config.epochs * iters))
+    use_amp = config.amp and device.startswith("cuda")
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    checkpoint = Path(config.out_dir) / "last.pt"
+    start_epoch = 0
+    if resume and checkpoint.exists():
+        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        (model.module if distributed() else model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["torch_rng"])
+        np.random.set_state(state["numpy_rng"])
+        random.setstate(state["python_rng"])
+        start_epoch = state["epoch"] + 1
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    matrix = None
+    for epoch in range(start_epoch, config.epochs):
+        train_set.set_epoch(epoch)
+        shuffle_gen.manual_seed(config.seed + epoch)  # the data order depends on the epoch only
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        model.train()
+        bar = _progress(range(iters), desc=f"epoch {epoch + 1}/{config.epochs}")
+        batches = iter(train_loader)
+        start = time.perf_counter()
+        scans = 0
+        for _ in bar:
+            batch = next(batches)
+            with torch.autocast("cuda", enabled=use_amp):
+                logits = model(batch["input"].to(device))
+                loss = loss_fn(logits.float(), batch["labels"].to(device))
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            scans += len(batch["scan"])
+            if hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{loss.item():.3f}", scans_per_s=f"{scans / (time.perf_counter() - start):.2f}",
+                                lr=f"{scheduler.get_last_lr()[0]:.4f}")
+        matrix = evaluate(model, val_loader, device)
+        if rank() == 0:
+            print(f"epoch {epoch + 1} validation\n{matrix.table(CLASS_NAMES)}", flush=True)
+            save_atomic({
+                "config": asdict(config), "epoch": epoch,
+                "model": (model.module if distributed() else model).state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
+                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
+                "miou": matrix.miou(),
+            }, checkpoint)
+    return matrix
+
+
+def predict(checkpoint: Path, data_root: str, split: str, out_root: Path, device: str = "cpu",
+            write_ply: bool = False) -> int:
+    """Writes ``out_root/sequences/XX/predictions/NNNNNN.label`` (raw ids) for every scan of split."""
+    model, config = load_model(checkpoint, device)
+    model.eval()
+    dataset = SemanticKITTI(data_root, split_arg(split), VoxelConfig(config["voxel_size"], None, augment=False))
+    written = 0
+    with torch.no_grad():
+        for index in _progress(range(len(dataset)), desc="predict"):
+            item = dataset[index]
+            batch = collate([item])
+            pred = model(batch["input"].to(device)).argmax(1).cpu()[item["inverse"]].numpy()
+            scan = Path(item["scan"])
+            target = out_root / "sequences" / scan.parent.parent.name / "predictions" / (scan.stem + ".label")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            train_to_raw(pred).tofile(target)
+            if write_ply:
+                _write_ply(scan, pred, target.with_suffix(".ply"))
+            written += 1
+    return written
+
+
+def _write_ply(scan: Path, pred: np.ndarray, target: Path) -> None:
+    import open3d as o3d  # optional extra
+
+    from .datasets import read_points
+    from .datasets.colors import class_colors
+
+    cloud = o3d.geometry.PointCloud()
+    cloud.points = o3d.utility.Vector3dVector(read_points(scan)[:, :3].astype(np.float64))
+    cloud.colors = o3d.utility.Vector3dVector(class_colors()[pred])
+    o3d.io.write_point_cloud(str(target), cloud)
