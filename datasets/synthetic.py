@@ -12,7 +12,7 @@ consistent. Everything is deterministic per seed.
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
@@ -90,18 +90,18 @@ class _Builder:
 def make_scene(rng: np.random.Generator, length: float = 260.0) -> Scene:
     """A random street along x from -length/2 to length/2."""
     b = _Builder()
-    road = rng.uniform(3.5, 7.0)          # half width
+    road = rng.uniform(3.0, 5.0)          # half width
     walk = rng.uniform(2.0, 4.0)          # sidewalk width
     half = length / 2
     for side in (-1, 1):
         y0, y1 = sorted((side * road, side * (road + walk)))
         b.box((-half, y0, -0.2), (half, y1, 0.15), 48)
         # Buildings with gaps, behind a terrain strip of random depth.
-        setback = road + walk + rng.uniform(1.0, 6.0)
+        setback = road + walk + rng.uniform(0.5, 3.0)
         x = -half
         while x < half:
             width = rng.uniform(8, 30)
-            if rng.random() < 0.8:
+            if rng.random() < 0.9:
                 depth, height = rng.uniform(8, 16), rng.uniform(4, 20)
                 ya, yb = sorted((side * setback, side * (setback + depth)))
                 b.box((x, ya, -0.2), (x + width, yb, height), 50)
@@ -109,6 +109,14 @@ def make_scene(rng: np.random.Generator, length: float = 260.0) -> Scene:
                 yf = side * (setback - 0.3)
                 b.box((x, min(yf, yf + side * 0.1), 0.0), (x + width, max(yf, yf + side * 0.1), rng.uniform(1, 2)), 51)
             x += width + rng.uniform(0.5, 6)
+        # Fences along the back of the sidewalk, in segments.
+        x = -half
+        while x < half:
+            run = rng.uniform(5, 30)
+            if rng.random() < 0.55:
+                yf = side * (road + walk + 0.15)
+                b.box((x, min(yf, yf + side * 0.08), 0.0), (x + run, max(yf, yf + side * 0.08), rng.uniform(1.0, 2.2)), 51)
+            x += run + rng.uniform(1, 10)
         # Trees and bushes on the terrain strip, poles and signs at the kerb, pedestrians on the walk.
         for xt in rng.uniform(-half, half, int(rng.integers(15, 35))):
             yt = side * (road + walk + rng.uniform(0.5, 1.0))
@@ -116,8 +124,8 @@ def make_scene(rng: np.random.Generator, length: float = 260.0) -> Scene:
             b.cylinder(xt, yt, rng.uniform(0.12, 0.3), 0.0, trunk_h, 71)
             r = rng.uniform(1.2, 3.0)
             b.ellipsoids.append(((xt, yt, trunk_h + r * 0.7), (r, r, r * rng.uniform(0.6, 1.0))))
-        for xb in rng.uniform(-half, half, int(rng.integers(4, 12))):
-            r = rng.uniform(0.4, 1.2)
+        for xb in rng.uniform(-half, half, int(rng.integers(10, 30))):
+            r = rng.uniform(0.6, 1.8)
             b.ellipsoids.append(((xb, side * (road + walk + rng.uniform(0.8, 2.5)), r * 0.5), (r, r, r * 0.6)))
         for xp in rng.uniform(-half, half, int(rng.integers(4, 10))):
             yp = side * (road + 0.4)
@@ -137,13 +145,13 @@ def make_scene(rng: np.random.Generator, length: float = 260.0) -> Scene:
                       253 if moving else 31, b.instance(), 2 * speed)
     # Parking bays with parked cars, and traffic in both lanes.
     parking = []
-    for x0 in rng.uniform(-half, half - 20, int(rng.integers(2, 6))):
+    for x0 in rng.uniform(-half, half - 20, int(rng.integers(3, 8))):
         side = rng.choice((-1, 1))
         x1 = x0 + rng.uniform(10, 25)
         parking.append((x0, x1, side))
         x = x0 + 0.5
         while x + 4.5 < x1:
-            if rng.random() < 0.5:
+            if rng.random() < 0.8:
                 y = side * (road - 1.2)
                 b.box((x, y - 0.9, 0.15), (x + 4.3, y + 0.9, rng.uniform(1.4, 1.7)), 10, b.instance())
             x += 5.5
@@ -271,8 +279,9 @@ def write_sequence(root: Path, sequence: int, scans: int, seed: int, config: Lid
     (folder / "calib.txt").write_text("".join(f"P{i}: {P0}\n" for i in range(4)) + f"Tr: {tr}\n")
 
 
-def generate_dataset(root: Path, sequences: Dict[int, int], seed: int = 0) -> Path:
+def generate_dataset(root: Path, sequences: Dict[int, int], seed: int = 0,
+                     config: LidarConfig = LidarConfig()) -> Path:
     """Writes each sequence {number: scans} under root; returns root."""
     for sequence, scans in sequences.items():
-        write_sequence(root, sequence, scans, seed)
+        write_sequence(root, sequence, scans, seed, config)
     return Path(root)

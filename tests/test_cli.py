@@ -1,0 +1,90 @@
+"""The train / eval / predict commands on a tiny generated data set, resume and 2-process DDP."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from pointsparse.cli import main
+from pointsparse.datasets.synthetic import LidarConfig, generate_dataset
+
+TINY = ["--cr", "0.125", "--batch-size", "1", "--max-voxels", "1500", "--workers", "0",
+        "--train-split", "0", "--val-split", "8", "--lr", "0.05"]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    return generate_dataset(tmp_path_factory.mktemp("kitti"), {0: 2, 8: 1}, seed=2,
+                            config=LidarConfig(beams=16, azimuth_steps=360))
+
+
+def weights(path):
+    return torch.load(path, weights_only=False)["model"]
+
+
+def test_train_eval_predict(root, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "1", *TINY]) == 0
+    assert (out / "last.pt").exists() and not (out / "last.pt.tmp").exists()
+    assert "mIoU (all)" in capsys.readouterr().out
+    assert main(["eval", str(out / "last.pt"), "--split", "8", "--workers", "0"]) == 0
+    assert "road" in capsys.readouterr().out
+    assert main(["predict", str(out / "last.pt"), "--split", "8", "--out", str(tmp_path / "pred")]) == 0
+    written = tmp_path / "pred" / "sequences" / "08" / "predictions" / "000000.label"
+    points = np.fromfile(root / "sequences" / "08" / "velodyne" / "000000.bin", dtype=np.float32)
+    labels = np.fromfile(written, dtype=np.uint32)
+    assert labels.shape[0] == points.shape[0] // 4
+    assert set(np.unique(labels)) <= {10, 11, 15, 18, 20, 30, 31, 32, 40, 44, 48, 49, 50, 51, 70, 71, 72, 80, 81}
+
+
+def test_resume_continues_exactly(root, tmp_path):
+    straight = tmp_path / "straight"
+    main(["train", "--data-root", str(root), "--out-dir", str(straight), "--epochs", "2", *TINY])
+    # Interrupt after epoch 1: rerun epoch 1 only, then resume for epoch 2.
+    interrupted = tmp_path / "interrupted"
+    state_1 = _train_one_epoch_of_two(root, interrupted)
+    assert state_1["epoch"] == 0
+    main(["train", "--data-root", str(root), "--out-dir", str(interrupted), "--epochs", "2", "--resume", *TINY])
+    for name, value in weights(straight / "last.pt").items():
+        torch.testing.assert_close(weights(interrupted / "last.pt")[name], value, msg=name)
+
+
+def _train_one_epoch_of_two(root, out):
+    """Runs epoch 1 of a 2-epoch schedule and stops, as a crash after the first checkpoint would."""
+    from pointsparse import training
+
+    original = training.evaluate
+    calls = []
+
+    def stop_after_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    training.evaluate = stop_after_first
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "2", *TINY])
+    finally:
+        training.evaluate = original
+    return torch.load(out / "last.pt", weights_only=False)
+
+
+def _ddp_worker(rank, world, port, root, out):
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "1", "--device", "cpu", *TINY])
+
+
+def test_two_process_ddp_step_on_cpu(root, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_ddp_worker, args=(2, port, root, tmp_path / "ddp"), nprocs=2, join=True)
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    assert state["epoch"] == 0 and "miou" in state
