@@ -9,7 +9,6 @@ the street and moving objects advance with their speed, so ``poses.txt`` and ``t
 consistent. Everything is deterministic per seed.
 """
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Tuple

@@ -9,7 +9,9 @@ from typing import List, Optional
 
 import torch
 
-SYNTHETIC_SEQUENCES = {0: 24, 8: 4}  # train / val scans of the embedded default data set
+# The embedded default data set: five training streets of 8 scans (sequences 00-04) and one
+# validation street (08) of 4 scans.
+SYNTHETIC_SEQUENCES = {0: 8, 1: 8, 2: 8, 3: 8, 4: 8, 8: 4}
 
 
 def default_data_root() -> Path:
@@ -63,9 +65,9 @@ def _eval(args) -> int:
 def _predict(args) -> int:
     from .training import load_model, predict
 
-    _, config = load_model(Path(args.checkpoint), "cpu")
+    model, config = load_model(Path(args.checkpoint), args.device)
     root = args.data_root or config["data_root"]
-    count = predict(Path(args.checkpoint), root, args.split, Path(args.out), args.device, args.ply)
+    count = predict(model, config, root, args.split, Path(args.out), args.device, args.ply)
     print(f"wrote {count} prediction files under {args.out}/sequences/*/predictions")
     return 0
 

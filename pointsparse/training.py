@@ -6,7 +6,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
@@ -71,7 +71,8 @@ def save_atomic(obj: Dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def load_model(checkpoint: Path, device: str) -> nn.Module:
+def load_model(checkpoint: Path, device: str) -> Tuple[nn.Module, Dict]:
+    """The model of a checkpoint and the training config it was made with."""
     state = torch.load(checkpoint, map_location=device, weights_only=False)
     config = state["config"]
     model = build_model(config["model"], num_classes=NUM_CLASSES, in_channels=4, cr=config["cr"]).to(device)
@@ -181,10 +182,9 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
     return matrix
 
 
-def predict(checkpoint: Path, data_root: str, split: str, out_root: Path, device: str = "cpu",
-            write_ply: bool = False) -> int:
+def predict(model: nn.Module, config: Dict, data_root: str, split: str, out_root: Path,
+            device: str = "cpu", write_ply: bool = False) -> int:
     """Writes ``out_root/sequences/XX/predictions/NNNNNN.label`` (raw ids) for every scan of split."""
-    model, config = load_model(checkpoint, device)
     model.eval()
     dataset = SemanticKITTI(data_root, split_arg(split), VoxelConfig(config["voxel_size"], None, augment=False))
     written = 0
