@@ -28,10 +28,13 @@ def cast_boxes(o: np.ndarray, d: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> 
     inv = (1.0 / np.where(np.abs(d) < 1e-12, 1e-12, d)).astype(np.float32)   # [R, 3]
     o, lo, hi = o.astype(np.float32), lo.astype(np.float32), hi.astype(np.float32)
     for start in range(0, lo.shape[0], CHUNK):
-        t1 = (lo[None, start:start + CHUNK] - o) * inv[:, None]                # [R, n, 3]
-        t2 = (hi[None, start:start + CHUNK] - o) * inv[:, None]
-        near = np.minimum(t1, t2).max(2)                                       # [R, n]
-        far = np.maximum(t1, t2).min(2)
+        near = far = None
+        for axis in range(3):  # per-axis [R, n] slabs: no [R, n, 3] temporaries
+            t1 = np.outer(inv[:, axis], lo[start:start + CHUNK, axis] - o[axis])
+            t2 = np.outer(inv[:, axis], hi[start:start + CHUNK, axis] - o[axis])
+            lower, upper = np.minimum(t1, t2), np.maximum(t1, t2)
+            near = lower if near is None else np.maximum(near, lower)
+            far = upper if far is None else np.minimum(far, upper)
         t = np.where((far >= near) & (near > 0), near, np.inf)
         _closest(t, start, best_t, best_i)
     return best_t, best_i
@@ -61,12 +64,12 @@ def cast_ellipsoids(o: np.ndarray, d: np.ndarray, centre: np.ndarray, radii: np.
     best_t = np.full(d.shape[0], np.inf)
     best_i = np.full(d.shape[0], -1)
     for start in range(0, centre.shape[0], CHUNK):
-        r = radii[start:start + CHUNK]                                         # [n, 3]
-        oc = (o - centre[start:start + CHUNK]) / r                             # [n, 3]
-        ds = d[:, None, :] / r[None]                                           # [R, n, 3]
-        a = (ds ** 2).sum(2)
-        b = 2 * (ds * oc[None]).sum(2)
-        c = (oc ** 2).sum(1) - 1
+        inv_r = 1.0 / radii[start:start + CHUNK]                               # [n, 3]
+        oc = (o - centre[start:start + CHUNK]) * inv_r                         # [n, 3]
+        # |(o + t d - c) / r|^2 = 1 as a t^2 + b t + c = 0, each term a matrix product.
+        a = (d * d) @ (inv_r * inv_r).T                                        # [R, n]
+        b = 2 * d @ (oc * inv_r).T                                             # [R, n]
+        c = (oc * oc).sum(1) - 1                                               # [n]
         disc = b * b - 4 * a * c
         t = (-b - np.sqrt(np.maximum(disc, 0))) / (2 * a)
         _closest(np.where((disc >= 0) & (t > 0), t, np.inf), start, best_t, best_i)
