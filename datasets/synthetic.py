@@ -34,7 +34,7 @@ TR = np.array([[0, -1, 0, 0], [0, 0, -1, -0.08], [1, 0, 0, -0.27], [0, 0, 0, 1]]
 P0 = "7.188560e+02 0 6.071928e+02 0 0 7.188560e+02 1.852157e+02 0 0 0 1 0"
 
 
-@dataclass
+@dataclass(frozen=True)
 class LidarConfig:
     beams: int = 64
     azimuth_steps: int = 2000
