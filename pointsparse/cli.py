@@ -51,12 +51,11 @@ def _train(args) -> int:
 def _eval(args) -> int:
     from torch.utils.data import DataLoader
 
-    from .datasets import CLASS_NAMES, SemanticKITTI, VoxelConfig, collate
-    from .training import evaluate, load_model, split_arg
+    from .datasets import CLASS_NAMES, collate
+    from .training import evaluate, evaluation_set, load_model
 
     model, config = load_model(Path(args.checkpoint), args.device)
-    root = args.data_root or config["data_root"]
-    data = SemanticKITTI(root, split_arg(args.split), VoxelConfig(config["voxel_size"], None, augment=False))
+    data = evaluation_set(args.data_root or config["data_root"], args.split, config["voxel_size"])
     matrix = evaluate(model, DataLoader(data, 1, collate_fn=collate, num_workers=args.workers), args.device)
     print(matrix.table(CLASS_NAMES))
     return 0

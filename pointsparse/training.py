@@ -46,6 +46,11 @@ def split_arg(split: str):
     return split if split in ("train", "val", "test") else [int(s) for s in split.split(",") if s]
 
 
+def evaluation_set(data_root: str, split: str, voxel_size: float) -> SemanticKITTI:
+    """Whole scans (no voxel cap, no augmentation) of a split, for validation, eval and predict."""
+    return SemanticKITTI(data_root, split_arg(split), VoxelConfig(voxel_size, None, augment=False))
+
+
 def cosine_with_warmup(warmup: int, total: int):
     """lr factor per iteration: linear warm-up, then cosine from 1 to 0 (the SPVNAS schedule)."""
     def factor(step: int) -> float:
@@ -111,8 +116,7 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
     np.random.seed(config.seed)
     voxels = VoxelConfig(config.voxel_size, config.max_voxels, augment=True)
     train_set = SemanticKITTI(config.data_root, split_arg(config.train_split), voxels, config.seed)
-    val_set = SemanticKITTI(config.data_root, split_arg(config.val_split),
-                            VoxelConfig(config.voxel_size, None, augment=False))
+    val_set = evaluation_set(config.data_root, config.val_split, config.voxel_size)
     sampler = DistributedSampler(train_set, seed=config.seed) if distributed() else None
     val_sampler = DistributedSampler(val_set, shuffle=False) if distributed() else None
     shuffle_gen = torch.Generator()
@@ -186,7 +190,7 @@ def predict(model: nn.Module, config: Dict, data_root: str, split: str, out_root
             device: str = "cpu", write_ply: bool = False) -> int:
     """Writes ``out_root/sequences/XX/predictions/NNNNNN.label`` (raw ids) for every scan of split."""
     model.eval()
-    dataset = SemanticKITTI(data_root, split_arg(split), VoxelConfig(config["voxel_size"], None, augment=False))
+    dataset = evaluation_set(data_root, split, config["voxel_size"])
     written = 0
     with torch.no_grad():
         for index in _progress(range(len(dataset)), desc="predict"):

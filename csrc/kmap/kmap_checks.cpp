@@ -96,6 +96,15 @@ std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::Int
   return checked;
 }
 
+OwnedHashTable make_hash_table(int64_t n, int32_t fill_value, const at::TensorOptions& options) {
+  const int64_t capacity = hash_capacity(n);
+  OwnedHashTable table;
+  table.keys = at::full({capacity}, kEmptyKey, options.dtype(at::kLong));
+  table.values = at::full({capacity}, fill_value, options.dtype(at::kInt));
+  table.view = {table.keys.data_ptr<int64_t>(), table.values.data_ptr<int32_t>(), uint64_t(capacity - 1)};
+  return table;
+}
+
 void check_no_duplicates(bool has_duplicates, const char* name) {
   TORCH_CHECK_VALUE(!has_duplicates, name,
                     " holds duplicate coordinates; deduplicate them (e.g. sparse_quantize) first");

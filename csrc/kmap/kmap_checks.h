@@ -1,10 +1,12 @@
-// Input validation and preparation shared by the CPU and CUDA kernel-map entry functions. Every failure raises a
-// Python exception (TypeError / ValueError) that names the offending tensor and bound.
+// Input validation, preparation and table allocation shared by the CPU and CUDA kernel-map entry
+// functions. Every failure raises a Python exception (TypeError / ValueError) that names the offending tensor and bound.
 #pragma once
 
 #include <ATen/ATen.h>
 
 #include <array>
+
+#include "../common/hash_table.h"
 
 namespace pointsparse {
 
@@ -39,6 +41,14 @@ KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coord
 
 // Checks coords and factor of a downsampling (range of the floored result included).
 std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor);
+
+// A hash table for n keys on the device of options: keys empty, values at fill_value.
+struct OwnedHashTable {
+  at::Tensor keys;    // int64 [capacity]
+  at::Tensor values;  // int32 [capacity]
+  HashTable view;
+};
+OwnedHashTable make_hash_table(int64_t n, int32_t fill_value, const at::TensorOptions& options);
 
 // Raises the duplicate-coordinate ValueError when flagged.
 void check_no_duplicates(bool has_duplicates, const char* name);

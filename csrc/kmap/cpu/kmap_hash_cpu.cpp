@@ -14,21 +14,6 @@ namespace {
 
 constexpr int64_t kGrain = 1024;
 
-// A table sized for n keys; keys start empty, values at fill_value.
-struct OwnedTable {
-  at::Tensor keys, values;
-  HashTable view;
-};
-
-OwnedTable make_table_cpu(int64_t n, int32_t fill_value) {
-  const int64_t capacity = hash_capacity(n);
-  OwnedTable t;
-  t.keys = at::full({capacity}, kEmptyKey, at::dtype(at::kLong));
-  t.values = at::full({capacity}, fill_value, at::dtype(at::kInt));
-  t.view = {t.keys.data_ptr<int64_t>(), t.values.data_ptr<int32_t>(), uint64_t(capacity - 1)};
-  return t;
-}
-
 at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                const at::Tensor& offsets_, bool symmetric) {
   const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
@@ -39,7 +24,7 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   const int32_t K = inputs.K;
   if (n_in == 0 || n_out == 0) return neighbors;
 
-  OwnedTable table = make_table_cpu(n_in, -1);
+  const OwnedHashTable table = make_hash_table(n_in, -1, in_coords.options());
   const int32_t* in_ptr = in_coords.data_ptr<int32_t>();
   std::atomic<bool> duplicate{false};
   at::parallel_for(0, n_in, kGrain, [&](int64_t begin, int64_t end) {
@@ -76,7 +61,7 @@ at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef
   int32_t* floored_ptr = floored.data_ptr<int32_t>();
   int64_t* key_ptr = keys.data_ptr<int64_t>();
   bool* first_ptr = is_first.data_ptr<bool>();
-  OwnedTable table = make_table_cpu(n, INT32_MAX);
+  const OwnedHashTable table = make_hash_table(n, INT32_MAX, coords.options());
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       downsample_element(in_ptr, factor.data(), i, floored_ptr, key_ptr);

@@ -88,10 +88,6 @@ __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, i
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 
-HashTable view_of(at::Tensor& keys, at::Tensor& values) {
-  return {keys.data_ptr<int64_t>(), values.data_ptr<int32_t>(), uint64_t(keys.size(0) - 1)};
-}
-
 at::Tensor pack_rows_cuda(const at::Tensor& coords) {
   const int64_t n = coords.size(0);
   at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
@@ -120,11 +116,9 @@ at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& 
   const int32_t K = inputs.K;
   if (n_in == 0 || n_out == 0) return neighbors;
 
-  const int64_t capacity = hash_capacity(n_in);
-  at::Tensor keys = at::full({capacity}, kEmptyKey, in_coords.options().dtype(at::kLong));
-  at::Tensor values = at::full({capacity}, -1, in_coords.options());
+  const OwnedHashTable owned = make_hash_table(n_in, -1, in_coords.options());
+  const HashTable table = owned.view;
   at::Tensor duplicate = at::zeros({1}, in_coords.options());
-  const HashTable table = view_of(keys, values);
   insert_rows_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
       table, in_coords.data_ptr<int32_t>(), n_in, duplicate.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -188,10 +182,8 @@ at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRe
   const int64_t n = coords.size(0);
   if (n == 0) return at::empty_like(coords);
   auto [floored, keys] = floor_rows_cuda(coords, factor);
-  const int64_t capacity = hash_capacity(n);
-  at::Tensor table_keys = at::full({capacity}, kEmptyKey, keys.options());
-  at::Tensor table_values = at::full({capacity}, INT32_MAX, coords.options());
-  const HashTable table = view_of(table_keys, table_values);
+  const OwnedHashTable owned = make_hash_table(n, INT32_MAX, coords.options());
+  const HashTable table = owned.view;
   insert_first_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(table, keys.data_ptr<int64_t>(), n);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));
