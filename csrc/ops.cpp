@@ -34,6 +34,13 @@ TORCH_LIBRARY(pointsparse, m) {
   // Weight gradient of conv_gather_scatter: grad_out [num_out, C_out] -> [K, C_in, C_out].
   m.def("conv_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int identity_offset) -> Tensor");
+  // The same convolution and weight gradient, fused: each register tile of pairs reads its input
+  // rows, multiplies and adds into its output rows with no gathered copy and no GEMM call
+  // (CPU only; results equal conv_gather_scatter / conv_weight_grad up to rounding).
+  m.def("conv_fused(Tensor feats, Tensor weight, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, SymInt num_out, int identity_offset) -> Tensor");
+  m.def("conv_fused_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, int identity_offset) -> Tensor");
 }
 
 // The extension is imported as pointsparse._C only to run the registrations above.

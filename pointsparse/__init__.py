@@ -4,7 +4,7 @@ import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
 from . import functional, nn, ops
-from .config import ConvConfig, KernelMapAlgo
+from .config import ConvConfig, Dataflow, KernelMapAlgo
 from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cached_kernel_map
 from .offsets import kernel_offsets
 from .quantize import sparse_collate, sparse_quantize
@@ -12,6 +12,7 @@ from .tensor import SparseTensor, kernel_map
 
 __all__ = [
     "ConvConfig",
+    "Dataflow",
     "KernelMap",
     "KernelMapAlgo",
     "KernelMapCache",

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .config import ConvConfig
+from .config import ConvConfig, Dataflow
 from .offsets import IntOrTriple, as_triple
 from .tensor import SparseTensor, check_same_coords, kernel_map
 
@@ -23,16 +23,19 @@ def conv3d(x: SparseTensor, weight: Tensor, kernel_size: IntOrTriple = 3, bias: 
     :func:`~pointsparse.offsets.kernel_offsets`. Stride 1 is submanifold (outputs at the input
     coordinates); stride s outputs tensor stride ``x.stride * s``; ``transposed`` with stride s
     returns from tensor stride ``t * s`` to the coordinates of the finer tensor at stride t (found
-    in ``x.cache``). ``bias``: ``[C_out]``. Runs gather-GEMM-scatter per kernel offset.
+    in ``x.cache``). ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
+    (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere).
     """
     config = config or ConvConfig()
     size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
     _check_conv_inputs(x, weight, bias, size)
+    dataflow = config.dataflow.resolve(x.feats.device)
     kmap = kernel_map(x, size, step, dilation, transposed, config)
     submanifold_centre = (not transposed and step == (1, 1, 1) and all(s % 2 for s in size))
     identity_offset = weight.shape[0] // 2 if submanifold_centre else -1
-    feats = ops.conv_gather_scatter(x.feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx,
-                                    kmap.num_out, identity_offset)                     # [N_out, C_out]
+    conv = ops.conv_fused if dataflow is Dataflow.FUSED else ops.conv_gather_scatter
+    feats = conv(x.feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out,
+                 identity_offset)                                                    # [N_out, C_out]
     if bias is not None:
         feats = feats + bias
     return SparseTensor(feats, kmap.out_coords, kmap.out_stride, x.cache)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pointsparse as ps
-from pointsparse import ConvConfig, KernelMapAlgo, SparseTensor
+from pointsparse import ConvConfig, Dataflow, KernelMapAlgo, SparseTensor
 from pointsparse import functional as F
 
 from conftest import DEVICES
@@ -24,7 +24,7 @@ def random_tensor(num_points=60, channels=3, span=7, batches=2, stride=1, seed=0
 
 
 def run_sparse_and_dense(x: SparseTensor, kernel_size, stride, dilation, transposed, algo,
-                         out_channels=4, seed=1):
+                         out_channels=4, seed=1, dataflow=Dataflow.AUTO):
     """Outputs and gradients of feats and weight, sparse then dense, under one random loss."""
     gen = torch.Generator().manual_seed(seed)
     size = ps.offsets.as_triple(kernel_size, "kernel_size")
@@ -35,7 +35,7 @@ def run_sparse_and_dense(x: SparseTensor, kernel_size, stride, dilation, transpo
         feats = x.feats.detach().clone().requires_grad_()
         w = weight.clone().requires_grad_()
         xin = x.with_feats(feats)
-        y = F.conv3d(xin, w, size, None, stride, dilation, transposed, ConvConfig(kmap=algo))
+        y = F.conv3d(xin, w, size, None, stride, dilation, transposed, ConvConfig(algo, dataflow))
         if path == "sparse":
             out, out_coords, out_stride = y.feats, y.coords, y.stride
         else:
@@ -55,26 +55,30 @@ def assert_matches_oracle(results):
 
 
 KINDS = ["submanifold", "strided", "transposed"]
+DATAFLOWS = [Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED]
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("algo", list(KernelMapAlgo))
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("kernel_size", [1, 2, 3, 5])
-def test_conv_matches_dense_oracle(device, algo, kind, dilation, kernel_size):
+def test_conv_matches_dense_oracle(device, dataflow, algo, kind, dilation, kernel_size):
+    if dataflow is Dataflow.FUSED and device != "cpu":
+        pytest.skip("the fused dataflow runs on the CPU only")
     x = random_tensor(device=device)
     if kind == "submanifold":
-        results = run_sparse_and_dense(x, kernel_size, 1, dilation, False, algo)
+        results = run_sparse_and_dense(x, kernel_size, 1, dilation, False, algo, dataflow=dataflow)
     elif kind == "strided":
-        results = run_sparse_and_dense(x, kernel_size, 2, dilation, False, algo)
+        results = run_sparse_and_dense(x, kernel_size, 2, dilation, False, algo, dataflow=dataflow)
     else:
         # Make the stride-2 coordinates with a strided conv, then go back up with the transposed one.
         coarse = F.conv3d(x, torch.zeros(8, 3, 3, dtype=x.feats.dtype, device=device), 2, None, 2,
                           config=ConvConfig(kmap=algo))
         coarse = coarse.with_feats(torch.randn(coarse.coords.shape[0], 3, dtype=x.feats.dtype,
                                                generator=torch.Generator().manual_seed(5)).to(device))
-        results = run_sparse_and_dense(coarse, kernel_size, 2, dilation, True, algo)
+        results = run_sparse_and_dense(coarse, kernel_size, 2, dilation, True, algo, dataflow=dataflow)
         torch.testing.assert_close(results[0][0].shape[0], x.coords.shape[0])
     assert_matches_oracle(results)
 
@@ -99,8 +103,9 @@ def test_submanifold_on_a_coarser_tensor(device):
         assert_matches_oracle(run_sparse_and_dense(x, 3, 1, 1, False, algo))
 
 
+@pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradcheck_float64(kind):
+def test_gradcheck_float64(kind, dataflow):
     x = random_tensor(num_points=12, channels=2, span=3, seed=6)
     stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
     if transposed:
@@ -110,7 +115,7 @@ def test_gradcheck_float64(kind):
     feats = x.feats.detach().clone().requires_grad_()
 
     def conv(f, w, b):
-        return F.conv3d(x.with_feats(f), w, 3, b, stride, 1, transposed).feats
+        return F.conv3d(x.with_feats(f), w, 3, b, stride, 1, transposed, ConvConfig(dataflow=dataflow)).feats
 
     assert torch.autograd.gradcheck(conv, (feats, weight, bias))
 

@@ -33,8 +33,14 @@ def conv_op_cases(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("case", range(3))
-def test_conv_opcheck(device, case):
+@pytest.mark.parametrize("fused", [False, True])
+def test_conv_opcheck(device, case, fused):
+    if fused and device != "cpu":
+        pytest.skip("the fused ops run on the CPU only")
     op, args = conv_op_cases(device)[case]
+    if fused:
+        op = {"conv_gather_scatter": torch.ops.pointsparse.conv_fused,
+              "conv_weight_grad": torch.ops.pointsparse.conv_fused_weight_grad}[op._opname].default
     torch.library.opcheck(op, args)
 
 
@@ -124,11 +130,11 @@ def test_bad_conv_inputs_raise():
             F.conv3d(x, torch.randn(27, 3, 2, device="cuda"))
 
 
-def test_bad_pairs_raise_in_the_op():
+@pytest.mark.parametrize("op", [ps.ops.conv_gather_scatter, ps.ops.conv_fused])
+def test_bad_pairs_raise_in_the_op(op):
     x = random_tensor(num_points=10, seed=14, dtype=torch.float32)
     km = ps.kernel_map(x, 3)
     w = torch.randn(27, 3, 2)
-    op = ps.ops.conv_gather_scatter
     with pytest.raises(ValueError, match="in_idx must index rows"):
         op(x.feats, w, km.offset_ptr, km.in_idx + 1000, km.out_idx, km.num_out)
     with pytest.raises(ValueError, match="offset_ptr must have shape"):

@@ -1,6 +1,6 @@
 """Typed wrappers over ``torch.ops.pointsparse``; importing registers the fake kernels."""
 
-from .conv import conv_gather_scatter, conv_weight_grad
+from .conv import conv_fused, conv_fused_weight_grad, conv_gather_scatter, conv_weight_grad
 from .kmap import (
     BATCH_RANGE,
     COORD_RANGE,
@@ -18,6 +18,8 @@ __all__ = [
     "COORD_RANGE",
     "build_kmap_hash",
     "build_kmap_sort",
+    "conv_fused",
+    "conv_fused_weight_grad",
     "conv_gather_scatter",
     "conv_weight_grad",
     "downsample_coords_hash",

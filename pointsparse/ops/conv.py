@@ -3,7 +3,11 @@
 Pairs come from a :class:`~pointsparse.kmap.KernelMap` in CSR form: ``offset_ptr`` int64 ``[K + 1]``
 (on the CPU: it sizes the GEMMs), ``in_idx`` / ``out_idx`` int32 ``[P]`` 0-based rows on the
 features' device. ``identity_offset`` is -1 or an offset whose pairs are ``i -> i`` for every row
-(the centre of a submanifold odd kernel), computed as one GEMM without gather or scatter.
+(the centre of a submanifold odd kernel), computed without gather or scatter.
+
+Two dataflows compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
+offset, scatter-add; every device) and ``conv_fused`` (register-blocked tiles that read, multiply
+and add rows in place; CPU only). Each differentiates through its own dataflow.
 """
 
 from typing import Optional, Tuple
@@ -30,13 +34,23 @@ def conv_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx
     return _ops.conv_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset)
 
 
-@torch.library.register_fake("pointsparse::conv_gather_scatter")
-def _conv_gather_scatter_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset):
+def conv_fused(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor, out_idx: Tensor,
+               num_out: int, identity_offset: int = -1) -> Tensor:
+    """:func:`conv_gather_scatter` computed by fused CPU kernels (float32 / float64)."""
+    return _ops.conv_fused(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset)
+
+
+def conv_fused_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                           out_idx: Tensor, identity_offset: int = -1) -> Tensor:
+    """:func:`conv_weight_grad` computed by fused CPU kernels."""
+    return _ops.conv_fused_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset)
+
+
+def _forward_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset):
     return feats.new_empty((num_out, weight.shape[2]))
 
 
-@torch.library.register_fake("pointsparse::conv_weight_grad")
-def _conv_weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset):
+def _weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset):
     return feats.new_empty((offset_ptr.shape[0] - 1, feats.shape[1], grad_out.shape[1]))
 
 
@@ -46,17 +60,24 @@ def _setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
     ctx.identity_offset = identity_offset
 
 
-def _backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
-    feats, weight, offset_ptr, in_idx, out_idx = ctx.saved_tensors
-    grad = grad.contiguous()
-    grad_feats = grad_weight = None
-    if ctx.needs_input_grad[0]:
-        # The adjoint runs the same pairs backwards: out -> in with weight[k]^T [C_out, C_in].
-        grad_feats = conv_gather_scatter(grad, weight.transpose(1, 2), offset_ptr, out_idx, in_idx,
-                                         feats.shape[0], ctx.identity_offset)
-    if ctx.needs_input_grad[1]:
-        grad_weight = conv_weight_grad(feats, grad, offset_ptr, in_idx, out_idx, ctx.identity_offset)
-    return grad_feats, grad_weight, None, None, None, None, None
+def _make_backward(forward, weight_grad):
+    def backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+        feats, weight, offset_ptr, in_idx, out_idx = ctx.saved_tensors
+        grad = grad.contiguous()
+        grad_feats = grad_weight = None
+        if ctx.needs_input_grad[0]:
+            # The adjoint runs the same pairs backwards: out -> in with weight[k]^T [C_out, C_in].
+            grad_feats = forward(grad, weight.transpose(1, 2), offset_ptr, out_idx, in_idx,
+                                 feats.shape[0], ctx.identity_offset)
+        if ctx.needs_input_grad[1]:
+            grad_weight = weight_grad(feats, grad, offset_ptr, in_idx, out_idx, ctx.identity_offset)
+        return grad_feats, grad_weight, None, None, None, None, None
+
+    return backward
 
 
-torch.library.register_autograd("pointsparse::conv_gather_scatter", _backward, setup_context=_setup_context)
+for _forward, _weight_grad in ((conv_gather_scatter, conv_weight_grad), (conv_fused, conv_fused_weight_grad)):
+    torch.library.register_fake(f"pointsparse::{_forward.__name__}")(_forward_fake)
+    torch.library.register_fake(f"pointsparse::{_weight_grad.__name__}")(_weight_grad_fake)
+    torch.library.register_autograd(f"pointsparse::{_forward.__name__}", _make_backward(_forward, _weight_grad),
+                                    setup_context=_setup_context)

@@ -1,0 +1,90 @@
+#include "conv_checks.h"
+
+namespace pointsparse {
+namespace {
+
+ConvPairs check_pairs(const at::Tensor& feats, const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                      const at::Tensor& out_idx, int64_t K, int64_t identity_offset) {
+  TORCH_CHECK_VALUE(feats.dim() == 2, "feats must have shape [N, C], got ", feats.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(feats.scalar_type()), "feats must be floating point, got ",
+                   feats.scalar_type());
+  TORCH_CHECK_TYPE(offset_ptr.scalar_type() == at::kLong, "offset_ptr must be int64, got ",
+                   offset_ptr.scalar_type());
+  TORCH_CHECK_VALUE(offset_ptr.device().is_cpu(), "offset_ptr must be on the CPU (it sizes the GEMMs)");
+  TORCH_CHECK_VALUE(offset_ptr.dim() == 1 && offset_ptr.size(0) == K + 1,
+                    "offset_ptr must have shape [K + 1] = [", K + 1, "], got ", offset_ptr.sizes());
+  for (const at::Tensor* idx : {&in_idx, &out_idx}) {
+    TORCH_CHECK_TYPE(idx->scalar_type() == at::kInt, "in_idx and out_idx must be int32, got ",
+                     idx->scalar_type());
+    TORCH_CHECK_VALUE(idx->dim() == 1, "in_idx and out_idx must be 1-D, got ", idx->sizes());
+    TORCH_CHECK_VALUE(idx->device() == feats.device(), "in_idx and out_idx must be on ",
+                      feats.device(), ", got ", idx->device());
+  }
+  TORCH_CHECK_VALUE(in_idx.size(0) == out_idx.size(0), "in_idx and out_idx differ in length: ",
+                    in_idx.size(0), " vs ", out_idx.size(0));
+  ConvPairs pairs{feats.contiguous(), offset_ptr.contiguous(), in_idx.contiguous(),
+                  out_idx.contiguous(), K, identity_offset};
+  const int64_t* ptr = pairs.ptr();
+  TORCH_CHECK_VALUE(ptr[0] == 0 && ptr[K] == in_idx.size(0),
+                    "offset_ptr must run from 0 to the number of pairs ", in_idx.size(0));
+  for (int64_t k = 0; k < K; ++k) {
+    TORCH_CHECK_VALUE(ptr[k] <= ptr[k + 1], "offset_ptr must not decrease");
+  }
+  TORCH_CHECK_VALUE(identity_offset >= -1 && identity_offset < K,
+                    "identity_offset must be -1 or an offset index below ", K, ", got ", identity_offset);
+  return pairs;
+}
+
+void check_index_bounds(const at::Tensor& idx, int64_t rows, const char* name) {
+  if (idx.numel() == 0) return;
+  const auto [lo, hi] = at::aminmax(idx);
+  const int64_t min_value = lo.item<int64_t>(), max_value = hi.item<int64_t>();
+  TORCH_CHECK_VALUE(min_value >= 0 && max_value < rows, name, " must index rows in [0, ", rows,
+                    "), got values in [", min_value, ", ", max_value, "]");
+}
+
+void check_identity(const ConvPairs& pairs, int64_t num_out) {
+  if (pairs.identity_offset < 0) return;
+  TORCH_CHECK_VALUE(pairs.feats.size(0) == num_out && pairs.pairs(pairs.identity_offset) == num_out,
+                    "identity_offset needs one pair per row and as many outputs as inputs");
+}
+
+}  // namespace
+
+ConvPairs check_conv_forward(const at::Tensor& feats, const at::Tensor& weight,
+                             const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                             const at::Tensor& out_idx, int64_t num_out, int64_t identity_offset) {
+  TORCH_CHECK_VALUE(weight.dim() == 3, "weight must have shape [K, C_in, C_out], got ", weight.sizes());
+  ConvPairs pairs = check_pairs(feats, offset_ptr, in_idx, out_idx, weight.size(0), identity_offset);
+  TORCH_CHECK_VALUE(weight.size(1) == feats.size(1), "weight expects ", weight.size(1),
+                    " input channels but feats have ", feats.size(1));
+  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight dtype ", weight.scalar_type(),
+                   " differs from feats dtype ", feats.scalar_type());
+  TORCH_CHECK_VALUE(weight.device() == feats.device(), "weight is on ", weight.device(),
+                    " but feats are on ", feats.device());
+  TORCH_CHECK_VALUE(num_out >= 0, "num_out must be >= 0, got ", num_out);
+  check_index_bounds(pairs.in_idx, feats.size(0), "in_idx");
+  check_index_bounds(pairs.out_idx, num_out, "out_idx");
+  check_identity(pairs, num_out);
+  return pairs;
+}
+
+ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad_out,
+                                 const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                 const at::Tensor& out_idx, int64_t identity_offset,
+                                 at::Tensor* grad_out_contiguous) {
+  const int64_t K = offset_ptr.dim() == 1 ? offset_ptr.size(0) - 1 : -1;
+  TORCH_CHECK_VALUE(K >= 1, "offset_ptr must have shape [K + 1] with K >= 1, got ", offset_ptr.sizes());
+  ConvPairs pairs = check_pairs(feats, offset_ptr, in_idx, out_idx, K, identity_offset);
+  TORCH_CHECK_VALUE(grad_out.dim() == 2, "grad_out must have shape [N_out, C_out], got ", grad_out.sizes());
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out dtype ",
+                   grad_out.scalar_type(), " differs from feats dtype ", feats.scalar_type());
+  TORCH_CHECK_VALUE(grad_out.device() == feats.device(), "grad_out and feats must share a device");
+  check_index_bounds(pairs.in_idx, feats.size(0), "in_idx");
+  check_index_bounds(pairs.out_idx, grad_out.size(0), "out_idx");
+  check_identity(pairs, grad_out.size(0));
+  *grad_out_contiguous = grad_out.contiguous();
+  return pairs;
+}
+
+}  // namespace pointsparse

@@ -1,0 +1,35 @@
+// Input validation of the convolution ops, shared by every dataflow and device. Failures raise
+// Python TypeError / ValueError naming the tensor and the bound; rows are bounds-checked here once
+// so that the kernels index without checks.
+#pragma once
+
+#include <ATen/ATen.h>
+
+namespace pointsparse {
+
+// Checked, contiguous operands of a convolution over per-offset pairs (CSR).
+struct ConvPairs {
+  at::Tensor feats;       // [N_in, C_in]
+  at::Tensor offset_ptr;  // int64 [K + 1] on the CPU
+  at::Tensor in_idx;      // int32 [P], values in [0, N_in)
+  at::Tensor out_idx;     // int32 [P], values in [0, num_out)
+  int64_t K;
+  int64_t identity_offset;  // -1 or an offset with pairs i -> i for every row
+
+  const int64_t* ptr() const { return offset_ptr.data_ptr<int64_t>(); }
+  int64_t pairs(int64_t k) const { return ptr()[k + 1] - ptr()[k]; }
+};
+
+// Forward: weight [K, C_in, C_out] of feats' dtype and device; out has num_out rows.
+ConvPairs check_conv_forward(const at::Tensor& feats, const at::Tensor& weight,
+                             const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                             const at::Tensor& out_idx, int64_t num_out, int64_t identity_offset);
+
+// Weight gradient: grad_out [num_out, C_out] of feats' dtype and device. Returns grad_out contiguous
+// through *grad_out_contiguous.
+ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad_out,
+                                 const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                 const at::Tensor& out_idx, int64_t identity_offset,
+                                 at::Tensor* grad_out_contiguous);
+
+}  // namespace pointsparse

@@ -1,0 +1,210 @@
+// Fused gather-GEMM-scatter convolution on the CPU (pointsparse::conv_fused and its weight
+// gradient): the pairs and the results of conv_gather_scatter, computed by register-blocked
+// kernels instead of gather + ATen GEMM + scatter, for the widest vector ISA the CPU has.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "../conv_checks.h"
+
+namespace pointsparse {
+
+// Tile shape of every ISA: 6 rows x 2 vectors = 12 accumulators, within the 16 registers of AVX2.
+constexpr int kTileRows = 6;
+constexpr int kTileVecs = 2;
+constexpr int64_t kGradChunk = 64;  // pairs gathered at once for the weight gradient (L1-sized)
+constexpr int64_t kPrefetchTiles = 2;  // how many tiles ahead the forward kernel fetches rows
+
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
+namespace fused_avx512 {
+constexpr int kVectorBytes = 64;
+#include "conv_fused_kernels.inc"
+}  // namespace fused_avx512
+#pragma GCC pop_options
+
+#pragma GCC push_options
+#pragma GCC target("avx2,fma")
+namespace fused_avx2 {
+constexpr int kVectorBytes = 32;
+#include "conv_fused_kernels.inc"
+}  // namespace fused_avx2
+#pragma GCC pop_options
+
+namespace fused_baseline {
+constexpr int kVectorBytes = 16;
+#include "conv_fused_kernels.inc"
+}  // namespace fused_baseline
+
+namespace {
+
+enum class Isa { kAvx512, kAvx2, kBaseline };
+
+// The widest ISA this CPU runs. POINTSPARSE_CPU_ISA=avx2|baseline caps it, so that one machine can
+// test every variant.
+Isa cpu_isa() {
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  const char* cap_env = std::getenv("POINTSPARSE_CPU_ISA");
+  const std::string cap = cap_env ? cap_env : "";
+  TORCH_CHECK_VALUE(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
+                    "POINTSPARSE_CPU_ISA must be avx512, avx2 or baseline, got '", cap, "'");
+  if (avx512 && (cap.empty() || cap == "avx512")) return Isa::kAvx512;
+  if (avx2 && cap != "baseline") return Isa::kAvx2;
+  return Isa::kBaseline;
+}
+
+std::string fused_cpu_isa() {
+  const Isa isa = cpu_isa();
+  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
+}
+
+int vector_bytes(Isa isa) { return isa == Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 16; }
+
+int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
+
+template <typename T>
+struct FusedKernels {
+  void (*forward_assign)(const T*, int64_t, const int32_t*, const int32_t*, int64_t, int64_t, const T*,
+                         int64_t, T*, int64_t);
+  void (*forward_add)(const T*, int64_t, const int32_t*, const int32_t*, int64_t, int64_t, const T*,
+                      int64_t, T*, int64_t);
+  void (*weight_grad)(const T*, int64_t, const T*, int64_t, const int32_t*, const int32_t*, int64_t,
+                      int64_t, int64_t, int64_t, T*, T*, T*);
+};
+
+template <typename T>
+FusedKernels<T> fused_kernels(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512:
+      return {&fused_avx512::forward_pairs<T, true>, &fused_avx512::forward_pairs<T, false>,
+              &fused_avx512::weight_grad_pairs<T>};
+    case Isa::kAvx2:
+      return {&fused_avx2::forward_pairs<T, true>, &fused_avx2::forward_pairs<T, false>,
+              &fused_avx2::weight_grad_pairs<T>};
+    default:
+      return {&fused_baseline::forward_pairs<T, true>, &fused_baseline::forward_pairs<T, false>,
+              &fused_baseline::weight_grad_pairs<T>};
+  }
+}
+
+// Output columns padded to whole register tiles (the packed weight and gradient buffers).
+int64_t padded_cols(int64_t C_out, Isa isa, const at::Tensor& like) {
+  return round_up(std::max<int64_t>(C_out, 1), vector_bytes(isa) / int64_t(like.element_size()) * kTileVecs);
+}
+
+constexpr int64_t kForwardGrain = 256;  // pairs per parallel task
+constexpr int64_t kGradTask = 4096;     // pairs per weight-gradient task
+
+at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& offset_ptr,
+                          const at::Tensor& in_idx_, const at::Tensor& out_idx_, int64_t num_out,
+                          int64_t identity_offset) {
+  const ConvPairs pairs = check_conv_forward(feats_, weight, offset_ptr, in_idx_, out_idx_, num_out,
+                                             identity_offset);
+  const int64_t C_in = weight.size(1), C_out = weight.size(2);
+  const Isa isa = cpu_isa();
+  const int64_t ldw = padded_cols(C_out, isa, weight);
+  at::Tensor packed = at::zeros({pairs.K, C_in, ldw}, weight.options());  // [K, C_in, ldw]
+  packed.narrow(2, 0, C_out).copy_(weight);
+  // The identity offset assigns every row first, so only maps without one need zeros.
+  at::Tensor out = identity_offset >= 0 ? at::empty({num_out, C_out}, weight.options())
+                                        : at::zeros({num_out, C_out}, weight.options());
+  if (num_out == 0 || C_out == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_fused_cpu", [&] {
+    const FusedKernels<scalar_t> kernels = fused_kernels<scalar_t>(isa);
+    const scalar_t* feats = pairs.feats.data_ptr<scalar_t>();
+    const scalar_t* w = packed.data_ptr<scalar_t>();
+    const int32_t* in_idx = pairs.in_idx.data_ptr<int32_t>();
+    const int32_t* out_idx = pairs.out_idx.data_ptr<int32_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t* ptr = pairs.ptr();
+    if (identity_offset >= 0) {
+      at::parallel_for(0, num_out, kForwardGrain, [&](int64_t begin, int64_t end) {
+        kernels.forward_assign(feats, C_in, nullptr, nullptr, begin, end,
+                               w + identity_offset * C_in * ldw, ldw, o, C_out);
+      });
+    }
+    // Offsets run one after another: rows repeat across offsets, never within one.
+    for (int64_t k = 0; k < pairs.K; ++k) {
+      if (k == identity_offset || ptr[k] == ptr[k + 1]) continue;
+      at::parallel_for(ptr[k], ptr[k + 1], kForwardGrain, [&](int64_t begin, int64_t end) {
+        kernels.forward_add(feats, C_in, in_idx, out_idx, begin, end, w + k * C_in * ldw, ldw, o, C_out);
+      });
+    }
+  });
+  return out;
+}
+
+struct GradTask {
+  int64_t k, begin, end;  // pairs [begin, end) of offset k; null indices for the identity offset
+};
+
+at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor& grad_out_,
+                                      const at::Tensor& offset_ptr, const at::Tensor& in_idx_,
+                                      const at::Tensor& out_idx_, int64_t identity_offset) {
+  at::Tensor grad_out;
+  const ConvPairs pairs = check_conv_weight_grad(feats_, grad_out_, offset_ptr, in_idx_, out_idx_,
+                                                 identity_offset, &grad_out);
+  const int64_t C_in = pairs.feats.size(1), C_out = grad_out.size(1), K = pairs.K;
+  const Isa isa = cpu_isa();
+  const int64_t ldi = round_up(std::max<int64_t>(C_in, 1), kTileRows);
+  const int64_t ldw = padded_cols(C_out, isa, grad_out);
+  // Tasks of at most kGradTask pairs of one offset, so the cores share equal work however the
+  // offsets' pair counts vary; each task sums into its own slice, reduced per offset below.
+  std::vector<GradTask> tasks;
+  const int64_t* ptr = pairs.ptr();
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t begin = k == identity_offset ? 0 : ptr[k];
+    const int64_t end = k == identity_offset ? grad_out.size(0) : ptr[k + 1];
+    for (int64_t b = begin; b < end; b += kGradTask) tasks.push_back({k, b, std::min(end, b + kGradTask)});
+  }
+  const int64_t T = int64_t(tasks.size());
+  at::Tensor partial = at::zeros({T, ldi, ldw}, grad_out.options());  // [tasks, ldi, ldw]
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "conv_fused_weight_grad_cpu", [&] {
+    const FusedKernels<scalar_t> kernels = fused_kernels<scalar_t>(isa);
+    const scalar_t* feats = pairs.feats.data_ptr<scalar_t>();
+    const scalar_t* grad = grad_out.data_ptr<scalar_t>();
+    const int32_t* in_idx = pairs.in_idx.data_ptr<int32_t>();
+    const int32_t* out_idx = pairs.out_idx.data_ptr<int32_t>();
+    scalar_t* acc = partial.data_ptr<scalar_t>();
+    at::parallel_for(0, T, 1, [&](int64_t first, int64_t last) {
+      std::vector<scalar_t> a(kGradChunk * ldi, 0), g(kGradChunk * ldw, 0);  // zero padding stays
+      for (int64_t t = first; t < last; ++t) {
+        const GradTask& task = tasks[t];
+        const bool identity = task.k == identity_offset;
+        kernels.weight_grad(feats, C_in, grad, C_out, identity ? nullptr : in_idx,
+                            identity ? nullptr : out_idx, task.begin, task.end, ldi, ldw, a.data(),
+                            g.data(), acc + t * ldi * ldw);
+      }
+    });
+  });
+  std::vector<int64_t> task_offsets(T);
+  for (int64_t t = 0; t < T; ++t) task_offsets[t] = tasks[t].k;
+  at::Tensor grad_weight = at::zeros({K, ldi, ldw}, grad_out.options());
+  grad_weight.index_add_(0, at::tensor(task_offsets, at::kLong), partial);
+  return grad_weight.narrow(1, 0, C_in).narrow(2, 0, C_out).contiguous();  // [K, C_in, C_out]
+}
+
+}  // namespace
+
+// No tensor arguments, so no dispatch key: a catch-all kernel.
+TORCH_LIBRARY_FRAGMENT(pointsparse, m) {
+  // The instruction set the fused CPU kernels run with now: avx512, avx2 or baseline.
+  m.def("fused_cpu_isa() -> str", &fused_cpu_isa);
+}
+
+TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("conv_fused", &conv_fused_cpu);
+  m.impl("conv_fused_weight_grad", &conv_fused_weight_grad_cpu);
+}
+
+}  // namespace pointsparse

@@ -1,0 +1,75 @@
+"""The fused CPU dataflow against gather-GEMM-scatter: every instruction set, dtype and tile edge."""
+
+import pytest
+import torch
+
+import pointsparse as ps
+from pointsparse import ConvConfig, Dataflow
+from pointsparse import functional as F
+
+from test_conv import random_tensor
+
+ops = torch.ops.pointsparse
+ISAS = ["avx512", "avx2", "baseline"]
+
+
+def use_isa(monkeypatch, isa: str) -> None:
+    monkeypatch.setenv("POINTSPARSE_CPU_ISA", isa)
+    if ops.fused_cpu_isa() != isa:
+        pytest.skip(f"this CPU cannot run {isa}")
+
+
+def both_dataflows(x, weight, kernel_size, stride):
+    """(out, grad feats, grad weight) of each dataflow under one random loss."""
+    results = []
+    for dataflow in (Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED):
+        feats = x.feats.detach().clone().requires_grad_()
+        w = weight.detach().clone().requires_grad_()
+        y = F.conv3d(x.with_feats(feats), w, kernel_size, None, stride, config=ConvConfig(dataflow=dataflow))
+        probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(3), dtype=y.feats.dtype)
+        (y.feats * probe).sum().backward()
+        results.append((y.feats, feats.grad, w.grad))
+    return results
+
+
+# Channel counts around the register tile (16 float32 lanes x 2 vectors on AVX-512, 8 on AVX2,
+# 4 on SSE2; 6 rows) and pair counts that leave partial tiles and several parallel chunks.
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (3, 5), (7, 33), (32, 32), (33, 70)])
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (2, 2)])
+def test_fused_equals_gather_gemm_scatter(monkeypatch, isa, dtype, c_in, c_out, kernel_size, stride):
+    use_isa(monkeypatch, isa)
+    x = random_tensor(num_points=900, channels=c_in, span=12, seed=c_in + c_out, dtype=dtype)
+    gen = torch.Generator().manual_seed(7)
+    weight = torch.randn(kernel_size ** 3, c_in, c_out, generator=gen, dtype=dtype) / (c_in * 3)
+    (out, grad_feats, grad_w), (ref_out, ref_grad_feats, ref_grad_w) = both_dataflows(
+        x, weight, kernel_size, stride)
+    for got, ref in ((out, ref_out), (grad_feats, ref_grad_feats), (grad_w, ref_grad_w)):
+        # Sums of up to ~900 products in another order: float32 differs in the last digits.
+        tol = 1e-5 if dtype == torch.float32 else 1e-12
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
+
+
+def test_fused_weight_grad_spans_many_tasks():
+    # More pairs than one weight-gradient task (4096) and one parallel chunk per offset.
+    x = random_tensor(num_points=30000, channels=8, span=40, batches=3, seed=21, dtype=torch.float64)
+    km = ps.kernel_map(x, 3)
+    grad = torch.randn(km.num_out, 6, dtype=torch.float64)
+    args = (x.feats, grad, km.offset_ptr, km.in_idx, km.out_idx, 13)
+    assert km.in_idx.numel() > 4 * 4096
+    torch.testing.assert_close(ops.conv_fused_weight_grad(*args), ops.conv_weight_grad(*args))
+
+
+def test_auto_is_fused_on_cpu_and_fused_is_cpu_only():
+    assert Dataflow.AUTO.resolve(torch.device("cpu")) is Dataflow.FUSED
+    assert Dataflow.AUTO.resolve(torch.device("cuda")) is Dataflow.GATHER_GEMM_SCATTER
+    with pytest.raises(ValueError, match="CPU only"):
+        Dataflow.FUSED.resolve(torch.device("cuda"))
+
+
+def test_unknown_isa_raises(monkeypatch):
+    monkeypatch.setenv("POINTSPARSE_CPU_ISA", "sse9")
+    x = random_tensor(num_points=10, dtype=torch.float32)
+    with pytest.raises(ValueError, match="POINTSPARSE_CPU_ISA"):
+        F.conv3d(x, torch.randn(27, 3, 2), config=ConvConfig(dataflow=Dataflow.FUSED))
