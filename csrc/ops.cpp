@@ -18,6 +18,11 @@ TORCH_LIBRARY(pointsparse, m) {
   // symmetric: submanifold map of an odd centred kernel (out_coords == in_coords).
   m.def("build_kmap_hash(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric) -> Tensor");
   m.def("build_kmap_sort(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric) -> Tensor");
+  // Kernel map of a kernel that tiles its stride (sizes even or 1, offsets 0 .. k-1 in units of
+  // tensor_stride, conv stride = kernel size, no dilation): out_coords are cell corners and each
+  // input is found by one hash lookup of its corner -> neighbors int32 [N_out, K] equal to
+  // build_kmap_* with the same offsets.
+  m.def("kmap_tiling(Tensor in_coords, Tensor out_coords, int[3] kernel_size, int[3] tensor_stride) -> Tensor");
   // neighbors int32 [N_out, K] -> per-offset pairs as CSR: offset_ptr int64 [K + 1],
   // in_idx int32 [P], out_idx int32 [P]; pairs of offset k sit in offset_ptr[k] .. offset_ptr[k+1]
   // with out_idx ascending.

@@ -14,6 +14,7 @@ Output row o takes input row i through offset k when ``coords_in[i] = coords_out
 ``d_k`` being row k of :func:`~pointsparse.offsets.kernel_offsets` (dilation included).
 """
 
+from functools import cached_property
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -35,9 +36,16 @@ class KernelMap:
     offset_ptr: Tensor  # int64 [K + 1] on the CPU: pairs of offset k are offset_ptr[k] .. offset_ptr[k+1]
     in_idx: Tensor      # int32 [P]: input row of each pair
     out_idx: Tensor     # int32 [P]: output row of each pair, ascending within an offset
-    bitmask: Tensor     # int32 [N_out, ceil(K / 32)]: bit k % 32 of word k // 32 = neighbour k exists
     out_coords: Tensor  # int32 [N_out, 4]
     out_stride: Triple  # tensor stride of the output
+
+    @cached_property
+    def bitmask(self) -> Tensor:
+        """int32 ``[N_out, ceil(K / 32)]``: bit k % 32 of word k // 32 = neighbour k exists.
+
+        Built on first use: the gather-GEMM-scatter and fused dataflows never need it.
+        """
+        return ops.kmap_bitmask(self.neighbors)
 
     @property
     def num_out(self) -> int:
@@ -56,8 +64,7 @@ class KernelMap:
     def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
         offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
         # The host sizes one GEMM per offset from offset_ptr, so it lives on the CPU.
-        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, ops.kmap_bitmask(neighbors),
-                         out_coords, out_stride)
+        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride)
 
     def transposed(self, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
         """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
@@ -126,9 +133,19 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
         out_coords = coords
     elif out_coords is None:
         out_coords = downsample_coords(coords, out_stride, config.kmap)
-    symmetric = submanifold and all(s % 2 == 1 for s in size)
-    neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap)
+    if not submanifold and _kernel_tiles_stride(size, step, dil):
+        neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride)
+    else:
+        symmetric = submanifold and all(s % 2 == 1 for s in size)
+        neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap)
     return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
+
+
+def _kernel_tiles_stride(size: Triple, step: Triple, dilation: Triple) -> bool:
+    """Whether the kernel cells of the outputs partition space: kernel == stride, offsets 0 .. k-1
+    (even sizes, or 1) and no dilation. Then every input has exactly one output and one offset,
+    found by one hash lookup per input (``kmap_tiling``) whatever ``config.kmap`` says."""
+    return size == step and dilation == (1, 1, 1) and all(k % 2 == 0 or k == 1 for k in size)
 
 
 def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Triple,

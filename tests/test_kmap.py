@@ -78,6 +78,35 @@ def test_downsample_hash_sort_reference_agree(device, coords, factor):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@settings(max_examples=40, deadline=None)
+@given(coords=coord_sets(span=9), size=st.tuples(*[st.sampled_from([1, 2, 4])] * 3),
+       tensor_stride=st.tuples(*[st.integers(1, 3)] * 3))
+def test_tiling_map_matches_reference(device, coords, size, tensor_stride):
+    # Coordinates are not scaled: with a tensor stride > 1 some lie off its grid and match nothing.
+    out = reference_downsample(coords, tuple(k * t for k, t in zip(size, tensor_stride)))
+    offsets = kernel_offsets(size) * torch.tensor(tensor_stride, dtype=torch.int32)
+    got = ops.kmap_tiling(coords.to(device), out.to(device), size, tensor_stride)
+    torch.testing.assert_close(got.cpu(), reference_neighbors(coords, out, offsets))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tiling_map_rejects_bad_inputs(device):
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 3, 2, 2]], dtype=torch.int32, device=device)
+    out = ops.downsample_coords_hash(coords, [2, 2, 2])
+    with pytest.raises(ValueError, match="even sizes"):
+        ops.kmap_tiling(coords, out, (3, 3, 3), (1, 1, 1))
+    with pytest.raises(ValueError, match="cell corners"):
+        ops.kmap_tiling(coords, out + torch.tensor([0, 1, 0, 0], dtype=torch.int32, device=device),
+                        (2, 2, 2), (1, 1, 1))
+    with pytest.raises(ValueError, match="in_coords holds duplicate"):
+        ops.kmap_tiling(torch.cat([coords, coords[:1]]), out, (2, 2, 2), (1, 1, 1))
+    with pytest.raises(ValueError, match="out_coords holds duplicate"):
+        ops.kmap_tiling(coords, torch.cat([out, out[:1]]), (2, 2, 2), (1, 1, 1))
+    with pytest.raises(ValueError, match="tensor_stride"):
+        ops.kmap_tiling(coords, out, (2, 2, 2), (1, 0, 1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", ALGOS)
 def test_empty_input_gives_empty_maps(device, algo):
     empty = torch.empty((0, 4), dtype=torch.int32, device=device)

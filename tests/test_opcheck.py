@@ -30,11 +30,12 @@ def op_cases(device):
         (ops.build_kmap_sort.default, (coords, coarse, kernel_offsets(2).to(device), False)),
         (ops.kmap_csr.default, (neighbors,)),
         (ops.kmap_bitmask.default, (neighbors,)),
+        (ops.kmap_tiling.default, (coords, coarse, [2, 2, 2], [1, 1, 1])),
     ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", range(9))
+@pytest.mark.parametrize("case", range(10))
 def test_opcheck(device, case):
     op, args = op_cases(device)[case]
     torch.library.opcheck(op, args)

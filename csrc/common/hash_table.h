@@ -51,6 +51,16 @@ PS_HD int64_t atomic_cas_i64(int64_t* addr, int64_t expected, int64_t desired) {
 #endif
 }
 
+// Atomically: if *addr == expected, store desired. Returns the value seen before.
+PS_HD int32_t atomic_cas_i32(int32_t* addr, int32_t expected, int32_t desired) {
+#ifdef __CUDA_ARCH__
+  return atomicCAS(addr, expected, desired);
+#else
+  __atomic_compare_exchange_n(addr, &expected, desired, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE);
+  return expected;
+#endif
+}
+
 // Atomically: *addr = min(*addr, value).
 PS_HD void atomic_min_i32(int32_t* addr, int32_t value) {
 #ifdef __CUDA_ARCH__

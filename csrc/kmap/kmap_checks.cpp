@@ -96,6 +96,39 @@ std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::Int
   return checked;
 }
 
+TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
+  check_coords(in_coords, "in_coords");
+  check_coords(out_coords, "out_coords");
+  TORCH_CHECK_VALUE(in_coords.device() == out_coords.device(), "in_coords and out_coords must share a device");
+  const auto size = check_factor(kernel_size, "kernel_size");
+  const auto stride = check_factor(tensor_stride, "tensor_stride");
+  TilingInputs inputs;
+  int64_t K = 1;
+  for (int a = 0; a < 3; ++a) {
+    TORCH_CHECK_VALUE(size[a] == 1 || size[a] % 2 == 0,
+                      "a tiling kernel has even sizes (offsets 0 .. k-1) or size 1, got ", kernel_size);
+    K *= size[a];
+    const int64_t cell = int64_t(size[a]) * stride[a];
+    TORCH_CHECK_VALUE(cell <= kCoordMax, "kernel_size * tensor_stride must be at most ", kCoordMax);
+    inputs.tiling.cell[a] = int32_t(cell);
+    inputs.tiling.stride[a] = stride[a];
+    inputs.tiling.size[a] = size[a];
+  }
+  TORCH_CHECK_VALUE(K <= INT32_MAX, "kernel volume too large: ", K);
+  check_downsample_range(in_coords, {inputs.tiling.cell[0], inputs.tiling.cell[1], inputs.tiling.cell[2]});
+  inputs.in_coords = in_coords.contiguous();
+  inputs.out_coords = out_coords.contiguous();
+  inputs.K = int32_t(K);
+  inputs.neighbors = at::full({out_coords.size(0), K}, -1, out_coords.options());
+  return inputs;
+}
+
+void check_cell_corners(bool off_corner) {
+  TORCH_CHECK_VALUE(!off_corner, "out_coords of a tiling map must be cell corners (multiples of "
+                    "kernel_size * tensor_stride), as downsampling gives them");
+}
+
 OwnedHashTable make_hash_table(int64_t n, int32_t fill_value, const at::TensorOptions& options) {
   const int64_t capacity = hash_capacity(n);
   OwnedHashTable table;

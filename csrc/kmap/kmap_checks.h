@@ -7,6 +7,7 @@
 #include <array>
 
 #include "../common/hash_table.h"
+#include "kmap_element.h"
 
 namespace pointsparse {
 
@@ -49,6 +50,19 @@ struct OwnedHashTable {
   HashTable view;
 };
 OwnedHashTable make_hash_table(int64_t n, int32_t fill_value, const at::TensorOptions& options);
+
+// Checked, contiguous inputs of a tiling map (kmap_tiling) and its output filled with -1.
+struct TilingInputs {
+  at::Tensor in_coords, out_coords;
+  at::Tensor neighbors;  // int32 [N_out, K], -1
+  Tiling tiling;
+  int32_t K;
+};
+TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride);
+
+// Raises the ValueError for outputs off the cell corners when flagged.
+void check_cell_corners(bool off_corner);
 
 // Raises the duplicate-coordinate ValueError when flagged.
 void check_no_duplicates(bool has_duplicates, const char* name);

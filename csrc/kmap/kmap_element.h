@@ -85,6 +85,37 @@ PS_HD bool is_first_row_element(HashTable table, const int64_t* keys, int64_t i)
   return table.values[hash_find(table, keys[i])] == int32_t(i);
 }
 
+// Kernel that tiles its stride: per axis offsets 0 .. size-1 in units of the tensor stride t, so
+// output cells of side cell = t * size partition space and input row i is neighbour k of the
+// output at its cell's corner. Writes neighbors[o, k] = i; returns false when that entry was
+// already taken (a duplicate input coordinate). Inputs off the t grid, or whose corner is no
+// output, have no output, as in the general build.
+struct Tiling {
+  int32_t cell[3], stride[3], size[3];
+};
+
+PS_HD bool tiling_element(HashTable outputs, const int32_t* in_coords, Tiling tiling, int32_t K,
+                          int64_t i, int32_t* neighbors) {
+  const int32_t* c = in_coords + 4 * i;
+  int32_t corner[4], k = 0;
+  downsample_coord(c, tiling.cell, corner);
+  for (int a = 2; a >= 0; --a) {  // offset index x fastest: k = ix + kx * (iy + ky * iz)
+    const int32_t from_corner = c[a + 1] - corner[a + 1];
+    if (from_corner % tiling.stride[a] != 0) return true;
+    k = k * tiling.size[a] + from_corner / tiling.stride[a];
+  }
+  const int32_t o = hash_lookup(outputs, pack_coord(corner));
+  return o < 0 || atomic_cas_i32(&neighbors[int64_t(o) * K + k], -1, int32_t(i)) == -1;
+}
+
+// Whether output row o sits on a cell corner (required of every output of a tiling map).
+PS_HD bool is_cell_corner_element(const int32_t* out_coords, Tiling tiling, int64_t o) {
+  const int32_t* c = out_coords + 4 * o;
+  int32_t corner[4];
+  downsample_coord(c, tiling.cell, corner);
+  return corner[1] == c[1] && corner[2] == c[2] && corner[3] == c[3];
+}
+
 // Position j of a stable sort starts a run of equal keys; its row is that key's first occurrence.
 PS_HD bool is_run_start(const int64_t* sorted_keys, int64_t j) {
   return j == 0 || sorted_keys[j] != sorted_keys[j - 1];

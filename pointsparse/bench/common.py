@@ -68,7 +68,8 @@ def environment() -> Dict[str, object]:
         commit = "unknown"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
     return {"commit": commit, "torch": torch.__version__, "device": device,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
+            "fused_cpu_isa": torch.ops.pointsparse.fused_cpu_isa()}
 
 
 def write_json(path: str, record: Dict[str, object]) -> None:

@@ -4,18 +4,20 @@ Cases: submanifold 3x3x3 32->32 with the kernel map built inside the timed call 
 64->64 cached, strided k2 s2 32->64 with the map built, and forward+backward 32->32 cached. spconv
 (``pip install spconv``) runs its Native gather-GEMM-scatter; its CPU backward needs
 ``spconv.pytorch.ops.get_current_stream`` replaced by ``lambda: 0``, which this benchmark does.
-Each row also reports how many output rows differ from ours (spconv's CPU scatter races at more
+pointsparse runs its default dataflow (fused kernels on the CPU); "ggs" is its gather-GEMM-scatter
+dataflow (ATen GEMMs) on the same input. Each row also reports how many output rows differ from ours (spconv's CPU scatter races at more
 than one thread), and GEMM efficiency: useful FLOP/s against ``torch.mm`` on the same FLOPs.
 """
 
 import argparse
+from dataclasses import replace
 from typing import Dict, Optional, Tuple
 
 import torch
 from torch import Tensor
 
 from .. import functional as F
-from ..config import ConvConfig, KernelMapAlgo
+from ..config import ConvConfig, Dataflow, KernelMapAlgo
 from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
 from .common import add_scan_arguments, environment, load_voxels, time_ms, write_json
@@ -101,14 +103,17 @@ def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, ca
     ours_w = weight.clone().requires_grad_(backward)
     ours_x = base.with_feats(feats.clone().requires_grad_(backward))
 
-    def ours() -> SparseTensor:
-        y = F.conv3d(ours_x if cached else fresh(), ours_w, kernel, None, stride, config=config)
+    def ours(dataflow: Dataflow = config.dataflow) -> SparseTensor:
+        y = F.conv3d(ours_x if cached else fresh(), ours_w, kernel, None, stride,
+                     config=replace(config, dataflow=dataflow))
         if backward:
             y.feats.backward(grad)
         return y
 
     mine = ours()
-    rows: Dict[str, object] = {"pointsparse": time_ms(ours, repeats)}
+    rows: Dict[str, object] = {"pointsparse": time_ms(ours, repeats),
+                               "pointsparse gather-GEMM-scatter": time_ms(
+                                   lambda: ours(Dataflow.GATHER_GEMM_SCATTER), repeats)}
 
     table = naive_neighbors(coords, kernel, stride) if cached else None
     naive_w = weight.clone().requires_grad_(backward)
@@ -167,7 +172,7 @@ def run(args: argparse.Namespace) -> int:
     env = environment()
     print(f"{coords.shape[0]} voxels at {args.voxel_size} m from {args.scan}; {env['device']}, "
           f"{torch.get_num_threads()} threads, torch {env['torch']}")
-    header = (f"{'case':<30}{'pointsparse ms':>15}{'spconv ms':>11}{'naive ms':>10}"
+    header = (f"{'case':<30}{'pointsparse ms':>15}{'ggs ms':>8}{'spconv ms':>11}{'naive ms':>10}"
               f"{'spconv/ours':>13}{'naive/ours':>12}{'GEMM eff':>10}{'spconv bad rows':>17}")
     print(header)
     print("-" * len(header))
@@ -177,9 +182,10 @@ def run(args: argparse.Namespace) -> int:
         ours = rows["pointsparse"]["median_ms"]
         theirs = rows["spconv (CPU)"].get("median_ms", float("nan"))
         naive = rows["naive torch"]["median_ms"]
+        ggs = rows["pointsparse gather-GEMM-scatter"]["median_ms"]
         eff = rows["gemm_efficiency"]
         bad = rows["spconv (CPU)"].get("rows_differing_from_pointsparse", "-")
-        print(f"{name:<30}{ours:>15.2f}{theirs:>11.2f}{naive:>10.2f}{theirs / ours:>12.2f}x"
+        print(f"{name:<30}{ours:>15.2f}{ggs:>8.2f}{theirs:>11.2f}{naive:>10.2f}{theirs / ours:>12.2f}x"
               f"{naive / ours:>11.2f}x{eff['pointsparse_gflop_per_s'] / eff['torch_mm_gflop_per_s']:>10.2f}"
               f"{bad:>17}")
         results[name] = rows

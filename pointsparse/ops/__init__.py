@@ -10,6 +10,7 @@ from .kmap import (
     downsample_coords_sort,
     kmap_bitmask,
     kmap_csr,
+    kmap_tiling,
     pack_coords,
 )
 
@@ -26,5 +27,6 @@ __all__ = [
     "downsample_coords_sort",
     "kmap_bitmask",
     "kmap_csr",
+    "kmap_tiling",
     "pack_coords",
 ]

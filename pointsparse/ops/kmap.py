@@ -58,6 +58,16 @@ def kmap_bitmask(neighbors: Tensor) -> Tensor:
     return _ops.kmap_bitmask(neighbors)
 
 
+def kmap_tiling(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
+                tensor_stride: Sequence[int]) -> Tensor:
+    """Neighbour table int32 ``[N_out, K]`` of a kernel that tiles its stride: sizes even or 1
+    (offsets ``0 .. k-1`` times ``tensor_stride``), conv stride equal to the kernel size, no
+    dilation. ``out_coords`` must be the cell corners (multiples of ``kernel_size *
+    tensor_stride``); each input finds its output by one hash lookup of its corner. Equal to
+    ``build_kmap_*`` with the same offsets; duplicates or off-corner outputs raise ``ValueError``."""
+    return _ops.kmap_tiling(in_coords, out_coords, list(kernel_size), list(tensor_stride))
+
+
 @torch.library.register_fake("pointsparse::pack_coords")
 def _pack_coords_fake(coords: Tensor) -> Tensor:
     return coords.new_empty((coords.shape[0],), dtype=torch.int64)
@@ -78,6 +88,12 @@ def _build_kmap_fake(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, sym
 
 torch.library.register_fake("pointsparse::build_kmap_hash", _build_kmap_fake)
 torch.library.register_fake("pointsparse::build_kmap_sort", _build_kmap_fake)
+
+
+@torch.library.register_fake("pointsparse::kmap_tiling")
+def _kmap_tiling_fake(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
+                      tensor_stride: Sequence[int]) -> Tensor:
+    return out_coords.new_empty((out_coords.shape[0], kernel_size[0] * kernel_size[1] * kernel_size[2]))
 
 
 @torch.library.register_fake("pointsparse::kmap_csr")

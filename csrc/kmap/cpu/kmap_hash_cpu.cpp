@@ -48,6 +48,40 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   return neighbors;
 }
 
+// Every thread ORs its flag in; the reduction of a flag over rows.
+template <typename Predicate>
+bool any_row(int64_t n, const Predicate& predicate) {
+  std::atomic<bool> any{false};
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    bool seen = false;
+    for (int64_t i = begin; i < end; ++i) seen |= predicate(i);
+    if (seen) any = true;
+  });
+  return any;
+}
+
+at::Tensor kmap_tiling_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                           at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
+  const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride);
+  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
+  const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
+  if (n_in == 0 || n_out == 0) return neighbors;
+  const int32_t* in_ptr = inputs.in_coords.data_ptr<int32_t>();
+  const int32_t* out_ptr = inputs.out_coords.data_ptr<int32_t>();
+  const Tiling tiling = inputs.tiling;
+  check_cell_corners(any_row(n_out, [&](int64_t o) { return !is_cell_corner_element(out_ptr, tiling, o); }));
+
+  const OwnedHashTable table = make_hash_table(n_out, -1, inputs.out_coords.options());
+  check_no_duplicates(any_row(n_out, [&](int64_t o) { return insert_row_element(table.view, out_ptr, o); }),
+                      "out_coords");
+  int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
+  check_no_duplicates(any_row(n_in, [&](int64_t i) {
+                        return !tiling_element(table.view, in_ptr, tiling, inputs.K, i, nbr_ptr);
+                      }),
+                      "in_coords");
+  return neighbors;
+}
+
 at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
   const auto factor = check_downsample_inputs(coords_, factor_);
   const at::Tensor coords = coords_.contiguous();
@@ -79,6 +113,7 @@ at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("build_kmap_hash", &build_kmap_hash_cpu);
   m.impl("downsample_coords_hash", &downsample_coords_hash_cpu);
+  m.impl("kmap_tiling", &kmap_tiling_cpu);
 }
 
 }  // namespace pointsparse

@@ -78,6 +78,17 @@ __global__ void run_start_kernel(const int64_t* sorted_keys, const int64_t* rows
   if (j < n) is_first[rows[j]] = is_run_start(sorted_keys, j);
 }
 
+__global__ void cell_corner_kernel(const int32_t* out_coords, Tiling tiling, int64_t n, int* off_corner) {
+  const int64_t o = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (o < n && !is_cell_corner_element(out_coords, tiling, o)) *off_corner = 1;
+}
+
+__global__ void tiling_kernel(HashTable outputs, const int32_t* in_coords, Tiling tiling, int32_t K,
+                              int64_t n, int32_t* neighbors, int* duplicate) {
+  const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (i < n && !tiling_element(outputs, in_coords, tiling, K, i, neighbors)) *duplicate = 1;
+}
+
 __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, int32_t words,
                                int32_t* bitmask) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
@@ -156,6 +167,32 @@ at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& 
       out_coords.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), K, symmetric, n_out, queried,
       neighbors.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return neighbors;
+}
+
+at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
+  const c10::cuda::CUDAGuard guard(in_coords_.device());
+  const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride);
+  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
+  const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
+  if (n_in == 0 || n_out == 0) return neighbors;
+  const int32_t* out_ptr = inputs.out_coords.data_ptr<int32_t>();
+  at::Tensor flags = at::zeros({3}, inputs.out_coords.options());  // off corner, duplicate out, duplicate in
+  int* flag = flags.data_ptr<int>();
+  cell_corner_kernel<<<blocks_for(n_out), kThreads, 0, stream()>>>(out_ptr, inputs.tiling, n_out, flag);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const OwnedHashTable owned = make_hash_table(n_out, -1, inputs.out_coords.options());
+  insert_rows_kernel<<<blocks_for(n_out), kThreads, 0, stream()>>>(owned.view, out_ptr, n_out, flag + 1);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  tiling_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
+      owned.view, inputs.in_coords.data_ptr<int32_t>(), inputs.tiling, inputs.K, n_in,
+      neighbors.data_ptr<int32_t>(), flag + 2);
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  const at::Tensor seen = flags.cpu();
+  check_cell_corners(seen[0].item<int>() != 0);
+  check_no_duplicates(seen[1].item<int>() != 0, "out_coords");
+  check_no_duplicates(seen[2].item<int>() != 0, "in_coords");
   return neighbors;
 }
 
@@ -243,6 +280,7 @@ at::Tensor kmap_bitmask_cuda(const at::Tensor& neighbors_) {
 TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
   m.impl("pack_coords", &pack_coords_cuda);
   m.impl("downsample_coords_hash", &downsample_coords_hash_cuda);
+  m.impl("kmap_tiling", &kmap_tiling_cuda);
   m.impl("downsample_coords_sort", &downsample_coords_sort_cuda);
   m.impl("build_kmap_hash", &build_kmap_hash_cuda);
   m.impl("build_kmap_sort", &build_kmap_sort_cuda);
