@@ -1,5 +1,7 @@
 #include "conv_checks.h"
 
+#include "../common/column_range.h"
+
 namespace pointsparse {
 namespace {
 
@@ -37,8 +39,8 @@ ConvPairs check_pairs(const at::Tensor& feats, const at::Tensor& offset_ptr, con
 
 void check_index_bounds(const at::Tensor& idx, int64_t rows, const char* name) {
   if (idx.numel() == 0) return;
-  const auto [lo, hi] = at::aminmax(idx);
-  const int64_t min_value = lo.item<int64_t>(), max_value = hi.item<int64_t>();
+  const ColumnRange range = column_range(idx);
+  const int64_t min_value = range.lo[0], max_value = range.hi[0];
   TORCH_CHECK_VALUE(min_value >= 0 && max_value < rows, name, " must index rows in [0, ", rows,
                     "), got values in [", min_value, ", ", max_value, "]");
 }

@@ -1,5 +1,6 @@
 #include "kmap_checks.h"
 
+#include "../common/column_range.h"
 #include "../common/coords.h"
 
 namespace pointsparse {
@@ -10,10 +11,9 @@ void check_coords(const at::Tensor& coords, const char* name) {
   TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, name,
                     " must have shape [N, 4] as (batch, x, y, z), got ", coords.sizes());
   if (coords.size(0) == 0) return;
-  const auto [lo, hi] = at::aminmax(coords, 0);
-  const at::Tensor lo_cpu = lo.cpu(), hi_cpu = hi.cpu();
-  const int32_t* mn = lo_cpu.data_ptr<int32_t>();
-  const int32_t* mx = hi_cpu.data_ptr<int32_t>();
+  const ColumnRange range = column_range(coords);
+  const int32_t* mn = range.lo.data();
+  const int32_t* mx = range.hi.data();
   TORCH_CHECK_VALUE(mn[0] >= 0 && mx[0] <= kBatchMax, name, ": batch index must be in [0, ",
                     kBatchMax, "], got values in [", mn[0], ", ", mx[0], "]");
   static const char* axes[] = {"x", "y", "z"};
@@ -37,8 +37,8 @@ std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name) {
 
 void check_downsample_range(const at::Tensor& coords, const std::array<int32_t, 3>& factor) {
   if (coords.size(0) == 0) return;
-  const at::Tensor lo = std::get<0>(at::aminmax(coords, 0)).cpu();
-  const int32_t* mn = lo.data_ptr<int32_t>();
+  const ColumnRange range = column_range(coords);
+  const int32_t* mn = range.lo.data();
   for (int a = 0; a < 3; ++a) {
     TORCH_CHECK_VALUE(floor_to_multiple(mn[a + 1], factor[a]) >= kCoordMin,
                       "downsampled coordinates leave the packable range: floor(", mn[a + 1], " / ",

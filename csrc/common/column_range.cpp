@@ -1,0 +1,43 @@
+#include "column_range.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <climits>
+
+namespace pointsparse {
+
+ColumnRange column_range(const at::Tensor& values) {
+  const int64_t C = values.dim() == 1 ? 1 : values.size(1);
+  ColumnRange range{std::vector<int32_t>(C, INT32_MAX), std::vector<int32_t>(C, INT32_MIN)};
+  if (!values.device().is_cpu()) {
+    const auto [lo, hi] = at::aminmax(values.view({values.size(0), C}), 0);
+    const at::Tensor lo_cpu = lo.cpu(), hi_cpu = hi.cpu();
+    std::copy_n(lo_cpu.data_ptr<int32_t>(), C, range.lo.begin());
+    std::copy_n(hi_cpu.data_ptr<int32_t>(), C, range.hi.begin());
+    return range;
+  }
+  const at::Tensor rows = values.contiguous();
+  const int32_t* v = rows.data_ptr<int32_t>();
+  const ColumnRange empty = range;
+  return at::parallel_reduce(
+      0, rows.size(0), 16384, empty,
+      [&](int64_t begin, int64_t end, ColumnRange part) {
+        for (int64_t i = begin; i < end; ++i) {
+          for (int64_t c = 0; c < C; ++c) {
+            part.lo[c] = std::min(part.lo[c], v[i * C + c]);
+            part.hi[c] = std::max(part.hi[c], v[i * C + c]);
+          }
+        }
+        return part;
+      },
+      [](ColumnRange a, const ColumnRange& b) {
+        for (size_t c = 0; c < a.lo.size(); ++c) {
+          a.lo[c] = std::min(a.lo[c], b.lo[c]);
+          a.hi[c] = std::max(a.hi[c], b.hi[c]);
+        }
+        return a;
+      });
+}
+
+}  // namespace pointsparse
