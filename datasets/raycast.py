@@ -59,7 +59,8 @@ def cast_cylinders(o: np.ndarray, d: np.ndarray, centre: np.ndarray, radius: np.
     return best_t, best_i
 
 
-def cast_ellipsoids(o: np.ndarray, d: np.ndarray, centre: np.ndarray, radii: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+def cast_ellipsoids(o: np.ndarray, d: np.ndarray, centre: np.ndarray,
+                    radii: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """Axis-aligned ellipsoids ``centre [E, 3]``, ``radii [E, 3]``."""
     best_t = np.full(d.shape[0], np.inf)
     best_i = np.full(d.shape[0], -1)

@@ -96,7 +96,8 @@ class SemanticKITTI(Dataset):
             if folder.is_dir():
                 self.scans.extend(sorted(folder.glob("*.bin")))
         if not self.scans:
-            raise FileNotFoundError(f"no scans under {self.root}/sequences/{{{','.join(resolve_sequences(split))}}}/velodyne")
+            sequences = ",".join(resolve_sequences(split))
+            raise FileNotFoundError(f"no scans under {self.root}/sequences/{{{sequences}}}/velodyne")
 
     def __len__(self) -> int:
         return len(self.scans)

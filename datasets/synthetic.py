@@ -114,7 +114,8 @@ def make_scene(rng: np.random.Generator, length: float = 260.0) -> Scene:
             run = rng.uniform(5, 30)
             if rng.random() < 0.55:
                 yf = side * (road + walk + 0.15)
-                b.box((x, min(yf, yf + side * 0.08), 0.0), (x + run, max(yf, yf + side * 0.08), rng.uniform(1.0, 2.2)), 51)
+                b.box((x, min(yf, yf + side * 0.08), 0.0),
+                      (x + run, max(yf, yf + side * 0.08), rng.uniform(1.0, 2.2)), 51)
             x += run + rng.uniform(1, 10)
         # Trees and bushes on the terrain strip, poles and signs at the kerb, pedestrians on the walk.
         for xt in rng.uniform(-half, half, int(rng.integers(15, 35))):

@@ -130,8 +130,11 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
         model = nn.parallel.DistributedDataParallel(model)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=0.9, nesterov=True,
                                 weight_decay=config.weight_decay)
-    iters = len(train_loader) if config.max_iters_per_epoch is None else min(len(train_loader), config.max_iters_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(config.warmup_iters, config.epochs * iters))
+    iters = len(train_loader)
+    if config.max_iters_per_epoch is not None:
+        iters = min(iters, config.max_iters_per_epoch)
+    schedule = cosine_with_warmup(config.warmup_iters, config.epochs * iters)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     use_amp = config.amp and device.startswith("cuda")
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     checkpoint = Path(config.out_dir) / "last.pt"

@@ -5,8 +5,9 @@ Cases: submanifold 3x3x3 32->32 with the kernel map built inside the timed call 
 (``pip install spconv``) runs its Native gather-GEMM-scatter; its CPU backward needs
 ``spconv.pytorch.ops.get_current_stream`` replaced by ``lambda: 0``, which this benchmark does.
 pointsparse runs its default dataflow (fused kernels on the CPU); "ggs" is its gather-GEMM-scatter
-dataflow (ATen GEMMs) on the same input. Each row also reports how many output rows differ from ours (spconv's CPU scatter races at more
-than one thread), and GEMM efficiency: useful FLOP/s against ``torch.mm`` on the same FLOPs.
+dataflow (ATen GEMMs) on the same input. Each row also reports how many output rows differ from
+ours (spconv's CPU scatter races at more than one thread), and GEMM efficiency: useful FLOP/s
+against ``torch.mm`` on the same FLOPs.
 """
 
 import argparse

@@ -1,8 +1,10 @@
 """Kernel-map build times: hash and sort against a naive torch searchsorted reference.
 
 Cases on one voxelised scan: the submanifold 3x3x3 map and the strided k2 s2 map (output
-coordinates included). For each algorithm two numbers: the neighbour table alone (what the ops
-build) and the whole KernelMap (neighbour table plus CSR and bitmask layouts).
+coordinates included). For each algorithm two numbers: the neighbour table alone by the general
+build (K lookups per output) and the whole KernelMap with its CSR layout (the bitmask is built on
+first use). k2 s2 tiles its stride, so its KernelMap rows run the tiling map (one hash lookup per
+input after the algorithm's downsampling), also timed on its own.
 """
 
 import argparse
@@ -11,6 +13,7 @@ from typing import Dict, Tuple
 import torch
 from torch import Tensor
 
+from .. import ops
 from ..config import ConvConfig, KernelMapAlgo
 from ..kmap import build_kernel_map, build_neighbors, downsample_coords
 from ..offsets import kernel_offsets
@@ -73,6 +76,11 @@ def run(args: argparse.Namespace) -> int:
                 lambda: ours_neighbors(coords, kernel_size, stride, algo), args.repeats)
             rows[f"{algo.value}: KernelMap"] = time_ms(
                 lambda: build_kernel_map(coords, (1, 1, 1), kernel_size, stride, config=config), args.repeats)
+        if stride > 1 and kernel_size == stride and kernel_size % 2 == 0:
+            # What the KernelMap rows run for this case: the tiling map, one lookup per input.
+            rows["tiling: neighbors (incl. output coords)"] = time_ms(
+                lambda: ops.kmap_tiling(coords, downsample_coords(coords, (stride,) * 3, KernelMapAlgo.SORT),
+                                        (kernel_size,) * 3, (1, 1, 1)), args.repeats)
         for name, timing in rows.items():
             timing["speedup_vs_naive"] = naive["median_ms"] / timing["median_ms"]
             print(f"{case:<16}{name:<28}{timing['median_ms']:>11.2f}{timing['best_ms']:>10.2f}"
