@@ -23,6 +23,10 @@ TORCH_LIBRARY(pointsparse, m) {
   // input is found by one hash lookup of its corner -> neighbors int32 [N_out, K] equal to
   // build_kmap_* with the same offsets.
   m.def("kmap_tiling(Tensor in_coords, Tensor out_coords, int[3] kernel_size, int[3] tensor_stride) -> Tensor");
+  // Downsampling to the cells of a tiling kernel and its map in one pass: (out_coords int32
+  // [N_out, 4] as downsample_coords_* gives them for factor kernel_size * tensor_stride,
+  // neighbors int32 [N_out, K] as kmap_tiling gives them).
+  m.def("downsample_tiling(Tensor coords, int[3] kernel_size, int[3] tensor_stride) -> (Tensor, Tensor)");
   // neighbors int32 [N_out, K] -> per-offset pairs as CSR: offset_ptr int64 [K + 1],
   // in_idx int32 [P], out_idx int32 [P]; pairs of offset k sit in offset_ptr[k] .. offset_ptr[k+1]
   // with out_idx ascending.

@@ -129,11 +129,15 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     offsets = (kernel_offsets(size, dil) * torch.tensor(tensor_stride, dtype=torch.int32)).to(coords.device)
     submanifold = step == (1, 1, 1)
     out_stride = _mul(tensor_stride, step)
+    tiling = not submanifold and _kernel_tiles_stride(size, step, dil)
     if submanifold:
         out_coords = coords
+    elif tiling and out_coords is None:
+        out_coords, neighbors = ops.downsample_tiling(coords, size, tensor_stride)
+        return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
     elif out_coords is None:
         out_coords = downsample_coords(coords, out_stride, config.kmap)
-    if not submanifold and _kernel_tiles_stride(size, step, dil):
+    if tiling:
         neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride)
     else:
         symmetric = submanifold and all(s % 2 == 1 for s in size)
@@ -144,7 +148,8 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
 def _kernel_tiles_stride(size: Triple, step: Triple, dilation: Triple) -> bool:
     """Whether the kernel cells of the outputs partition space: kernel == stride, offsets 0 .. k-1
     (even sizes, or 1) and no dilation. Then every input has exactly one output and one offset,
-    found by one hash lookup per input (``kmap_tiling``) whatever ``config.kmap`` says."""
+    found by hashing its cell corner once (``downsample_tiling``, or ``kmap_tiling`` when the
+    output coordinates are given) whatever ``config.kmap`` says."""
     return size == step and dilation == (1, 1, 1) and all(k % 2 == 0 or k == 1 for k in size)
 
 

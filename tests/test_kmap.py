@@ -85,8 +85,12 @@ def test_tiling_map_matches_reference(device, coords, size, tensor_stride):
     # Coordinates are not scaled: with a tensor stride > 1 some lie off its grid and match nothing.
     out = reference_downsample(coords, tuple(k * t for k, t in zip(size, tensor_stride)))
     offsets = kernel_offsets(size) * torch.tensor(tensor_stride, dtype=torch.int32)
+    expected = reference_neighbors(coords, out, offsets)
     got = ops.kmap_tiling(coords.to(device), out.to(device), size, tensor_stride)
-    torch.testing.assert_close(got.cpu(), reference_neighbors(coords, out, offsets))
+    torch.testing.assert_close(got.cpu(), expected)
+    fused_out, fused = ops.downsample_tiling(coords.to(device), size, tensor_stride)
+    torch.testing.assert_close(fused_out.cpu(), out)
+    torch.testing.assert_close(fused.cpu(), expected)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -104,6 +108,12 @@ def test_tiling_map_rejects_bad_inputs(device):
         ops.kmap_tiling(coords, torch.cat([out, out[:1]]), (2, 2, 2), (1, 1, 1))
     with pytest.raises(ValueError, match="tensor_stride"):
         ops.kmap_tiling(coords, out, (2, 2, 2), (1, 0, 1))
+    with pytest.raises(ValueError, match="coords holds duplicate"):
+        ops.downsample_tiling(torch.cat([coords, coords[:1]]), (2, 2, 2), (1, 1, 1))
+    with pytest.raises(ValueError, match="even sizes"):
+        ops.downsample_tiling(coords, (2, 3, 2), (1, 1, 1))
+    empty_out, empty = ops.downsample_tiling(coords[:0], (2, 2, 2), (1, 1, 1))
+    assert empty_out.shape == (0, 4) and empty.shape == (0, 8)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -31,11 +31,12 @@ def op_cases(device):
         (ops.kmap_csr.default, (neighbors,)),
         (ops.kmap_bitmask.default, (neighbors,)),
         (ops.kmap_tiling.default, (coords, coarse, [2, 2, 2], [1, 1, 1])),
+        (ops.downsample_tiling.default, (coords, [2, 2, 1], [1, 1, 2])),
     ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", range(10))
+@pytest.mark.parametrize("case", range(11))
 def test_opcheck(device, case):
     op, args = op_cases(device)[case]
     torch.library.opcheck(op, args)

@@ -96,31 +96,38 @@ std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::Int
   return checked;
 }
 
-TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
-  check_coords(in_coords, "in_coords");
-  check_coords(out_coords, "out_coords");
-  TORCH_CHECK_VALUE(in_coords.device() == out_coords.device(), "in_coords and out_coords must share a device");
+Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride,
+                    int32_t* K) {
+  check_coords(coords, "coords");
   const auto size = check_factor(kernel_size, "kernel_size");
   const auto stride = check_factor(tensor_stride, "tensor_stride");
-  TilingInputs inputs;
-  int64_t K = 1;
+  Tiling tiling;
+  int64_t volume = 1;
   for (int a = 0; a < 3; ++a) {
     TORCH_CHECK_VALUE(size[a] == 1 || size[a] % 2 == 0,
                       "a tiling kernel has even sizes (offsets 0 .. k-1) or size 1, got ", kernel_size);
-    K *= size[a];
+    volume *= size[a];
     const int64_t cell = int64_t(size[a]) * stride[a];
     TORCH_CHECK_VALUE(cell <= kCoordMax, "kernel_size * tensor_stride must be at most ", kCoordMax);
-    inputs.tiling.cell[a] = int32_t(cell);
-    inputs.tiling.stride[a] = stride[a];
-    inputs.tiling.size[a] = size[a];
+    tiling.cell[a] = int32_t(cell);
+    tiling.stride[a] = stride[a];
+    tiling.size[a] = size[a];
   }
-  TORCH_CHECK_VALUE(K <= INT32_MAX, "kernel volume too large: ", K);
-  check_downsample_range(in_coords, {inputs.tiling.cell[0], inputs.tiling.cell[1], inputs.tiling.cell[2]});
+  TORCH_CHECK_VALUE(volume <= INT32_MAX, "kernel volume too large: ", volume);
+  check_downsample_range(coords, {tiling.cell[0], tiling.cell[1], tiling.cell[2]});
+  *K = int32_t(volume);
+  return tiling;
+}
+
+TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
+  TilingInputs inputs;
+  inputs.tiling = check_tiling(in_coords, kernel_size, tensor_stride, &inputs.K);
+  check_coords(out_coords, "out_coords");
+  TORCH_CHECK_VALUE(in_coords.device() == out_coords.device(), "in_coords and out_coords must share a device");
   inputs.in_coords = in_coords.contiguous();
   inputs.out_coords = out_coords.contiguous();
-  inputs.K = int32_t(K);
-  inputs.neighbors = at::full({out_coords.size(0), K}, -1, out_coords.options());
+  inputs.neighbors = at::full({out_coords.size(0), inputs.K}, -1, out_coords.options());
   return inputs;
 }
 

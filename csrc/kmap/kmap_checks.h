@@ -58,6 +58,10 @@ struct TilingInputs {
   Tiling tiling;
   int32_t K;
 };
+// Checked geometry of a tiling kernel over coords (corners stay packable); *K gets the volume.
+Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride,
+                    int32_t* K);
+
 TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
                             at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride);
 

@@ -94,18 +94,32 @@ struct Tiling {
   int32_t cell[3], stride[3], size[3];
 };
 
+// Offset index of coordinate c within the cell at corner (x fastest: k = ix + kx * (iy + ky * iz)),
+// or -1 when c lies off the tensor-stride grid.
+PS_HD int32_t tiling_offset(const int32_t* c, const int32_t* corner, Tiling tiling) {
+  int32_t k = 0;
+  for (int a = 2; a >= 0; --a) {
+    const int32_t from_corner = c[a + 1] - corner[a + 1];
+    if (from_corner % tiling.stride[a] != 0) return -1;
+    k = k * tiling.size[a] + from_corner / tiling.stride[a];
+  }
+  return k;
+}
+
+// Claims neighbors[o, k] for input row i; false when a duplicate input took it first.
+PS_HD bool record_tiling_neighbor(int32_t* neighbors, int32_t K, int64_t o, int32_t k, int64_t i) {
+  return atomic_cas_i32(&neighbors[o * K + k], -1, int32_t(i)) == -1;
+}
+
 PS_HD bool tiling_element(HashTable outputs, const int32_t* in_coords, Tiling tiling, int32_t K,
                           int64_t i, int32_t* neighbors) {
   const int32_t* c = in_coords + 4 * i;
-  int32_t corner[4], k = 0;
+  int32_t corner[4];
   downsample_coord(c, tiling.cell, corner);
-  for (int a = 2; a >= 0; --a) {  // offset index x fastest: k = ix + kx * (iy + ky * iz)
-    const int32_t from_corner = c[a + 1] - corner[a + 1];
-    if (from_corner % tiling.stride[a] != 0) return true;
-    k = k * tiling.size[a] + from_corner / tiling.stride[a];
-  }
+  const int32_t k = tiling_offset(c, corner, tiling);
+  if (k < 0) return true;
   const int32_t o = hash_lookup(outputs, pack_coord(corner));
-  return o < 0 || atomic_cas_i32(&neighbors[int64_t(o) * K + k], -1, int32_t(i)) == -1;
+  return o < 0 || record_tiling_neighbor(neighbors, K, o, k, i);
 }
 
 // Whether output row o sits on a cell corner (required of every output of a tiling map).

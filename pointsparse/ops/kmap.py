@@ -68,6 +68,14 @@ def kmap_tiling(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int
     return _ops.kmap_tiling(in_coords, out_coords, list(kernel_size), list(tensor_stride))
 
 
+def downsample_tiling(coords: Tensor, kernel_size: Sequence[int],
+                      tensor_stride: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    """``(out_coords, neighbors)`` of a tiling kernel in one pass: the output coordinates that
+    downsampling by ``kernel_size * tensor_stride`` gives (same order) and :func:`kmap_tiling`'s
+    table. Each input's corner is hashed once and its output found from the slot it claimed."""
+    return _ops.downsample_tiling(coords, list(kernel_size), list(tensor_stride))
+
+
 @torch.library.register_fake("pointsparse::pack_coords")
 def _pack_coords_fake(coords: Tensor) -> Tensor:
     return coords.new_empty((coords.shape[0],), dtype=torch.int64)
@@ -94,6 +102,14 @@ torch.library.register_fake("pointsparse::build_kmap_sort", _build_kmap_fake)
 def _kmap_tiling_fake(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
                       tensor_stride: Sequence[int]) -> Tensor:
     return out_coords.new_empty((out_coords.shape[0], kernel_size[0] * kernel_size[1] * kernel_size[2]))
+
+
+@torch.library.register_fake("pointsparse::downsample_tiling")
+def _downsample_tiling_fake(coords: Tensor, kernel_size: Sequence[int],
+                            tensor_stride: Sequence[int]) -> Tuple[Tensor, Tensor]:
+    num_out = torch.library.get_ctx().new_dynamic_size()
+    volume = kernel_size[0] * kernel_size[1] * kernel_size[2]
+    return coords.new_empty((num_out, 4)), coords.new_empty((num_out, volume))
 
 
 @torch.library.register_fake("pointsparse::kmap_csr")

@@ -8,6 +8,7 @@
 
 #include "../kmap_checks.h"
 #include "../kmap_element.h"
+#include "kmap_cpu.h"
 
 namespace pointsparse {
 namespace {
@@ -46,18 +47,6 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
     }
   });
   return neighbors;
-}
-
-// Every thread ORs its flag in; the reduction of a flag over rows.
-template <typename Predicate>
-bool any_row(int64_t n, const Predicate& predicate) {
-  std::atomic<bool> any{false};
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    bool seen = false;
-    for (int64_t i = begin; i < end; ++i) seen |= predicate(i);
-    if (seen) any = true;
-  });
-  return any;
 }
 
 at::Tensor kmap_tiling_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,

@@ -161,11 +161,58 @@ at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef
   return floored.index({is_first});
 }
 
+// Downsampling and tiling map from one sort of the cell-corner keys: runs of equal corners are the
+// outputs, numbered by first occurrence as downsample_coords_* numbers them, and every input
+// becomes neighbour k of its run's output.
+std::tuple<at::Tensor, at::Tensor> downsample_tiling_cpu(const at::Tensor& coords_, at::IntArrayRef kernel_size,
+                                                         at::IntArrayRef tensor_stride) {
+  int32_t K = 0;
+  const Tiling tiling = check_tiling(coords_, kernel_size, tensor_stride, &K);
+  const at::Tensor coords = coords_.contiguous();
+  const int64_t n = coords.size(0);
+  at::Tensor corners = at::empty_like(coords);                          // [N, 4]
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
+  if (n == 0) return {corners, at::full({0, K}, -1, coords.options())};
+  const int32_t* in_ptr = coords.data_ptr<int32_t>();
+  int32_t* corner_ptr = corners.data_ptr<int32_t>();
+  int64_t* key_ptr = keys.data_ptr<int64_t>();
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) downsample_element(in_ptr, tiling.cell, i, corner_ptr, key_ptr);
+  });
+  const SortedKeys sorted = sort_keys(keys);
+  const int64_t* sorted_ptr = sorted.keys.data_ptr<int64_t>();
+  const int64_t* rows_ptr = sorted.rows.data_ptr<int64_t>();
+  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));  // [N]
+  bool* first_ptr = is_first.data_ptr<bool>();
+  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
+    for (int64_t j = begin; j < end; ++j) first_ptr[rows_ptr[j]] = is_run_start(sorted_ptr, j);
+  });
+  const at::Tensor first_output = at::cumsum(is_first, 0, at::kInt) - 1;  // [N], valid at first rows
+  const int32_t* first_output_ptr = first_output.data_ptr<int32_t>();
+  at::Tensor output = at::empty({n}, coords.options());  // [N] output row of every input
+  int32_t* output_ptr = output.data_ptr<int32_t>();
+  int32_t current = -1;
+  for (int64_t j = 0; j < n; ++j) {  // one cheap serial pass: runs share their first row's output
+    if (is_run_start(sorted_ptr, j)) current = first_output_ptr[rows_ptr[j]];
+    output_ptr[rows_ptr[j]] = current;
+  }
+  at::Tensor out_coords = corners.index({is_first});                              // [N_out, 4]
+  at::Tensor neighbors = at::full({out_coords.size(0), K}, -1, coords.options());  // [N_out, K]
+  int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
+  check_no_duplicates(any_row(n, [&](int64_t i) {
+                        const int32_t k = tiling_offset(in_ptr + 4 * i, corner_ptr + 4 * i, tiling);
+                        return k >= 0 && !record_tiling_neighbor(nbr_ptr, K, output_ptr[i], k, i);
+                      }),
+                      "coords");
+  return {out_coords, neighbors};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("build_kmap_sort", &build_kmap_sort_cpu);
   m.impl("downsample_coords_sort", &downsample_coords_sort_cpu);
+  m.impl("downsample_tiling", &downsample_tiling_cpu);
 }
 
 }  // namespace pointsparse

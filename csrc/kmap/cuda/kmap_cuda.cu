@@ -196,6 +196,17 @@ at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_
   return neighbors;
 }
 
+at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_);
+
+// Composed of the two ops it fuses on the CPU: downsampling, then the tiling map.
+std::tuple<at::Tensor, at::Tensor> downsample_tiling_cuda(const at::Tensor& coords, at::IntArrayRef kernel_size,
+                                                          at::IntArrayRef tensor_stride) {
+  int32_t K = 0;
+  const Tiling tiling = check_tiling(coords, kernel_size, tensor_stride, &K);
+  const at::Tensor out_coords = downsample_coords_hash_cuda(coords, {tiling.cell[0], tiling.cell[1], tiling.cell[2]});
+  return {out_coords, kmap_tiling_cuda(coords, out_coords, kernel_size, tensor_stride)};
+}
+
 // Floors coords to multiples of factor. Returns (floored int32 [N, 4], keys int64 [N]).
 std::tuple<at::Tensor, at::Tensor> floor_rows_cuda(const at::Tensor& coords, const Factor& factor) {
   const int64_t n = coords.size(0);
@@ -281,6 +292,7 @@ TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
   m.impl("pack_coords", &pack_coords_cuda);
   m.impl("downsample_coords_hash", &downsample_coords_hash_cuda);
   m.impl("kmap_tiling", &kmap_tiling_cuda);
+  m.impl("downsample_tiling", &downsample_tiling_cuda);
   m.impl("downsample_coords_sort", &downsample_coords_sort_cuda);
   m.impl("build_kmap_hash", &build_kmap_hash_cuda);
   m.impl("build_kmap_sort", &build_kmap_sort_cuda);
