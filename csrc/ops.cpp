@@ -38,6 +38,8 @@ TORCH_LIBRARY(pointsparse, m) {
   // feats [N_in, C_in], weight [K, C_in, C_out], offset_ptr int64 [K + 1] on the CPU, in_idx and
   // out_idx int32 [P] -> out [num_out, C_out] = sum_k scatter(out_idx_k, feats[in_idx_k] @ weight[k]).
   // identity_offset: -1, or an offset whose pairs are i -> i for all rows (one GEMM, no gather).
+  // Within one offset an output row occurs at most once (true of every kernel map, either way
+  // round): the rows of one offset are written in parallel without atomics.
   m.def("conv_gather_scatter(Tensor feats, Tensor weight, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, SymInt num_out, int identity_offset) -> Tensor");
   // Weight gradient of conv_gather_scatter: grad_out [num_out, C_out] -> [K, C_in, C_out].

@@ -3,7 +3,9 @@
 Pairs come from a :class:`~pointsparse.kmap.KernelMap` in CSR form: ``offset_ptr`` int64 ``[K + 1]``
 (on the CPU: it sizes the GEMMs), ``in_idx`` / ``out_idx`` int32 ``[P]`` 0-based rows on the
 features' device. ``identity_offset`` is -1 or an offset whose pairs are ``i -> i`` for every row
-(the centre of a submanifold odd kernel), computed without gather or scatter.
+(the centre of a submanifold odd kernel), computed without gather or scatter. Within one offset
+an output row occurs at most once (true of every kernel map, forwards and swapped): the pairs of
+one offset are written in parallel without atomics.
 
 Two dataflows compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
 offset, scatter-add; every device) and ``conv_fused`` (register-blocked tiles that read, multiply
