@@ -5,13 +5,13 @@
 
 namespace pointsparse {
 
-void check_coords(const at::Tensor& coords, const char* name) {
+ColumnRange check_coords(const at::Tensor& coords, const char* name) {
   TORCH_CHECK_TYPE(coords.scalar_type() == at::kInt, name, " must be int32, got ",
                    coords.scalar_type(), " (convert with .int() after flooring)");
   TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, name,
                     " must have shape [N, 4] as (batch, x, y, z), got ", coords.sizes());
-  if (coords.size(0) == 0) return;
-  const ColumnRange range = column_range(coords);
+  if (coords.size(0) == 0) return {};
+  ColumnRange range = column_range(coords);
   const int32_t* mn = range.lo.data();
   const int32_t* mx = range.hi.data();
   TORCH_CHECK_VALUE(mn[0] >= 0 && mx[0] <= kBatchMax, name, ": batch index must be in [0, ",
@@ -22,6 +22,7 @@ void check_coords(const at::Tensor& coords, const char* name) {
                       " coordinates must be in [", kCoordMin, ", ", kCoordMax, "], got values in [",
                       mn[a], ", ", mx[a], "]");
   }
+  return range;
 }
 
 std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name) {
@@ -35,9 +36,8 @@ std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name) {
   return out;
 }
 
-void check_downsample_range(const at::Tensor& coords, const std::array<int32_t, 3>& factor) {
-  if (coords.size(0) == 0) return;
-  const ColumnRange range = column_range(coords);
+void check_downsample_range(const ColumnRange& range, const std::array<int32_t, 3>& factor) {
+  if (range.lo.empty()) return;
   const int32_t* mn = range.lo.data();
   for (int a = 0; a < 3; ++a) {
     TORCH_CHECK_VALUE(floor_to_multiple(mn[a + 1], factor[a]) >= kCoordMin,
@@ -90,15 +90,15 @@ KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coord
 }
 
 std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor) {
-  check_coords(coords, "coords");
+  const ColumnRange range = check_coords(coords, "coords");
   const auto checked = check_factor(factor, "factor");
-  check_downsample_range(coords, checked);
+  check_downsample_range(range, checked);
   return checked;
 }
 
 Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride,
                     int32_t* K) {
-  check_coords(coords, "coords");
+  const ColumnRange range = check_coords(coords, "coords");
   const auto size = check_factor(kernel_size, "kernel_size");
   const auto stride = check_factor(tensor_stride, "tensor_stride");
   Tiling tiling;
@@ -114,7 +114,7 @@ Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::I
     tiling.size[a] = size[a];
   }
   TORCH_CHECK_VALUE(volume <= INT32_MAX, "kernel volume too large: ", volume);
-  check_downsample_range(coords, {tiling.cell[0], tiling.cell[1], tiling.cell[2]});
+  check_downsample_range(range, {tiling.cell[0], tiling.cell[1], tiling.cell[2]});
   *K = int32_t(volume);
   return tiling;
 }

@@ -6,19 +6,22 @@
 
 #include <array>
 
+#include "../common/column_range.h"
 #include "../common/hash_table.h"
 #include "kmap_element.h"
 
 namespace pointsparse {
 
 // coords: int32 [N, 4] (batch, x, y, z); batch in [0, 511], x/y/z in [-131072, 131071].
-void check_coords(const at::Tensor& coords, const char* name);
+// Returns the per-column range (empty for no rows), so later checks need no second pass.
+ColumnRange check_coords(const at::Tensor& coords, const char* name);
 
 // factor: 3 positive ints (one per spatial axis). Returns them as int32.
 std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name);
 
-// Floored coordinates coords // factor * factor must stay inside the packable range.
-void check_downsample_range(const at::Tensor& coords, const std::array<int32_t, 3>& factor);
+// Floored coordinates coords // factor * factor must stay inside the packable range; range is
+// what check_coords returned for coords.
+void check_downsample_range(const ColumnRange& range, const std::array<int32_t, 3>& factor);
 
 // in_coords, out_coords: checked coords; offsets: int32 [K, 3] on the same device.
 // symmetric requires out_coords to be in_coords, K odd and offset K-1-k == -offset k.

@@ -3,7 +3,6 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <atomic>
 #include <climits>
 
 #include "../kmap_checks.h"
@@ -27,13 +26,8 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
 
   const OwnedHashTable table = make_hash_table(n_in, -1, in_coords.options());
   const int32_t* in_ptr = in_coords.data_ptr<int32_t>();
-  std::atomic<bool> duplicate{false};
-  at::parallel_for(0, n_in, kGrain, [&](int64_t begin, int64_t end) {
-    bool seen = false;
-    for (int64_t i = begin; i < end; ++i) seen |= insert_row_element(table.view, in_ptr, i);
-    if (seen) duplicate = true;
-  });
-  check_no_duplicates(duplicate, "in_coords");
+  check_no_duplicates(any_row(n_in, [&](int64_t i) { return insert_row_element(table.view, in_ptr, i); }),
+                      "in_coords");
 
   const int32_t* out_ptr = out_coords.data_ptr<int32_t>();
   const int32_t* off_ptr = offsets.data_ptr<int32_t>();
