@@ -24,20 +24,23 @@ def conv3d(x: SparseTensor, weight: Tensor, kernel_size: IntOrTriple = 3, bias: 
     coordinates); stride s outputs tensor stride ``x.stride * s``; ``transposed`` with stride s
     returns from tensor stride ``t * s`` to the coordinates of the finer tensor at stride t (found
     in ``x.cache``). ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
-    (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere).
+    (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere). Under ``torch.autocast``
+    the result has the autocast dtype (float32 accumulation inside).
     """
     config = config or ConvConfig()
     size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
     _check_conv_inputs(x, weight, bias, size)
     dataflow = config.dataflow.resolve(x.feats.device)
     kmap = kernel_map(x, size, step, dilation, transposed, config)
+    if kmap.num_in != x.feats.shape[0]:
+        raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
     submanifold_centre = (not transposed and step == (1, 1, 1) and all(s % 2 for s in size))
     identity_offset = weight.shape[0] // 2 if submanifold_centre else -1
     conv = ops.conv_fused if dataflow is Dataflow.FUSED else ops.conv_gather_scatter
     feats = conv(x.feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out,
                  identity_offset)                                                    # [N_out, C_out]
     if bias is not None:
-        feats = feats + bias
+        feats = feats + bias.to(feats.dtype)  # under autocast the conv returns the autocast dtype
     return SparseTensor(feats, kmap.out_coords, kmap.out_stride, x.cache)
 
 
@@ -52,10 +55,12 @@ def _check_conv_inputs(x: SparseTensor, weight: Tensor, bias: Optional[Tensor], 
         raise ValueError(f"weight expects {weight.shape[1]} input channels, the tensor has {x.num_channels}")
     if not x.feats.is_floating_point():
         raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
+    # Under autocast the op casts feats and weight to one dtype itself.
+    autocast = torch.is_autocast_enabled(x.feats.device.type)
     for name, t in (("weight", weight), ("bias", bias)):
         if t is None:
             continue
-        if t.dtype != x.feats.dtype:
+        if t.dtype != x.feats.dtype and not autocast:
             raise TypeError(f"{name} dtype {t.dtype} differs from feats dtype {x.feats.dtype}")
         if t.device != x.feats.device:
             raise ValueError(f"{name} is on {t.device} but the tensor is on {x.feats.device}")

@@ -30,7 +30,12 @@ Triple = Tuple[int, int, int]
 
 @dataclass(frozen=True)
 class KernelMap:
-    """One kernel map in all layouts. Indices are 0-based int32 rows; -1 marks absence."""
+    """One kernel map in all layouts. Indices are 0-based int32 rows; -1 marks absence.
+
+    Construction checks shapes, dtypes, devices and the range of every index once (one
+    synchronisation on CUDA), so that the conv ops need not read ranges back on every call;
+    a malformed map raises ``ValueError`` / ``TypeError`` here.
+    """
 
     neighbors: Tensor   # int32 [N_out, K]: input row of output o at offset k, -1 if none
     offset_ptr: Tensor  # int64 [K + 1] on the CPU: pairs of offset k are offset_ptr[k] .. offset_ptr[k+1]
@@ -38,6 +43,10 @@ class KernelMap:
     out_idx: Tensor     # int32 [P]: output row of each pair, ascending within an offset
     out_coords: Tensor  # int32 [N_out, 4]
     out_stride: Triple  # tensor stride of the output
+    num_in: int         # rows of the input the map reads (in_idx < num_in)
+
+    def __post_init__(self) -> None:
+        check_kernel_map(self)
 
     @cached_property
     def bitmask(self) -> Tensor:
@@ -61,10 +70,10 @@ class KernelMap:
         return self.offset_ptr.diff()
 
     @staticmethod
-    def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
+    def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple, num_in: int) -> "KernelMap":
         offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
         # The host sizes one GEMM per offset from offset_ptr, so it lives on the CPU.
-        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride)
+        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride, num_in)
 
     def transposed(self, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
         """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
@@ -74,7 +83,38 @@ class KernelMap:
             torch.arange(self.num_offsets, device=out_coords.device),
             self.pair_counts.to(out_coords.device))                                    # [P]
         neighbors[self.in_idx.long(), offset_of_pair] = self.out_idx
-        return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
+        return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out)
+
+
+def check_kernel_map(kmap: KernelMap) -> None:
+    """Shapes, dtypes, devices and index ranges of a map, checked once (see :class:`KernelMap`)."""
+    device = kmap.neighbors.device
+    for name in ("neighbors", "in_idx", "out_idx", "out_coords"):
+        t = getattr(kmap, name)
+        if not isinstance(t, Tensor) or t.dtype != torch.int32:
+            raise TypeError(f"KernelMap.{name} must be an int32 tensor, got "
+                            f"{getattr(t, 'dtype', type(t).__name__)}")
+        if t.device != device:
+            raise ValueError(f"KernelMap.{name} is on {t.device} but neighbors are on {device}")
+    if kmap.neighbors.dim() != 2 or kmap.neighbors.shape[0] != kmap.out_coords.shape[0]:
+        raise ValueError(f"KernelMap.neighbors must have shape [N_out={kmap.out_coords.shape[0]}, K], "
+                         f"got {tuple(kmap.neighbors.shape)}")
+    K = kmap.neighbors.shape[1]
+    ptr = kmap.offset_ptr
+    if ptr.dtype != torch.int64 or ptr.device.type != "cpu" or tuple(ptr.shape) != (K + 1,):
+        raise ValueError(f"KernelMap.offset_ptr must be int64 [K + 1 = {K + 1}] on the CPU, got "
+                         f"{ptr.dtype} {tuple(ptr.shape)} on {ptr.device}")
+    pairs = kmap.in_idx.shape[0]
+    if kmap.out_idx.shape != (pairs,) or int(ptr[0]) != 0 or int(ptr[-1]) != pairs or bool((ptr.diff() < 0).any()):
+        raise ValueError(f"KernelMap.offset_ptr must rise from 0 to the {pairs} pairs of in_idx / out_idx")
+    if not isinstance(kmap.num_in, int) or kmap.num_in < 0:
+        raise ValueError(f"KernelMap.num_in must be a non-negative int, got {kmap.num_in!r}")
+    if pairs:
+        bounds = torch.stack([torch.stack(torch.aminmax(kmap.in_idx)),
+                              torch.stack(torch.aminmax(kmap.out_idx))]).tolist()   # one read-back
+        for name, (lo, hi), rows in (("in_idx", bounds[0], kmap.num_in), ("out_idx", bounds[1], kmap.num_out)):
+            if lo < 0 or hi >= rows:
+                raise ValueError(f"KernelMap.{name} must index rows in [0, {rows}), got values in [{lo}, {hi}]")
 
 
 @dataclass(frozen=True)
@@ -134,7 +174,7 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
         out_coords = coords
     elif tiling and out_coords is None:
         out_coords, neighbors = ops.downsample_tiling(coords, size, tensor_stride)
-        return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
+        return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])
     elif out_coords is None:
         out_coords = downsample_coords(coords, out_stride, config.kmap)
     if tiling:
@@ -142,7 +182,7 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     else:
         symmetric = submanifold and all(s % 2 == 1 for s in size)
         neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap)
-    return KernelMap.from_neighbors(neighbors, out_coords, out_stride)
+    return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])
 
 
 def _kernel_tiles_stride(size: Triple, step: Triple, dilation: Triple) -> bool:

@@ -72,8 +72,8 @@ class SparseTensor:
         if isinstance(target, torch.dtype):
             return self.with_feats(self.feats.to(target))
         device = torch.device(target)
-        if device == self.coords.device:
-            return self
+        if _same_device(device, self.coords.device):
+            return self  # keeps the cache and its kernel maps
         return SparseTensor(self.feats.to(device, non_blocking=non_blocking),
                             self.coords.to(device, non_blocking=non_blocking), self.stride)
 
@@ -114,6 +114,18 @@ class SparseTensor:
     def __repr__(self) -> str:
         return (f"SparseTensor(num_points={self.coords.shape[0]}, channels={self.num_channels}, "
                 f"stride={self.stride}, dtype={self.feats.dtype}, device={self.coords.device})")
+
+
+def _same_device(requested: torch.device, current: torch.device) -> bool:
+    """Whether ``requested`` names ``current``; an index-free device (``"cuda"``) means the current
+    one of its type, as ``Tensor.to`` reads it."""
+    if requested.type != current.type:
+        return False
+    if requested.index is None and requested.type != "cpu":
+        module = getattr(torch, requested.type, None)
+        index = module.current_device() if module is not None and hasattr(module, "current_device") else 0
+        return index == current.index
+    return requested.index == current.index or requested.type == "cpu"
 
 
 def kernel_map(x: SparseTensor, kernel_size: IntOrTriple = 3, stride: IntOrTriple = 1,

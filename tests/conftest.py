@@ -7,8 +7,18 @@ import torch
 
 import pointsparse  # noqa: F401  (registers the ops)
 
-SHARED_DATA = Path(os.environ.get("POINTSPARSE_SHARED_DATA",
-                                  Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+
+def _shared_data() -> Path:
+    """Real-scan fixtures: $POINTSPARSE_SHARED_DATA, else shared/data inside the checkout (an ignored
+    copy, which travels to a GPU machine), else ../shared/data beside it."""
+    if "POINTSPARSE_SHARED_DATA" in os.environ:
+        return Path(os.environ["POINTSPARSE_SHARED_DATA"])
+    repo = Path(__file__).resolve().parents[1]
+    inside = repo / "shared" / "data"
+    return inside if inside.exists() else repo.parent / "shared" / "data"
+
+
+SHARED_DATA = _shared_data()
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))]

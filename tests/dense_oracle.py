@@ -23,7 +23,7 @@ def padding(kernel_size, dilation) -> Tuple[int, int, int]:
 
 
 def grid_shape(x: SparseTensor, margin: int) -> Tuple[int, int, int]:
-    top = (x.coords[:, 1:].max(0).values // torch.tensor(x.stride)).tolist() if x.coords.shape[0] else [0] * 3
+    top = (x.coords[:, 1:].max(0).values // torch.tensor(x.stride, device=x.coords.device)).tolist() if x.coords.shape[0] else [0] * 3
     return tuple(int(t) + 1 + margin for t in top)
 
 

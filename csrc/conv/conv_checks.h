@@ -1,6 +1,7 @@
 // Input validation of the convolution ops, shared by every dataflow and device. Failures raise
-// Python TypeError / ValueError naming the tensor and the bound; rows are bounds-checked here once
-// so that the kernels index without checks.
+// Python TypeError / ValueError naming the tensor and the bound. Row indices are bounds-checked
+// here on the CPU; on CUDA, where reading a range back would synchronise every call, the kernels
+// assert each index and kernel maps are checked once when built or handed in.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -11,8 +12,8 @@ namespace pointsparse {
 struct ConvPairs {
   at::Tensor feats;       // [N_in, C_in]
   at::Tensor offset_ptr;  // int64 [K + 1] on the CPU
-  at::Tensor in_idx;      // int32 [P], values in [0, N_in)
-  at::Tensor out_idx;     // int32 [P], values in [0, num_out)
+  at::Tensor in_idx;      // int32 [P], values in [0, N_in) (checked here on the CPU only)
+  at::Tensor out_idx;     // int32 [P], values in [0, num_out) (checked here on the CPU only)
   int64_t K;
   int64_t identity_offset;  // -1 or an offset with pairs i -> i for every row
 

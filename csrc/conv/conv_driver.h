@@ -10,7 +10,8 @@ namespace pointsparse {
 struct RowKernels {
   // dst[p] = src[idx[p]] for p < n. src [N, C], dst [n, C] contiguous; idx: n int32 on src's device.
   void (*gather)(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst);
-  // dst[idx[p]] += src[p] for p < n; idx values distinct. src [n, C], dst [M, C] contiguous.
+  // dst[idx[p]] += src[p] for p < n; idx values distinct. src [n, C], dst [M, C] contiguous, of
+  // src's dtype or, for half / bfloat16 src, float32 (the accumulator across offsets).
   void (*scatter_add)(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst);
 };
 
@@ -18,6 +19,7 @@ struct RowKernels {
 // feats [N_in, C_in]; weight [K, C_in, C_out] (any strides); offset_ptr int64 [K + 1] on CPU;
 // in_idx, out_idx int32 [P] on feats' device. identity_offset >= 0 names an offset whose pairs
 // are i -> i for every row (submanifold centre): computed as one GEMM, no gather or scatter.
+// Half / bfloat16 accumulate across offsets in float32 and round once.
 at::Tensor conv_forward_driver(const at::Tensor& feats, const at::Tensor& weight,
                                const at::Tensor& offset_ptr, const at::Tensor& in_idx,
                                const at::Tensor& out_idx, int64_t num_out, int64_t identity_offset,

@@ -16,11 +16,16 @@ PS_HD void gather_element(const T* src, const int32_t* idx, int64_t p, int64_t c
   dst[p * C + c] = src[int64_t(idx[p]) * C + c];
 }
 
-// dst[idx[p], c] += src[p, c]
-template <typename T>
+// dst[idx[p], c] += src[p, c]. Acc is the accumulation type (float for half / bfloat16 sources), so
+// a sum over offsets rounds once, at the end, not after every offset.
+template <typename T, typename Acc>
 PS_HD void scatter_add_element(const T* src, const int32_t* idx, int64_t p, int64_t c, int64_t C,
-                               T* dst) {
-  dst[int64_t(idx[p]) * C + c] += src[p * C + c];
+                               Acc* dst) {
+  dst[int64_t(idx[p]) * C + c] += static_cast<Acc>(src[p * C + c]);
 }
+
+// Whether row index i lies in [0, rows): the CUDA kernels assert it per element instead of a host
+// check per call (bounds are checked once, where a kernel map is built or handed in).
+PS_HD bool row_in_range(int32_t i, int64_t rows) { return i >= 0 && int64_t(i) < rows; }
 
 }  // namespace pointsparse

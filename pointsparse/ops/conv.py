@@ -10,6 +10,15 @@ one offset are written in parallel without atomics.
 Two dataflows compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
 offset, scatter-add; every device) and ``conv_fused`` (register-blocked tiles that read, multiply
 and add rows in place; CPU only). Each differentiates through its own dataflow.
+
+Dtypes: float64, float32, float16 and bfloat16 (feats, weight and grad_out share one). Half and
+bfloat16 sum the offsets in float32 and round once. Under ``torch.autocast`` the ops cast their
+floating inputs to the autocast dtype and return it (see :mod:`.autocast`).
+
+Index bounds: on the CPU every call checks them (a parallel pass). On CUDA reading a range back
+would stall the host on every call, so the kernels assert each index (a device-side assert, as in
+torch's own indexing) and :class:`~pointsparse.kmap.KernelMap` checks the range once, when a map
+is built or handed in.
 """
 
 from typing import Optional, Tuple
@@ -17,7 +26,10 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .autocast import register_autocast
+
 _ops = torch.ops.pointsparse
+_lib = torch.library.Library("pointsparse", "IMPL")  # holds the autocast kernels for the process
 
 
 def conv_gather_scatter(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor,
@@ -83,3 +95,5 @@ for _forward, _weight_grad in ((conv_gather_scatter, conv_weight_grad), (conv_fu
     torch.library.register_fake(f"pointsparse::{_weight_grad.__name__}")(_weight_grad_fake)
     torch.library.register_autograd(f"pointsparse::{_forward.__name__}", _make_backward(_forward, _weight_grad),
                                     setup_context=_setup_context)
+    register_autocast(f"pointsparse::{_forward.__name__}", _lib)
+    register_autocast(f"pointsparse::{_weight_grad.__name__}", _lib)

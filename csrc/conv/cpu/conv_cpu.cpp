@@ -1,6 +1,7 @@
 // CPU gather / scatter rows for the gather-GEMM-scatter convolution (both cores, at::parallel_for).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -15,7 +16,7 @@ int64_t row_grain(int64_t channels) { return std::max<int64_t>(1, 16384 / std::m
 
 void gather_rows_cpu(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst) {
   const int64_t C = src.size(1);
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "gather_rows_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "gather_rows_cpu", [&] {
     const scalar_t* s = src.data_ptr<scalar_t>();
     scalar_t* d = dst.data_ptr<scalar_t>();
     at::parallel_for(0, n, row_grain(C), [&](int64_t begin, int64_t end) {
@@ -28,9 +29,10 @@ void gather_rows_cpu(const at::Tensor& src, const int32_t* idx, int64_t n, at::T
 
 void scatter_add_rows_cpu(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst) {
   const int64_t C = src.size(1);
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "scatter_add_rows_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "scatter_add_rows_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* s = src.data_ptr<scalar_t>();
-    scalar_t* d = dst.data_ptr<scalar_t>();
+    acc_t* d = dst.data_ptr<acc_t>();
     at::parallel_for(0, n, row_grain(C), [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p) {
         for (int64_t c = 0; c < C; ++c) scatter_add_element(s, idx, p, c, C, d);

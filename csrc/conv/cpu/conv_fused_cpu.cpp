@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -23,6 +24,10 @@ constexpr int kTileVecs = 2;
 constexpr int64_t kGradChunk = 64;  // pairs gathered at once for the weight gradient (L1-sized)
 constexpr int64_t kPrefetchTiles = 2;  // how many tiles ahead the forward kernel fetches rows
 
+// The AVX-512 and AVX2 variants exist on x86-64 only; elsewhere (aarch64) the baseline kernel,
+// plain GCC vectors of 16 bytes, is the one variant.
+#if defined(__x86_64__) || defined(__i386__)
+#define POINTSPARSE_X86 1
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
 namespace fused_avx512 {
@@ -39,6 +44,8 @@ constexpr int kVectorBytes = 32;
 }  // namespace fused_avx2
 #pragma GCC pop_options
 
+#endif
+
 namespace fused_baseline {
 constexpr int kVectorBytes = 16;
 #include "conv_fused_kernels.inc"
@@ -51,9 +58,13 @@ enum class Isa { kAvx512, kAvx2, kBaseline };
 // The widest ISA this CPU runs. POINTSPARSE_CPU_ISA=avx2|baseline caps it, so that one machine can
 // test every variant.
 Isa cpu_isa() {
+#ifdef POINTSPARSE_X86
   const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
                       __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  const bool avx512 = false, avx2 = false;
+#endif
   const char* cap_env = std::getenv("POINTSPARSE_CPU_ISA");
   const std::string cap = cap_env ? cap_env : "";
   TORCH_CHECK_VALUE(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
@@ -85,12 +96,14 @@ struct FusedKernels {
 template <typename T>
 FusedKernels<T> fused_kernels(Isa isa) {
   switch (isa) {
+#ifdef POINTSPARSE_X86
     case Isa::kAvx512:
       return {&fused_avx512::forward_pairs<T, true>, &fused_avx512::forward_pairs<T, false>,
               &fused_avx512::weight_grad_pairs<T>};
     case Isa::kAvx2:
       return {&fused_avx2::forward_pairs<T, true>, &fused_avx2::forward_pairs<T, false>,
               &fused_avx2::weight_grad_pairs<T>};
+#endif
     default:
       return {&fused_baseline::forward_pairs<T, true>, &fused_baseline::forward_pairs<T, false>,
               &fused_baseline::weight_grad_pairs<T>};
@@ -105,9 +118,20 @@ int64_t padded_cols(int64_t C_out, Isa isa, const at::Tensor& like) {
 constexpr int64_t kForwardGrain = 256;  // pairs per parallel task
 constexpr int64_t kGradTask = 4096;     // pairs per weight-gradient task
 
+// Half and bfloat16 run the float32 kernels on converted operands and round the result once: the
+// sum over offsets stays in float32, as in the gather-GEMM-scatter dataflow.
+bool runs_in_float(const at::Tensor& a, const at::Tensor& b) {
+  return at::isReducedFloatingType(a.scalar_type()) && b.scalar_type() == a.scalar_type();
+}
+
 at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& offset_ptr,
                           const at::Tensor& in_idx_, const at::Tensor& out_idx_, int64_t num_out,
                           int64_t identity_offset) {
+  if (runs_in_float(feats_, weight)) {
+    return conv_fused_cpu(feats_.to(at::kFloat), weight.to(at::kFloat), offset_ptr, in_idx_, out_idx_,
+                          num_out, identity_offset).to(feats_.scalar_type());
+  }
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const ConvPairs pairs = check_conv_forward(feats_, weight, offset_ptr, in_idx_, out_idx_, num_out,
                                              identity_offset);
   const int64_t C_in = weight.size(1), C_out = weight.size(2);
@@ -151,6 +175,11 @@ struct GradTask {
 at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor& grad_out_,
                                       const at::Tensor& offset_ptr, const at::Tensor& in_idx_,
                                       const at::Tensor& out_idx_, int64_t identity_offset) {
+  if (runs_in_float(feats_, grad_out_)) {
+    return conv_fused_weight_grad_cpu(feats_.to(at::kFloat), grad_out_.to(at::kFloat), offset_ptr, in_idx_,
+                                      out_idx_, identity_offset).to(feats_.scalar_type());
+  }
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   at::Tensor grad_out;
   const ConvPairs pairs = check_conv_weight_grad(feats_, grad_out_, offset_ptr, in_idx_, out_idx_,
                                                  identity_offset, &grad_out);

@@ -1,8 +1,10 @@
 // CUDA kernel maps: the per-element logic of kmap_element.h, one thread per element.
 // Kernels take raw pointers; ATen appears only in the entry functions (allocation, sort, checks).
+// Device guards are generic (a no-op for a CPU tensor), so that a call mixing devices reaches the
+// checks and raises the ValueError naming the tensor rather than a CUDA guard's RuntimeError.
 #include <ATen/ATen.h>
 #include <ATen/cuda/CUDAContext.h>
-#include <c10/cuda/CUDAGuard.h>
+#include <ATen/DeviceGuard.h>
 #include <torch/library.h>
 
 #include <climits>
@@ -112,13 +114,13 @@ at::Tensor pack_rows_cuda(const at::Tensor& coords) {
 
 at::Tensor pack_coords_cuda(const at::Tensor& coords) {
   check_coords(coords, "coords");
-  const c10::cuda::CUDAGuard guard(coords.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(coords));
   return pack_rows_cuda(coords.contiguous());
 }
 
 at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                 const at::Tensor& offsets_, bool symmetric) {
-  const c10::cuda::CUDAGuard guard(in_coords_.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
   const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
   const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
   const at::Tensor& offsets = inputs.offsets;
@@ -145,7 +147,7 @@ at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& 
 
 at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                 const at::Tensor& offsets_, bool symmetric) {
-  const c10::cuda::CUDAGuard guard(in_coords_.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
   const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
   const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
   const at::Tensor& offsets = inputs.offsets;
@@ -172,7 +174,7 @@ at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& 
 
 at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                             at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
-  const c10::cuda::CUDAGuard guard(in_coords_.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
   const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride);
   at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
   const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
@@ -225,7 +227,7 @@ Factor checked_factor(const at::Tensor& coords, at::IntArrayRef factor) {
 
 at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_) {
   const Factor factor = checked_factor(coords_, factor_);
-  const c10::cuda::CUDAGuard guard(coords_.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(coords_));
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
   if (n == 0) return at::empty_like(coords);
@@ -243,7 +245,7 @@ at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRe
 
 at::Tensor downsample_coords_sort_cuda(const at::Tensor& coords_, at::IntArrayRef factor_) {
   const Factor factor = checked_factor(coords_, factor_);
-  const c10::cuda::CUDAGuard guard(coords_.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(coords_));
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
   if (n == 0) return at::empty_like(coords);
@@ -260,7 +262,7 @@ at::Tensor downsample_coords_sort_cuda(const at::Tensor& coords_, at::IntArrayRe
 // offsets major, rows minor.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cuda(const at::Tensor& neighbors) {
   check_neighbors(neighbors);
-  const c10::cuda::CUDAGuard guard(neighbors.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(neighbors));
   const at::Tensor by_offset = neighbors.t();                  // [K, N_out]
   const at::Tensor present = by_offset.ge(0);                  // [K, N_out]
   at::Tensor counts = present.sum(1);                          // [K] int64
@@ -272,13 +274,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cuda(const at::Tensor& n
 
 at::Tensor kmap_bitmask_cuda(const at::Tensor& neighbors_) {
   check_neighbors(neighbors_);
-  const c10::cuda::CUDAGuard guard(neighbors_.device());
+  const c10::OptionalDeviceGuard guard(at::device_of(neighbors_));
   const at::Tensor neighbors = neighbors_.contiguous();
   const int64_t n = neighbors.size(0);
   const int32_t K = int32_t(neighbors.size(1));
   const int32_t words = (K + 31) / 32;
   at::Tensor bitmask = at::empty({n, words}, neighbors.options());  // [N_out, W]
-  if (n > 0) {
+  if (n > 0 && words > 0) {  // K = 0 gives [N_out, 0] and no launch
     bitmask_kernel<<<blocks_for(n * words), kThreads, 0, stream()>>>(
         neighbors.data_ptr<int32_t>(), n, K, words, bitmask.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
