@@ -122,8 +122,8 @@ class ConvProblem:
         """(out, grad_feats, grad_weight) on ``device`` in ``dtype``, each as float64 on the CPU."""
         size, stride, dilation, transposed = self.kind
         x = _conv_input(self.coords.to(device), self.kind)
-        feats = self.feats.to(device, dtype).requires_grad_()
-        weight = self.weight.to(device, dtype).requires_grad_()
+        feats = self.feats.to(device, dtype, copy=True).requires_grad_()
+        weight = self.weight.to(device, dtype, copy=True).requires_grad_()
         y = F.conv3d(x.with_feats(feats), weight, size, None, stride, dilation, transposed,
                      ConvConfig(dataflow=dataflow))
         (y.feats * self.probe.to(device, dtype)).sum().backward()

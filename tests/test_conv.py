@@ -103,15 +103,18 @@ def test_submanifold_on_a_coarser_tensor(device):
         assert_matches_oracle(run_sparse_and_dense(x, 3, 1, 1, False, algo))
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("kind", KINDS)
-def test_gradcheck_float64(kind, dataflow):
-    x = random_tensor(num_points=12, channels=2, span=3, seed=6)
+def test_gradcheck_float64(kind, dataflow, device):
+    if dataflow is Dataflow.FUSED and device != "cpu":
+        pytest.skip("the fused dataflow runs on the CPU only")
+    x = random_tensor(num_points=12, channels=2, span=3, seed=6, device=device)
     stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
     if transposed:
-        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64), 2, None, 2)
-    weight = torch.randn(27, 2, 3, dtype=torch.float64, requires_grad=True)
-    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64, device=device), 2, None, 2)
+    weight = torch.randn(27, 2, 3, dtype=torch.float64).to(device).requires_grad_()
+    bias = torch.randn(3, dtype=torch.float64).to(device).requires_grad_()
     feats = x.feats.detach().clone().requires_grad_()
 
     def conv(f, w, b):

@@ -113,3 +113,47 @@ def test_sparse_quantize_and_collate_reject_bad_input():
     two_items = SparseTensor(torch.randn(2, 1), coords_of([[0, 0, 0, 0], [1, 0, 0, 0]]))
     with pytest.raises(ValueError, match="several batch items"):
         ps.sparse_collate([two_items])
+
+
+def handed_in_map(**changes):
+    """A valid map of three voxels in a row, with fields replaced."""
+    coords = coords_of([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0]])
+    kmap = ps.build_kernel_map(coords, (1, 1, 1), 3)
+    fields = {name: getattr(kmap, name) for name in
+              ("neighbors", "offset_ptr", "in_idx", "out_idx", "out_coords", "out_stride", "num_in")}
+    fields.update(changes)
+    return ps.KernelMap(**fields)
+
+
+@pytest.mark.parametrize("change,error,message", [
+    (lambda m: {"in_idx": m.in_idx.clone().fill_(3)}, ValueError, r"in_idx must index rows in \[0, 3\)"),
+    (lambda m: {"out_idx": m.out_idx.clone().fill_(-1)}, ValueError, "out_idx must index rows"),
+    (lambda m: {"num_in": 2}, ValueError, "in_idx must index rows"),
+    (lambda m: {"in_idx": m.in_idx.long()}, TypeError, "int32"),
+    (lambda m: {"offset_ptr": m.offset_ptr.flip(0)}, ValueError, "offset_ptr"),
+    (lambda m: {"offset_ptr": m.offset_ptr[:-1]}, ValueError, r"K \+ 1"),
+    (lambda m: {"neighbors": m.neighbors[:2]}, ValueError, "neighbors must have shape"),
+])
+def test_a_handed_in_kernel_map_is_checked_once(change, error, message):
+    valid = handed_in_map()
+    with pytest.raises(error, match=message):
+        handed_in_map(**change(valid))
+
+
+def test_a_map_of_another_tensor_is_refused_by_the_conv():
+    x = SparseTensor(torch.randn(3, 2), coords_of([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0]]))
+    ps.kernel_map(x, 3)
+    smaller = SparseTensor(torch.randn(2, 2), x.coords[:2], 1, x.cache)
+    with pytest.raises(ValueError, match="reads 3 input rows but the tensor has 2"):
+        ps.functional.conv3d(smaller, torch.randn(27, 2, 2), 3)
+
+
+def test_cpu_conv_ops_check_index_bounds_on_every_call():
+    feats, weight = torch.randn(3, 2), torch.randn(1, 2, 2)
+    ptr = torch.tensor([0, 2])
+    with pytest.raises(ValueError, match="in_idx must index rows"):
+        ops.conv_gather_scatter(feats, weight, ptr, torch.tensor([0, 3], dtype=torch.int32),
+                                torch.tensor([0, 1], dtype=torch.int32), 2)
+    with pytest.raises(ValueError, match="out_idx must index rows"):
+        ops.conv_fused(feats, weight, ptr, torch.tensor([0, 1], dtype=torch.int32),
+                       torch.tensor([0, 2], dtype=torch.int32), 2)

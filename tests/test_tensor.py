@@ -76,3 +76,14 @@ def test_sparse_collate_prepends_batch_index():
     batch = ps.sparse_collate([a, b])
     assert batch.coords.tolist() == [[0, 0, 0, 0], [0, 1, 0, 0], [1, 5, 5, 5]]
     assert batch.feats.shape == (3, 3) and batch.batch_size == 2
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_to_the_device_a_tensor_is_on_keeps_it_and_its_cache(device):
+    x = SparseTensor(torch.randn(3, 2, device=device),
+                     torch.tensor([[0, i, 0, 0] for i in range(3)], dtype=torch.int32, device=device))
+    ps.kernel_map(x, 3)
+    index = 0 if device == "cuda" else None
+    for target in (device, torch.device(device), torch.device(device, index) if index is not None else "cpu"):
+        assert x.to(target) is x
+    assert len(x.to(device).cache.kmaps) == 1
