@@ -7,7 +7,13 @@ PIP := $(PY) -m pip
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: test test-quick venv build bench demo clean
+.PHONY: test test-quick venv build bench demo gpu-check clean
+
+# The extension is rebuilt only when a source changed (or the built module is gone): `make demo`
+# after `make test` starts training at once. Python files need no rebuild (editable install).
+EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.inc')
+PACKAGES_STAMP := $(VENV)/.packages-installed
+BUILD_STAMP := $(VENV)/.extension-built
 
 # With torch importable from the invoking Python (an active environment), the venv reuses it;
 # otherwise pip installs torch (here 2.14.1 from local disk under the machine's cap).
@@ -18,13 +24,21 @@ $(VENV)/bin/python:
 		$(PYTHON) -m venv $(VENV); \
 	fi
 
-venv: $(VENV)/bin/python
+$(PACKAGES_STAMP): $(VENV)/bin/python
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
 	$(PIP) install -q numpy tqdm pytest hypothesis setuptools wheel ninja
+	touch $@
 
-build: venv
+venv: $(PACKAGES_STAMP)
+
+$(BUILD_STAMP): $(PACKAGES_STAMP) $(EXT_SOURCES)
 	$(PIP) install -q --no-build-isolation -e .
+	touch $@
+
+build:
+	@ls pointsparse/_C*.so >/dev/null 2>&1 || rm -f $(BUILD_STAMP)
+	@$(MAKE) --no-print-directory $(BUILD_STAMP)
 
 test: build
 	$(PY) -m pytest -q
@@ -41,5 +55,11 @@ DEMO_ARGS ?= --cr 0.25 --epochs 25 --batch-size 2 --voxel-size 0.1 --max-voxels 
 demo: build
 	$(PY) -m pointsparse train $(DEMO_ARGS)
 
+# On a GPU machine (preinstalled CUDA torch, no network): build there, CUDA tests, CPU-vs-CUDA
+# cross-check, CUDA benchmarks, MinkUNet18 steps; log and JSON into GPU_OUT. Uses python3, not .venv.
+GPU_OUT ?= bench_results/gpu/latest
+gpu-check:
+	tools/gpu_check.sh $(GPU_OUT)
+
 clean:
-	rm -rf build *.egg-info pointsparse/_C*.so
+	rm -rf build *.egg-info pointsparse/_C*.so $(BUILD_STAMP)

@@ -4,8 +4,9 @@ Cases: submanifold 3x3x3 32->32 with the kernel map built inside the timed call 
 64->64 cached, strided k2 s2 32->64 with the map built, and forward+backward 32->32 cached. spconv
 (``pip install spconv``) runs its Native gather-GEMM-scatter; its CPU backward needs
 ``spconv.pytorch.ops.get_current_stream`` replaced by ``lambda: 0``, which this benchmark does.
-pointsparse runs its default dataflow (fused kernels on the CPU); "ggs" is its gather-GEMM-scatter
-dataflow (ATen GEMMs) on the same input. Each row also reports how many output rows differ from
+pointsparse runs its default dataflow (fused kernels on the CPU, gather-GEMM-scatter on CUDA), then
+every explicit dataflow that runs on the device ("ggs" in the table is gather-GEMM-scatter, ATen GEMMs).
+``--device cuda`` times them on the GPU against the naive torch conv on the same GPU. Each row also reports how many output rows differ from
 ours (spconv's CPU scatter races at more than one thread), and GEMM efficiency: useful FLOP/s
 against ``torch.mm`` on the same FLOPs.
 """
@@ -38,6 +39,9 @@ CASES = {  # name: (kernel, stride, C_in, C_out, map cached, backward, config)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scan_arguments(parser, "conv", repeats=10)
+    parser.add_argument("--device", default="cpu",
+                        help="cpu or cuda; on CUDA every dataflow that runs there is timed against the "
+                             "naive torch conv on the same device (spconv's CPU package only on the CPU)")
 
 
 def naive_conv(coords: Tensor, feats: Tensor, weight: Tensor, kernel: int, stride: int,
@@ -95,10 +99,11 @@ def rows_differing(ours: SparseTensor, theirs_feats: Tensor, theirs_coords: Tens
 
 def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, cached: bool,
              backward: bool, config: ConvConfig, repeats: int) -> Dict[str, object]:
+    device = coords.device
     gen = torch.Generator().manual_seed(0)
-    feats = torch.randn(coords.shape[0], c_in, generator=gen)
-    weight = torch.randn(kernel ** 3, c_in, c_out, generator=gen) / (c_in * kernel ** 3) ** 0.5
-    grad = torch.randn(coords.shape[0] if stride == 1 else 1, c_out, generator=gen)
+    feats = torch.randn(coords.shape[0], c_in, generator=gen).to(device)
+    weight = (torch.randn(kernel ** 3, c_in, c_out, generator=gen) / (c_in * kernel ** 3) ** 0.5).to(device)
+    grad = torch.randn(coords.shape[0] if stride == 1 else 1, c_out, generator=gen).to(device)
     base = SparseTensor(feats, coords)
     fresh = lambda: SparseTensor(feats, coords)  # noqa: E731  (a new tensor: no cached map)
     ours_w = weight.clone().requires_grad_(backward)
@@ -112,9 +117,9 @@ def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, ca
         return y
 
     mine = ours()
-    rows: Dict[str, object] = {"pointsparse": time_ms(ours, repeats),
-                               "pointsparse gather-GEMM-scatter": time_ms(
-                                   lambda: ours(Dataflow.GATHER_GEMM_SCATTER), repeats)}
+    rows: Dict[str, object] = {"pointsparse": time_ms(ours, repeats)}
+    for dataflow in _dataflows_on(device):
+        rows[f"pointsparse {dataflow.value}"] = time_ms(lambda: ours(dataflow), repeats)
 
     table = naive_neighbors(coords, kernel, stride) if cached else None
     naive_w = weight.clone().requires_grad_(backward)
@@ -128,9 +133,10 @@ def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, ca
 
     rows["naive torch"] = time_ms(naive, max(3, repeats // 3))
     rows["spconv (CPU)"] = _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached,
-                                        backward, grad, repeats, mine)
+                                        backward, grad, repeats, mine) if device.type == "cpu" else \
+        {"skipped": f"spconv's CPU package does not run on {device}"}
     useful_flops = 2 * int(build_kernel_map(coords, (1, 1, 1), kernel, stride).in_idx.numel()) * c_in * c_out
-    a = torch.randn(useful_flops // (2 * c_in * c_out), c_in)
+    a = torch.randn(useful_flops // (2 * c_in * c_out), c_in, device=device)
     mm = time_ms(lambda: a @ weight[0], repeats)
     ours_ms = rows["pointsparse"]["median_ms"]
     rows["gemm_efficiency"] = {"useful_gflops": useful_flops / 1e9,
@@ -139,6 +145,11 @@ def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, ca
     if backward:
         rows["gemm_efficiency"]["note"] = "forward FLOPs only; backward runs about twice more"
     return rows
+
+
+def _dataflows_on(device: torch.device):
+    """Every explicit dataflow that runs on ``device``."""
+    return [d for d in Dataflow if d is not Dataflow.AUTO and (d is not Dataflow.FUSED or device.type == "cpu")]
 
 
 def _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached, backward, grad, repeats,
@@ -169,9 +180,11 @@ def _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached, bac
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    coords = load_voxels(args.scan, args.voxel_size, "cpu")
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
+    coords = load_voxels(args.scan, args.voxel_size, args.device)
     env = environment()
-    print(f"{coords.shape[0]} voxels at {args.voxel_size} m from {args.scan}; {env['device']}, "
+    print(f"{coords.shape[0]} voxels at {args.voxel_size} m from {args.scan} on {args.device}; {env['device']}, "
           f"{torch.get_num_threads()} threads, torch {env['torch']}")
     header = (f"{'case':<30}{'pointsparse ms':>15}{'ggs ms':>8}{'spconv ms':>11}{'naive ms':>10}"
               f"{'spconv/ours':>13}{'naive/ours':>12}{'GEMM eff':>10}{'spconv bad rows':>17}")
@@ -183,13 +196,14 @@ def run(args: argparse.Namespace) -> int:
         ours = rows["pointsparse"]["median_ms"]
         theirs = rows["spconv (CPU)"].get("median_ms", float("nan"))
         naive = rows["naive torch"]["median_ms"]
-        ggs = rows["pointsparse gather-GEMM-scatter"]["median_ms"]
+        ggs = rows[f"pointsparse {Dataflow.GATHER_GEMM_SCATTER.value}"]["median_ms"]
         eff = rows["gemm_efficiency"]
         bad = rows["spconv (CPU)"].get("rows_differing_from_pointsparse", "-")
         print(f"{name:<30}{ours:>15.2f}{ggs:>8.2f}{theirs:>11.2f}{naive:>10.2f}{theirs / ours:>12.2f}x"
               f"{naive / ours:>11.2f}x{eff['pointsparse_gflop_per_s'] / eff['torch_mm_gflop_per_s']:>10.2f}"
               f"{bad:>17}")
         results[name] = rows
-    write_json(args.out, {"benchmark": "conv", "scan": args.scan, "voxel_size": args.voxel_size, **env,
+    write_json(args.out, {"benchmark": "conv", "scan": args.scan, "voxel_size": args.voxel_size,
+                          "conv_device": args.device, **env,
                           "results": results})
     return 0

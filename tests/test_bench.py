@@ -1,0 +1,51 @@
+"""The benchmark suites run end to end on a small scan and write their JSON (timings not checked)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pointsparse.bench.__main__ import main
+
+from conftest import DEVICES
+
+
+@pytest.fixture(scope="module")
+def small_scan(tmp_path_factory):
+    """A KITTI-format .bin of 20,000 points on a few surfaces (float32 x, y, z, remission)."""
+    rng = np.random.default_rng(0)
+    ground = np.c_[rng.uniform(-10, 10, (15000, 2)), rng.normal(-1.7, 0.02, 15000)]
+    wall = np.c_[rng.uniform(-10, 10, 5000), np.full(5000, 6.0), rng.uniform(-1.7, 2, 5000)]
+    points = np.c_[np.r_[ground, wall], rng.uniform(0, 1, 20000)].astype(np.float32)
+    path = tmp_path_factory.mktemp("scan") / "000000.bin"
+    points.tofile(path)
+    return path
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conv_bench_times_every_dataflow_against_the_naive_baseline(small_scan, tmp_path, device):
+    out = tmp_path / "conv.json"
+    assert main(["conv", "--scan", str(small_scan), "--voxel-size", "0.2", "--repeats", "1",
+                 "--device", device, "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["conv_device"] == device
+    for rows in record["results"].values():
+        assert rows["naive torch"]["median_ms"] > 0
+        assert rows["pointsparse gather_gemm_scatter"]["median_ms"] > 0
+        assert ("pointsparse fused" in rows) == (device == "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_kmap_bench_runs(small_scan, tmp_path, device):
+    out = tmp_path / "kmap.json"
+    assert main(["kmap", "--scan", str(small_scan), "--voxel-size", "0.2", "--repeats", "1",
+                 "--device", device, "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["results"]
+
+
+def test_conv_bench_on_cuda_without_a_gpu_says_so(small_scan, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(SystemExit, match="CUDA device"):
+        main(["conv", "--scan", str(small_scan), "--device", "cuda", "--out", str(tmp_path / "x.json")])
