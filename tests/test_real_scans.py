@@ -41,3 +41,15 @@ def test_collated_real_scans_keep_batches_apart():
     kmap = ps.kernel_map(x, 3)
     single = ps.build_kernel_map(first, (1, 1, 1), 3)
     assert kmap.pair_counts.tolist() == (2 * single.pair_counts).tolist()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("algo", list(KernelMapAlgo))
+def test_tiling_map_equals_the_searched_map_on_a_real_scan(device, algo):
+    # build_kernel_map takes the tiling path for k2 s2 whatever the algorithm; compare it with the
+    # general search over the same offsets and output coordinates.
+    coords = with_batch(ps.sparse_quantize(load_scan(FRAME_964), 0.05)).to(device)
+    tiling = ps.build_kernel_map(coords, (1, 1, 1), 2, 2, config=ConvConfig(kmap=algo))
+    build = ps.ops.build_kmap_hash if algo is KernelMapAlgo.HASH else ps.ops.build_kmap_sort
+    searched = build(coords, tiling.out_coords, ps.kernel_offsets(2).to(device), False)
+    assert torch.equal(tiling.neighbors, searched)

@@ -11,10 +11,11 @@ ColumnRange column_range(const at::Tensor& values) {
   const int64_t C = values.dim() == 1 ? 1 : values.size(1);
   ColumnRange range{std::vector<int32_t>(C, INT32_MAX), std::vector<int32_t>(C, INT32_MIN)};
   if (!values.device().is_cpu()) {
+    // One read-back of both rows: a single synchronisation (kernel-map builds only, never a conv).
     const auto [lo, hi] = at::aminmax(values.view({values.size(0), C}), 0);
-    const at::Tensor lo_cpu = lo.cpu(), hi_cpu = hi.cpu();
-    std::copy_n(lo_cpu.data_ptr<int32_t>(), C, range.lo.begin());
-    std::copy_n(hi_cpu.data_ptr<int32_t>(), C, range.hi.begin());
+    const at::Tensor both = at::stack({lo, hi}).cpu();  // [2, C]
+    std::copy_n(both.data_ptr<int32_t>(), C, range.lo.begin());
+    std::copy_n(both.data_ptr<int32_t>() + C, C, range.hi.begin());
     return range;
   }
   const at::Tensor rows = values.contiguous();
