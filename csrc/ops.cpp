@@ -45,6 +45,20 @@ TORCH_LIBRARY(pointsparse, m) {
   // Weight gradient of conv_gather_scatter: grad_out [num_out, C_out] -> [K, C_in, C_out].
   m.def("conv_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int identity_offset) -> Tensor");
+  // The same convolution with offsets grouped into batched GEMMs (grouped gather-GEMM-scatter).
+  // A plan is a flat int list of groups, each [size, batched (0/1), k_1 .. k_size]; every offset
+  // with pairs except identity_offset appears exactly once; a batched group (at most 128 offsets)
+  // is gathered into one zero-padded [G, max n_k, C_in] buffer and multiplied with one bmm, the
+  // offsets of an unbatched group run one GEMM each. out_pos int32 [num_out, K]: the pair index of
+  // output row o at offset k (-1 if none), so that a batched group is scattered one output row per
+  // thread, without atomics; in_pos int32 [N_in, K] likewise by input row, for the input gradient.
+  // The input gradient runs input_grad_plan with the roles swapped, the weight gradient
+  // conv_grouped_weight_grad with weight_grad_plan (forward_plan is what this call computes).
+  m.def("conv_grouped(Tensor feats, Tensor weight, Tensor offset_ptr, Tensor in_idx, Tensor out_idx, "
+        "Tensor out_pos, Tensor in_pos, SymInt num_out, int identity_offset, int[] forward_plan, "
+        "int[] input_grad_plan, int[] weight_grad_plan) -> Tensor");
+  m.def("conv_grouped_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, int identity_offset, int[] plan) -> Tensor");
   // The same convolution and weight gradient, fused: each register tile of pairs reads its input
   // rows, multiplies and adds into its output rows with no gathered copy and no GEMM call
   // (CPU only; results equal conv_gather_scatter / conv_weight_grad up to rounding).

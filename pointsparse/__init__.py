@@ -3,8 +3,9 @@
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
-from . import functional, nn, ops
+from . import dataflows, functional, nn, ops
 from .config import ConvConfig, Dataflow, KernelMapAlgo
+from .grouping import ConvGrouping, Grouping, GroupingConfig, GroupingPlan, plan_grouping
 from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cached_kernel_map
 from .offsets import kernel_offsets
 from .quantize import sparse_collate, sparse_quantize
@@ -12,18 +13,24 @@ from .tensor import SparseTensor, kernel_map
 
 __all__ = [
     "ConvConfig",
+    "ConvGrouping",
     "Dataflow",
+    "Grouping",
+    "GroupingConfig",
+    "GroupingPlan",
     "KernelMap",
     "KernelMapAlgo",
     "KernelMapCache",
     "KernelMapKey",
     "SparseTensor",
     "build_kernel_map",
+    "dataflows",
     "cached_kernel_map",
     "functional",
     "kernel_map",
     "kernel_offsets",
     "nn",
+    "plan_grouping",
     "ops",
     "sparse_collate",
     "sparse_quantize",

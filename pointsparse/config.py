@@ -2,8 +2,9 @@
 
 import enum
 from dataclasses import dataclass
+from typing import Union
 
-import torch
+from .grouping import ConvGrouping, GroupingConfig, Grouping
 
 
 class KernelMapAlgo(enum.Enum):
@@ -15,22 +16,15 @@ class KernelMapAlgo(enum.Enum):
 
 class Dataflow(enum.Enum):
     """How the per-offset products ``out[out_idx_k] += feats[in_idx_k] @ W[k]`` are computed; every
-    dataflow gives the same result up to rounding."""
+    dataflow gives the same result up to rounding. Which devices and dtypes each runs on is recorded
+    in :mod:`pointsparse.dataflows`."""
 
-    AUTO = "auto"  # FUSED on the CPU, GATHER_GEMM_SCATTER elsewhere
-    # Gather the rows of each offset, one ATen GEMM (MKL / cuBLAS), scatter-add: every device.
+    AUTO = "auto"  # the first dataflow of dataflows.AUTO_ORDER that runs on the device
+    # Gather the rows of each offset, ATen GEMMs (MKL / cuBLAS), scatter-add: every device; offsets
+    # grouped into batched GEMMs by ConvConfig.grouping.
     GATHER_GEMM_SCATTER = "gather_gemm_scatter"
     # Register-blocked tiles read, multiply and add rows in place, no gathered copy (CPU only).
     FUSED = "fused"
-
-    def resolve(self, device: torch.device) -> "Dataflow":
-        """The dataflow that runs on ``device``; ValueError for FUSED off the CPU."""
-        if self is Dataflow.AUTO:
-            return Dataflow.FUSED if device.type == "cpu" else Dataflow.GATHER_GEMM_SCATTER
-        if self is Dataflow.FUSED and device.type != "cpu":
-            raise ValueError(f"Dataflow.FUSED runs on the CPU only, the tensor is on {device}; "
-                             "use Dataflow.AUTO or Dataflow.GATHER_GEMM_SCATTER")
-        return self
 
 
 @dataclass(frozen=True)
@@ -41,3 +35,14 @@ class ConvConfig:
     # AUTO picks FUSED on the CPU: 3-5x faster than GATHER_GEMM_SCATTER on a 92k-voxel scan
     # (python -m pointsparse.bench conv).
     dataflow: Dataflow = Dataflow.AUTO
+    # Grouping of offsets into batched GEMMs (GATHER_GEMM_SCATTER): a Grouping member (default
+    # parameters), a GroupingConfig, or a ConvGrouping with one config per pass (forward, input
+    # gradient, weight gradient). Stored as a ConvGrouping.
+    grouping: Union[Grouping, GroupingConfig, ConvGrouping] = Grouping.SEPARATE
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.kmap, KernelMapAlgo):
+            raise TypeError(f"kmap must be a KernelMapAlgo, got {self.kmap!r}")
+        if not isinstance(self.dataflow, Dataflow):
+            raise TypeError(f"dataflow must be a Dataflow, got {self.dataflow!r}")
+        object.__setattr__(self, "grouping", ConvGrouping.of(self.grouping))

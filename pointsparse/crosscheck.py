@@ -124,8 +124,8 @@ class ConvProblem:
         x = _conv_input(self.coords.to(device), self.kind)
         feats = self.feats.to(device, dtype, copy=True).requires_grad_()
         weight = self.weight.to(device, dtype, copy=True).requires_grad_()
-        y = F.conv3d(x.with_feats(feats), weight, size, None, stride, dilation, transposed,
-                     ConvConfig(dataflow=dataflow))
+        y = F.conv3d(x.with_feats(feats), weight, kernel_size=size, stride=stride, dilation=dilation,
+                     transposed=transposed, config=ConvConfig(dataflow=dataflow))
         (y.feats * self.probe.to(device, dtype)).sum().backward()
         return tuple(t.detach().double().cpu() for t in (y.feats, feats.grad, weight.grad))
 

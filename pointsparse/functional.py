@@ -8,13 +8,13 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from . import ops
-from .config import ConvConfig, Dataflow
+from . import dataflows
+from .config import ConvConfig
 from .offsets import IntOrTriple, as_triple
 from .tensor import SparseTensor, check_same_coords, kernel_map
 
 
-def conv3d(x: SparseTensor, weight: Tensor, kernel_size: IntOrTriple = 3, bias: Optional[Tensor] = None,
+def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bias: Optional[Tensor] = None,
            stride: IntOrTriple = 1, dilation: IntOrTriple = 1, transposed: bool = False,
            config: Optional[ConvConfig] = None) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` (feats ``[N, C_in]``) with ``weight [K, C_in, C_out]``.
@@ -24,21 +24,21 @@ def conv3d(x: SparseTensor, weight: Tensor, kernel_size: IntOrTriple = 3, bias: 
     coordinates); stride s outputs tensor stride ``x.stride * s``; ``transposed`` with stride s
     returns from tensor stride ``t * s`` to the coordinates of the finer tensor at stride t (found
     in ``x.cache``). ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
-    (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere). Under ``torch.autocast``
+    (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere; see
+    :mod:`pointsparse.dataflows`) and ``config.grouping`` how gather-GEMM-scatter batches offsets.
+    Arguments after ``weight`` are keyword-only. Under ``torch.autocast``
     the result has the autocast dtype (float32 accumulation inside).
     """
     config = config or ConvConfig()
     size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
     _check_conv_inputs(x, weight, bias, size)
-    dataflow = config.dataflow.resolve(x.feats.device)
+    spec = dataflows.resolve(config.dataflow, x.feats.device, x.feats.dtype)
     kmap = kernel_map(x, size, step, dilation, transposed, config)
     if kmap.num_in != x.feats.shape[0]:
         raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
     submanifold_centre = (not transposed and step == (1, 1, 1) and all(s % 2 for s in size))
     identity_offset = weight.shape[0] // 2 if submanifold_centre else -1
-    conv = ops.conv_fused if dataflow is Dataflow.FUSED else ops.conv_gather_scatter
-    feats = conv(x.feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out,
-                 identity_offset)                                                    # [N_out, C_out]
+    feats = spec.run(x.feats, weight, kmap, identity_offset, config)                # [N_out, C_out]
     if bias is not None:
         feats = feats + bias.to(feats.dtype)  # under autocast the conv returns the autocast dtype
     return SparseTensor(feats, kmap.out_coords, kmap.out_stride, x.cache)

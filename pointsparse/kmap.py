@@ -23,6 +23,7 @@ from torch import Tensor
 
 from . import ops
 from .config import ConvConfig, KernelMapAlgo
+from .grouping import GroupingConfig, GroupingPlan, plan_grouping
 from .offsets import IntOrTriple, as_triple, kernel_offsets
 
 Triple = Tuple[int, int, int]
@@ -44,9 +45,37 @@ class KernelMap:
     out_coords: Tensor  # int32 [N_out, 4]
     out_stride: Triple  # tensor stride of the output
     num_in: int         # rows of the input the map reads (in_idx < num_in)
+    # Grouping plans of this map, by (grouping config, identity offset); see grouping_plan.
+    plans: Dict[Tuple[GroupingConfig, int], GroupingPlan] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_kernel_map(self)
+
+    def grouping_plan(self, config: GroupingConfig, identity_offset: int) -> GroupingPlan:
+        """The plan of ``config`` for this map's pair counts, built once and kept with the map."""
+        key = (config, identity_offset)
+        if key not in self.plans:
+            self.plans[key] = plan_grouping(self.pair_counts.tolist(), config, identity_offset)
+        return self.plans[key]
+
+    @cached_property
+    def out_pos(self) -> Tensor:
+        """int32 ``[N_out, K]``: index of the pair of output row o at offset k, -1 if none (the
+        output-stationary scatter of batched groups reads it). Built on first use."""
+        return self._pair_positions(self.out_idx, self.num_out)
+
+    @cached_property
+    def in_pos(self) -> Tensor:
+        """int32 ``[N_in, K]``: index of the pair of input row i at offset k, -1 if none."""
+        return self._pair_positions(self.in_idx, self.num_in)
+
+    def _pair_positions(self, rows: Tensor, num_rows: int) -> Tensor:
+        device = rows.device
+        pos = torch.full((num_rows, self.num_offsets), -1, dtype=torch.int32, device=device)  # [N, K]
+        offset_of_pair = torch.repeat_interleave(torch.arange(self.num_offsets, device=device),
+                                                 self.pair_counts.to(device))              # [P]
+        pos[rows.long(), offset_of_pair] = torch.arange(rows.shape[0], dtype=torch.int32, device=device)
+        return pos
 
     @cached_property
     def bitmask(self) -> Tensor:

@@ -58,14 +58,16 @@ def test_conv_under_autocast_matches_float64(device, dtype, dataflow, kind_name)
     feats = x.feats.clone().requires_grad_()
     config = ConvConfig(dataflow=dataflow)
     with torch.autocast(device, dtype=dtype):
-        y = F.conv3d(x.with_feats(feats), weight, size, bias, stride, dilation, transposed, config)
+        y = F.conv3d(x.with_feats(feats), weight, kernel_size=size, bias=bias, stride=stride, dilation=dilation,
+                     transposed=transposed, config=config)
     assert y.feats.dtype == dtype
     probe = torch.randn(y.feats.shape, device=device)
     (y.feats.float() * probe).sum().backward()
     assert feats.grad.dtype == torch.float32 and weight.grad.dtype == torch.float32
 
     f64, w64, b64 = (t.detach().double().requires_grad_() for t in (feats, weight, bias))
-    ref = F.conv3d(x.with_feats(f64), w64, size, b64, stride, dilation, transposed, config)
+    ref = F.conv3d(x.with_feats(f64), w64, kernel_size=size, bias=b64, stride=stride, dilation=dilation,
+                   transposed=transposed, config=config)
     (ref.feats * probe.double()).sum().backward()
     for value, reference in ((y.feats, ref.feats), (feats.grad, f64.grad), (weight.grad, w64.grad),
                              (bias.grad, b64.grad)):
@@ -93,7 +95,7 @@ def test_half_precision_sums_offsets_in_float32(device, dtype, dataflow):
     x = centre_of_a_full_cube(device, dtype)
     weight = torch.ones(27, 1, 1, dtype=dtype, device=device)
     weight[13] = big
-    out = F.conv3d(x, weight, 3, config=ConvConfig(dataflow=dataflow)).feats
+    out = F.conv3d(x, weight, kernel_size=3, config=ConvConfig(dataflow=dataflow)).feats
     centre = int((x.coords[:, 1:] == 1).all(1).nonzero())
     assert out.dtype == dtype and out[centre].item() == big + 26
 
@@ -102,7 +104,7 @@ def test_half_precision_sums_offsets_in_float32(device, dtype, dataflow):
 def test_ops_keep_their_dtype_outside_autocast(device):
     x = random_tensor(num_points=80, channels=4, device=device, dtype=torch.bfloat16)
     weight = torch.randn(27, 4, 5, dtype=torch.bfloat16, device=device, requires_grad=True)
-    y = F.conv3d(x, weight, 3, config=ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER))
+    y = F.conv3d(x, weight, kernel_size=3, config=ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER))
     assert y.feats.dtype == torch.bfloat16
     y.feats.sum().backward()
     assert weight.grad.dtype == torch.bfloat16

@@ -35,7 +35,8 @@ def run_sparse_and_dense(x: SparseTensor, kernel_size, stride, dilation, transpo
         feats = x.feats.detach().clone().requires_grad_()
         w = weight.clone().requires_grad_()
         xin = x.with_feats(feats)
-        y = F.conv3d(xin, w, size, None, stride, dilation, transposed, ConvConfig(algo, dataflow))
+        y = F.conv3d(xin, w, kernel_size=size, stride=stride, dilation=dilation, transposed=transposed,
+                     config=ConvConfig(algo, dataflow))
         if path == "sparse":
             out, out_coords, out_stride = y.feats, y.coords, y.stride
         else:
@@ -74,7 +75,7 @@ def test_conv_matches_dense_oracle(device, dataflow, algo, kind, dilation, kerne
         results = run_sparse_and_dense(x, kernel_size, 2, dilation, False, algo, dataflow=dataflow)
     else:
         # Make the stride-2 coordinates with a strided conv, then go back up with the transposed one.
-        coarse = F.conv3d(x, torch.zeros(8, 3, 3, dtype=x.feats.dtype, device=device), 2, None, 2,
+        coarse = F.conv3d(x, torch.zeros(8, 3, 3, dtype=x.feats.dtype, device=device), kernel_size=2, stride=2,
                           config=ConvConfig(kmap=algo))
         coarse = coarse.with_feats(torch.randn(coarse.coords.shape[0], 3, dtype=x.feats.dtype,
                                                generator=torch.Generator().manual_seed(5)).to(device))
@@ -91,7 +92,7 @@ def test_other_strides_and_anisotropic_kernels(device, kernel_size, stride):
     step = ps.offsets.as_triple(stride, "s")
     gen = torch.Generator().manual_seed(2)
     weight = torch.randn(size[0] * size[1] * size[2], 3, 2, generator=gen, dtype=torch.float64).to(device)
-    y = F.conv3d(x, weight, size, None, step)
+    y = F.conv3d(x, weight, kernel_size=size, stride=step)
     ref = dense_conv(x, weight, size, step, (1, 1, 1), False, y.coords, y.stride)
     torch.testing.assert_close(y.feats, ref)
 
@@ -112,13 +113,14 @@ def test_gradcheck_float64(kind, dataflow, device):
     x = random_tensor(num_points=12, channels=2, span=3, seed=6, device=device)
     stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
     if transposed:
-        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64, device=device), 2, None, 2)
+        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64, device=device), kernel_size=2, stride=2)
     weight = torch.randn(27, 2, 3, dtype=torch.float64).to(device).requires_grad_()
     bias = torch.randn(3, dtype=torch.float64).to(device).requires_grad_()
     feats = x.feats.detach().clone().requires_grad_()
 
     def conv(f, w, b):
-        return F.conv3d(x.with_feats(f), w, 3, b, stride, 1, transposed, ConvConfig(dataflow=dataflow)).feats
+        return F.conv3d(x.with_feats(f), w, kernel_size=3, bias=b, stride=stride, transposed=transposed,
+                        config=ConvConfig(dataflow=dataflow)).feats
 
     assert torch.autograd.gradcheck(conv, (feats, weight, bias))
 
@@ -127,4 +129,4 @@ def test_bias_is_added_per_output_channel():
     x = random_tensor(num_points=20, seed=7)
     weight = torch.randn(27, 3, 4, dtype=torch.float64)
     bias = torch.arange(4, dtype=torch.float64)
-    torch.testing.assert_close(F.conv3d(x, weight, 3, bias).feats, F.conv3d(x, weight, 3).feats + bias)
+    torch.testing.assert_close(F.conv3d(x, weight, bias=bias).feats, F.conv3d(x, weight).feats + bias)

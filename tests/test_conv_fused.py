@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pointsparse as ps
-from pointsparse import ConvConfig, Dataflow
+from pointsparse import ConvConfig, Dataflow, dataflows
 from pointsparse import functional as F
 
 from test_conv import random_tensor
@@ -25,7 +25,7 @@ def both_dataflows(x, weight, kernel_size, stride):
     for dataflow in (Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED):
         feats = x.feats.detach().clone().requires_grad_()
         w = weight.detach().clone().requires_grad_()
-        y = F.conv3d(x.with_feats(feats), w, kernel_size, None, stride, config=ConvConfig(dataflow=dataflow))
+        y = F.conv3d(x.with_feats(feats), w, kernel_size=kernel_size, stride=stride, config=ConvConfig(dataflow=dataflow))
         probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(3), dtype=y.feats.dtype)
         (y.feats * probe).sum().backward()
         results.append((y.feats, feats.grad, w.grad))
@@ -62,10 +62,13 @@ def test_fused_weight_grad_spans_many_tasks():
 
 
 def test_auto_is_fused_on_cpu_and_fused_is_cpu_only():
-    assert Dataflow.AUTO.resolve(torch.device("cpu")) is Dataflow.FUSED
-    assert Dataflow.AUTO.resolve(torch.device("cuda")) is Dataflow.GATHER_GEMM_SCATTER
-    with pytest.raises(ValueError, match="CPU only"):
-        Dataflow.FUSED.resolve(torch.device("cuda"))
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert dataflows.resolve(Dataflow.AUTO, cpu, torch.float32).dataflow is Dataflow.FUSED
+    assert dataflows.resolve(Dataflow.AUTO, cuda, torch.float16).dataflow is Dataflow.GATHER_GEMM_SCATTER
+    with pytest.raises(ValueError, match="available there: Dataflow.GATHER_GEMM_SCATTER"):
+        dataflows.resolve(Dataflow.FUSED, cuda, torch.float32)
+    assert {s.dataflow for s in dataflows.dataflows_for(cpu, torch.bfloat16)} == {
+        Dataflow.FUSED, Dataflow.GATHER_GEMM_SCATTER}
 
 
 def test_unknown_isa_raises(monkeypatch):

@@ -53,7 +53,7 @@ def test_cached_conv_forward_and_backward_never_synchronise(real_batch):
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        y = F.conv3d(x.with_feats(feats), weight, 3, config=ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER))
+        y = F.conv3d(x.with_feats(feats), weight, kernel_size=3, config=ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER))
         y.feats.backward(probe)
     finally:
         torch.cuda.set_sync_debug_mode("default")

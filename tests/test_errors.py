@@ -145,7 +145,7 @@ def test_a_map_of_another_tensor_is_refused_by_the_conv():
     ps.kernel_map(x, 3)
     smaller = SparseTensor(torch.randn(2, 2), x.coords[:2], 1, x.cache)
     with pytest.raises(ValueError, match="reads 3 input rows but the tensor has 2"):
-        ps.functional.conv3d(smaller, torch.randn(27, 2, 2), 3)
+        ps.functional.conv3d(smaller, torch.randn(27, 2, 2), kernel_size=3)
 
 
 def test_cpu_conv_ops_check_index_bounds_on_every_call():

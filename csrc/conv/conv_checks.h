@@ -33,4 +33,9 @@ ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad
                                  const at::Tensor& out_idx, int64_t identity_offset,
                                  at::Tensor* grad_out_contiguous);
 
+// pos: int32 [rows, K] on feats' device, pair index of (row, offset) or -1 (grouped dataflow).
+// On the CPU every entry is checked against its offset's pairs; on CUDA the kernels assert it.
+// Returns pos contiguous.
+at::Tensor check_pair_positions(const at::Tensor& pos, int64_t rows, const ConvPairs& pairs, const char* name);
+
 }  // namespace pointsparse

@@ -1,9 +1,12 @@
 // Gather-GEMM-scatter convolution over per-offset pairs (CSR), written once for every device:
-// the offsets loop and the GEMMs (ATen: oneDNN/MKL on CPU, cuBLAS on CUDA) live here, the row
-// gather / scatter kernels come from the backend.
+// the offsets loop, the grouping of offsets into batched GEMMs and the GEMMs themselves (ATen:
+// oneDNN/MKL on CPU, cuBLAS on CUDA) live here, the row gather / scatter kernels come from the
+// backend.
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include "conv_element.h"
 
 namespace pointsparse {
 
@@ -13,6 +16,11 @@ struct RowKernels {
   // dst[idx[p]] += src[p] for p < n; idx values distinct. src [n, C], dst [M, C] contiguous, of
   // src's dtype or, for half / bfloat16 src, float32 (the accumulator across offsets).
   void (*scatter_add)(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst);
+  // dst [table.count, table.rows, C] = rows idx[begin[s] + r] of src [N, C], zero past pairs[s].
+  void (*gather_padded)(const at::Tensor& src, const int32_t* idx, const SlotTable& table, at::Tensor& dst);
+  // acc [N, C] (float32 for half / bfloat16 product) += the rows of product [count, rows, C] that
+  // pos int32 [N, K] names (see scatter_slots_element), one output row per thread, no atomics.
+  void (*scatter_slots)(const at::Tensor& product, const at::Tensor& pos, const SlotTable& table, at::Tensor& acc);
 };
 
 // out [num_out, C_out] = sum_k scatter(out_idx_k, gather(feats, in_idx_k) @ weight[k]).
@@ -30,5 +38,22 @@ at::Tensor conv_weight_grad_driver(const at::Tensor& feats, const at::Tensor& gr
                                    const at::Tensor& offset_ptr, const at::Tensor& in_idx,
                                    const at::Tensor& out_idx, int64_t identity_offset,
                                    const RowKernels& rows);
+
+// The same convolution with the offsets grouped by plan (format in csrc/ops.cpp, conv_grouped):
+// a batched group is gathered into one zero-padded [G, M, C_in] buffer, multiplied by its weights
+// stacked in group order with one bmm and scattered output-stationary through out_pos int32
+// [num_out, K] (pair index of output row o at offset k, -1 if none); other offsets run one GEMM
+// each. Equal to conv_forward_driver up to rounding.
+at::Tensor conv_grouped_driver(const at::Tensor& feats, const at::Tensor& weight,
+                               const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                               const at::Tensor& out_idx, const at::Tensor& out_pos, int64_t num_out,
+                               int64_t identity_offset, at::IntArrayRef plan, const RowKernels& rows);
+
+// Weight gradient by plan: one bmm of the zero-padded gathered inputs and output gradients per
+// batched group, one GEMM per other offset.
+at::Tensor conv_grouped_weight_grad_driver(const at::Tensor& feats, const at::Tensor& grad_out,
+                                           const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                           const at::Tensor& out_idx, int64_t identity_offset,
+                                           at::IntArrayRef plan, const RowKernels& rows);
 
 }  // namespace pointsparse

@@ -110,7 +110,7 @@ def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, ca
     ours_x = base.with_feats(feats.clone().requires_grad_(backward))
 
     def ours(dataflow: Dataflow = config.dataflow) -> SparseTensor:
-        y = F.conv3d(ours_x if cached else fresh(), ours_w, kernel, None, stride,
+        y = F.conv3d(ours_x if cached else fresh(), ours_w, kernel_size=kernel, stride=stride,
                      config=replace(config, dataflow=dataflow))
         if backward:
             y.feats.backward(grad)

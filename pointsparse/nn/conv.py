@@ -45,8 +45,8 @@ class SparseConv3d(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return F.conv3d(x, self.weight, self.kernel_size, self.bias, self.stride, self.dilation,
-                        self.transposed, self.config)
+        return F.conv3d(x, self.weight, kernel_size=self.kernel_size, bias=self.bias, stride=self.stride,
+                        dilation=self.dilation, transposed=self.transposed, config=self.config)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

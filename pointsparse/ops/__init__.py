@@ -1,6 +1,13 @@
 """Typed wrappers over ``torch.ops.pointsparse``; importing registers the fake kernels."""
 
-from .conv import conv_fused, conv_fused_weight_grad, conv_gather_scatter, conv_weight_grad
+from .conv import (
+    conv_fused,
+    conv_fused_weight_grad,
+    conv_gather_scatter,
+    conv_grouped,
+    conv_grouped_weight_grad,
+    conv_weight_grad,
+)
 from .kmap import (
     BATCH_RANGE,
     COORD_RANGE,
@@ -23,6 +30,8 @@ __all__ = [
     "conv_fused",
     "conv_fused_weight_grad",
     "conv_gather_scatter",
+    "conv_grouped",
+    "conv_grouped_weight_grad",
     "conv_weight_grad",
     "downsample_coords_hash",
     "downsample_coords_sort",

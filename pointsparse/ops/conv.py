@@ -7,9 +7,11 @@ features' device. ``identity_offset`` is -1 or an offset whose pairs are ``i -> 
 an output row occurs at most once (true of every kernel map, forwards and swapped): the pairs of
 one offset are written in parallel without atomics.
 
-Two dataflows compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
-offset, scatter-add; every device) and ``conv_fused`` (register-blocked tiles that read, multiply
-and add rows in place; CPU only). Each differentiates through its own dataflow.
+Three op families compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
+offset, scatter-add; every device), ``conv_grouped`` (offsets grouped into zero-padded batched
+GEMMs by a plan, output-stationary scatter; every device) and ``conv_fused`` (register-blocked
+tiles that read, multiply and add rows in place; CPU only). Each differentiates through its own
+dataflow.
 
 Dtypes: float64, float32, float16 and bfloat16 (feats, weight and grad_out share one). Half and
 bfloat16 sum the offsets in float32 and round once. Under ``torch.autocast`` the ops cast their
@@ -21,7 +23,7 @@ torch's own indexing) and :class:`~pointsparse.kmap.KernelMap` checks the range 
 is built or handed in.
 """
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -60,6 +62,25 @@ def conv_fused_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, 
     return _ops.conv_fused_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset)
 
 
+def conv_grouped(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor, out_idx: Tensor,
+                 out_pos: Tensor, in_pos: Tensor, num_out: int, identity_offset: int,
+                 forward_plan: Sequence[int], input_grad_plan: Sequence[int],
+                 weight_grad_plan: Sequence[int]) -> Tensor:
+    """:func:`conv_gather_scatter` with offsets grouped into batched GEMMs by encoded plans
+    (:meth:`pointsparse.grouping.GroupingPlan.encode`); the input gradient runs ``input_grad_plan``
+    with roles swapped, the weight gradient ``weight_grad_plan``. ``out_pos`` int32 ``[num_out, K]``
+    / ``in_pos`` int32 ``[N_in, K]``: pair index of each (output / input row, offset), -1 if none
+    (:attr:`pointsparse.kmap.KernelMap.out_pos` / ``in_pos``)."""
+    return _ops.conv_grouped(feats, weight, offset_ptr, in_idx, out_idx, out_pos, in_pos, num_out,
+                             identity_offset, list(forward_plan), list(input_grad_plan), list(weight_grad_plan))
+
+
+def conv_grouped_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                             out_idx: Tensor, identity_offset: int, plan: Sequence[int]) -> Tensor:
+    """:func:`conv_weight_grad` with one batched GEMM per batched group of ``plan``."""
+    return _ops.conv_grouped_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset, list(plan))
+
+
 def _forward_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset):
     return feats.new_empty((num_out, weight.shape[2]))
 
@@ -89,6 +110,44 @@ def _make_backward(forward, weight_grad):
 
     return backward
 
+
+def _grouped_fake(feats, weight, offset_ptr, in_idx, out_idx, out_pos, in_pos, num_out, identity_offset,
+                  forward_plan, input_grad_plan, weight_grad_plan):
+    return feats.new_empty((num_out, weight.shape[2]))
+
+
+def _grouped_weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset, plan):
+    return feats.new_empty((offset_ptr.shape[0] - 1, feats.shape[1], grad_out.shape[1]))
+
+
+def _grouped_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
+    feats, weight, offset_ptr, in_idx, out_idx, out_pos, in_pos, _num_out, identity_offset, *plans = inputs
+    ctx.save_for_backward(feats, weight, offset_ptr, in_idx, out_idx, out_pos, in_pos)
+    ctx.identity_offset = identity_offset
+    ctx.plans = plans  # forward, input_grad, weight_grad
+
+
+def _grouped_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    feats, weight, offset_ptr, in_idx, out_idx, out_pos, in_pos = ctx.saved_tensors
+    forward_plan, input_grad_plan, weight_grad_plan = ctx.plans
+    grad = grad.contiguous()
+    grad_feats = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        # Roles swapped: gather grad rows by out_idx, scatter into input rows through in_pos.
+        grad_feats = conv_grouped(grad, weight.transpose(1, 2), offset_ptr, out_idx, in_idx, in_pos, out_pos,
+                                  feats.shape[0], ctx.identity_offset, input_grad_plan, forward_plan,
+                                  weight_grad_plan)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv_grouped_weight_grad(feats, grad, offset_ptr, in_idx, out_idx, ctx.identity_offset,
+                                               weight_grad_plan)
+    return (grad_feats, grad_weight) + (None,) * 10
+
+
+torch.library.register_fake("pointsparse::conv_grouped")(_grouped_fake)
+torch.library.register_fake("pointsparse::conv_grouped_weight_grad")(_grouped_weight_grad_fake)
+torch.library.register_autograd("pointsparse::conv_grouped", _grouped_backward, setup_context=_grouped_setup_context)
+register_autocast("pointsparse::conv_grouped", _lib)
+register_autocast("pointsparse::conv_grouped_weight_grad", _lib)
 
 for _forward, _weight_grad in ((conv_gather_scatter, conv_weight_grad), (conv_fused, conv_fused_weight_grad)):
     torch.library.register_fake(f"pointsparse::{_forward.__name__}")(_forward_fake)

@@ -41,7 +41,36 @@ void scatter_add_rows_cpu(const at::Tensor& src, const int32_t* idx, int64_t n, 
   });
 }
 
-constexpr RowKernels kCpuRows{&gather_rows_cpu, &scatter_add_rows_cpu};
+void gather_padded_rows_cpu(const at::Tensor& src, const int32_t* idx, const SlotTable& table, at::Tensor& dst) {
+  const int64_t C = src.size(1), slot_rows = int64_t(table.count) * table.rows;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, src.scalar_type(), "gather_padded_rows_cpu", [&] {
+    const scalar_t* s = src.data_ptr<scalar_t>();
+    scalar_t* d = dst.data_ptr<scalar_t>();
+    at::parallel_for(0, slot_rows, row_grain(C), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        for (int64_t c = 0; c < C; ++c) gather_padded_element(s, idx, table, i / table.rows, i % table.rows, c, C, d);
+      }
+    });
+  });
+}
+
+void scatter_slots_cpu(const at::Tensor& product, const at::Tensor& pos, const SlotTable& table, at::Tensor& acc) {
+  const int64_t C = product.size(2), K = pos.size(1);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, product.scalar_type(), "scatter_slots_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* src = product.data_ptr<scalar_t>();
+    const int32_t* p = pos.data_ptr<int32_t>();
+    acc_t* a = acc.data_ptr<acc_t>();
+    // pos was checked against the offsets' pair ranges (check_pair_positions): every entry is in range.
+    at::parallel_for(0, acc.size(0), row_grain(C * table.count), [&](int64_t begin, int64_t end) {
+      for (int64_t o = begin; o < end; ++o) {
+        for (int64_t c = 0; c < C; ++c) scatter_slots_element(src, p, K, table, o, c, C, a);
+      }
+    });
+  });
+}
+
+constexpr RowKernels kCpuRows{&gather_rows_cpu, &scatter_add_rows_cpu, &gather_padded_rows_cpu, &scatter_slots_cpu};
 
 at::Tensor conv_gather_scatter_cpu(const at::Tensor& feats, const at::Tensor& weight,
                                    const at::Tensor& offset_ptr, const at::Tensor& in_idx,
@@ -57,11 +86,29 @@ at::Tensor conv_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_
                                  kCpuRows);
 }
 
+at::Tensor conv_grouped_cpu(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& offset_ptr,
+                            const at::Tensor& in_idx, const at::Tensor& out_idx, const at::Tensor& out_pos,
+                            const at::Tensor& in_pos, int64_t num_out, int64_t identity_offset,
+                            at::IntArrayRef forward_plan, at::IntArrayRef input_grad_plan,
+                            at::IntArrayRef weight_grad_plan) {
+  return conv_grouped_driver(feats, weight, offset_ptr, in_idx, out_idx, out_pos, num_out, identity_offset,
+                             forward_plan, kCpuRows);
+}
+
+at::Tensor conv_grouped_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out,
+                                        const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                        const at::Tensor& out_idx, int64_t identity_offset, at::IntArrayRef plan) {
+  return conv_grouped_weight_grad_driver(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset, plan,
+                                         kCpuRows);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("conv_gather_scatter", &conv_gather_scatter_cpu);
   m.impl("conv_weight_grad", &conv_weight_grad_cpu);
+  m.impl("conv_grouped", &conv_grouped_cpu);
+  m.impl("conv_grouped_weight_grad", &conv_grouped_weight_grad_cpu);
 }
 
 }  // namespace pointsparse
