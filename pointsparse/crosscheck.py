@@ -4,7 +4,8 @@ without a GPU it runs CPU against CPU (the plumbing, and the half / bfloat16 err
 
 Contracts checked:
   * kernel-map ops: results equal exactly (``torch.equal``), every op and both algorithms;
-  * convs, forward and both gradients, in the dataflows that run on the device:
+  * convs, forward and both gradients, in the dataflows that run on the device (gather-GEMM-scatter
+    with one GEMM per offset and grouped, the fused kernels on the CPU):
       - float64: equal to the CPU float64 result within 1e-9 (relative to the largest value);
       - float32: within ``FLOAT32_TOLERANCE`` of the CPU float32 result;
       - float16 / bfloat16: within ``REDUCED_TOLERANCE`` of the CPU float64 reference;
@@ -21,6 +22,7 @@ from torch import Tensor
 from . import functional as F
 from . import ops
 from .config import ConvConfig, Dataflow, KernelMapAlgo
+from .grouping import ConvGrouping, Grouping, GroupingConfig
 from .offsets import kernel_offsets
 from .tensor import SparseTensor, kernel_map
 
@@ -103,8 +105,18 @@ def _relative_error(value: Tensor, reference: Tensor) -> float:
     return error / scale if scale > 0 else error
 
 
-def _dataflows(device: str) -> List[Dataflow]:
-    return [Dataflow.GATHER_GEMM_SCATTER] + ([Dataflow.FUSED] if device == "cpu" else [])
+# The dataflows compared: gather-GEMM-scatter one GEMM per offset, grouped (a different strategy per
+# pass, so every grouped kernel runs), and the fused CPU kernels.
+_GROUPED = ConvGrouping(GroupingConfig(Grouping.DENSE), GroupingConfig(Grouping.SYMMETRIC),
+                        GroupingConfig(Grouping.ADAPTIVE, epsilon=0.5))
+
+
+def _configs(device: str) -> Dict[str, ConvConfig]:
+    configs = {"gather_gemm_scatter": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
+               "grouped": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=_GROUPED)}
+    if device == "cpu":
+        configs["fused"] = ConvConfig(dataflow=Dataflow.FUSED)
+    return configs
 
 
 @dataclass(frozen=True)
@@ -118,14 +130,14 @@ class ConvProblem:
     weight: Tensor        # float64 [K, C_in, C_out]
     probe: Tensor         # float64 [N_out, C_out]
 
-    def run(self, device: str, dtype: torch.dtype, dataflow: Dataflow) -> Tuple[Tensor, Tensor, Tensor]:
+    def run(self, device: str, dtype: torch.dtype, config: ConvConfig) -> Tuple[Tensor, Tensor, Tensor]:
         """(out, grad_feats, grad_weight) on ``device`` in ``dtype``, each as float64 on the CPU."""
         size, stride, dilation, transposed = self.kind
         x = _conv_input(self.coords.to(device), self.kind)
         feats = self.feats.to(device, dtype, copy=True).requires_grad_()
         weight = self.weight.to(device, dtype, copy=True).requires_grad_()
         y = F.conv3d(x.with_feats(feats), weight, kernel_size=size, stride=stride, dilation=dilation,
-                     transposed=transposed, config=ConvConfig(dataflow=dataflow))
+                     transposed=transposed, config=config)
         (y.feats * self.probe.to(device, dtype)).sum().backward()
         return tuple(t.detach().double().cpu() for t in (y.feats, feats.grad, weight.grad))
 
@@ -163,21 +175,21 @@ def conv_checks(coords: Tensor, device: str, c_in: int = 40, c_out: int = 24,
     names = ("forward", "grad feats", "grad weight")
     for kind_name in kinds:
         problem = conv_problem(coords, CONV_KINDS[kind_name], c_in, c_out)
-        reference = problem.run("cpu", torch.float64, Dataflow.GATHER_GEMM_SCATTER)
-        for dataflow in _dataflows(device):
+        reference = problem.run("cpu", torch.float64, ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER))
+        for flow, config in _configs(device).items():
             for dtype in dtypes:
-                label = f"conv {kind_name} {dataflow.value} {str(dtype).replace('torch.', '')}"
-                result = problem.run(device, dtype, dataflow)
+                label = f"conv {kind_name} {flow} {str(dtype).replace('torch.', '')}"
+                result = problem.run(device, dtype, config)
                 if dtype in REDUCED_TOLERANCE:
                     against, bound = reference, REDUCED_TOLERANCE[dtype]
                 elif dtype == torch.float32:
-                    against, bound = problem.run("cpu", dtype, dataflow), FLOAT32_TOLERANCE
+                    against, bound = problem.run("cpu", dtype, config), FLOAT32_TOLERANCE
                 else:
                     against, bound = reference, FLOAT64_TOLERANCE
                 errors = [_relative_error(r, a) for r, a in zip(result, against)]
                 detail = ", ".join(f"{n} {e:.2e}" for n, e in zip(names, errors)) + f" (bound {bound:.0e})"
                 checks.append(Check(label, all(e <= bound for e in errors), detail))
-                again = problem.run(device, dtype, dataflow)
+                again = problem.run(device, dtype, config)
                 checks.append(Check(f"{label} deterministic", all(torch.equal(a, b) for a, b in zip(result, again)),
                                     "two identical runs bitwise equal"))
     return checks

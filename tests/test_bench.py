@@ -49,3 +49,19 @@ def test_conv_bench_on_cuda_without_a_gpu_says_so(small_scan, tmp_path):
         pytest.skip("a GPU is present")
     with pytest.raises(SystemExit, match="CUDA device"):
         main(["conv", "--scan", str(small_scan), "--device", "cuda", "--out", str(tmp_path / "x.json")])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_grouping_bench_reports_every_strategy_with_its_accounting(small_scan, tmp_path, device):
+    out = tmp_path / "grouping.json"
+    assert main(["grouping", "--scan", str(small_scan), "--voxel-size", "0.4", "--repeats", "1",
+                 "--device", device, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert len(results) == 7  # 4 submanifold + 3 downsampling layers
+    for layer in results:
+        for strategy in ("separate", "symmetric", "fixed (quads)", "dense", "adaptive"):
+            record = layer[strategy]
+            assert record["computed_macs"] >= record["useful_macs"] > 0
+            assert record["forward"]["median_ms"] > 0 and record["ratio_vs_separate"]["forward"] > 0
+        assert layer["separate"]["redundancy"] == 0
+        assert ("fused dataflow" in layer) == (device == "cpu")

@@ -30,8 +30,8 @@ def test_every_conv_kind_meets_its_bounds_on_the_cpu(coords, kind):
     checks = crosscheck.conv_checks(coords, "cpu", c_in=12, c_out=10, kinds=[kind])
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
     assert not failed, failed
-    # fp64, fp32, fp16, bf16 for both CPU dataflows, each with its determinism check.
-    assert len(checks) == 2 * 4 * 2
+    # fp64, fp32, fp16, bf16 for the three CPU dataflows, each with its determinism check.
+    assert len(checks) == 3 * 4 * 2
 
 
 def test_a_wrong_result_fails_its_check(coords, monkeypatch):
@@ -39,10 +39,10 @@ def test_a_wrong_result_fails_its_check(coords, monkeypatch):
     honest = crosscheck.ConvProblem.run
     float32_runs = []
 
-    def off_by_a_little(self, device, dtype, dataflow):
-        out, grad_feats, grad_weight = honest(self, device, dtype, dataflow)
+    def off_by_a_little(self, device, dtype, config):
+        out, grad_feats, grad_weight = honest(self, device, dtype, config)
         if dtype == torch.float32:
-            float32_runs.append(dataflow)
+            float32_runs.append(config)
             if len(float32_runs) == 1:  # the run under test; the reference run after it is honest
                 out = out * (1 + 1e-4)
         return out, grad_feats, grad_weight

@@ -34,8 +34,8 @@ ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad
                                  at::Tensor* grad_out_contiguous);
 
 // pos: int32 [rows, K] on feats' device, pair index of (row, offset) or -1 (grouped dataflow).
-// On the CPU every entry is checked against its offset's pairs; on CUDA the kernels assert it.
-// Returns pos contiguous.
+// Shape, dtype and device only: the entries are checked where they are read (an error on the CPU,
+// a device-side assert on CUDA). Returns pos contiguous.
 at::Tensor check_pair_positions(const at::Tensor& pos, int64_t rows, const ConvPairs& pairs, const char* name);
 
 }  // namespace pointsparse

@@ -120,6 +120,24 @@ at::Tensor stack_offsets(const at::Tensor& per_offset, const OffsetGroup& group)
   return at::stack(slices);
 }
 
+// Rows of the largest batched group's padded buffer (count x rows), so that one allocation serves
+// every group of a call: fresh large buffers per group cost page faults.
+int64_t largest_batched(const std::vector<OffsetGroup>& groups, const ConvPairs& pairs) {
+  int64_t largest = 0;
+  for (const OffsetGroup& group : groups) {
+    if (!group.batched) continue;
+    int64_t rows = 0;
+    for (const int64_t k : group.offsets) rows = std::max(rows, pairs.pairs(k));
+    largest = std::max(largest, rows * int64_t(group.offsets.size()));
+  }
+  return largest;
+}
+
+// [count, rows, C] view of the front of a [largest, C] buffer.
+at::Tensor slots_view(const at::Tensor& buffer, const SlotTable& table) {
+  return buffer.narrow(0, 0, int64_t(table.count) * table.rows).view({table.count, table.rows, buffer.size(1)});
+}
+
 int64_t largest_separate(const std::vector<OffsetGroup>& groups, const ConvPairs& pairs) {
   int64_t largest = 0;
   for (const OffsetGroup& group : groups) {
@@ -159,6 +177,7 @@ at::Tensor conv_grouped_driver(const at::Tensor& feats, const at::Tensor& weight
   const std::vector<OffsetGroup> groups = parse_plan(plan, pairs);
   Accumulator acc = start_sum(pairs, weight, num_out);
   OffsetBuffers buffers = offset_buffers(pairs, weight, largest_separate(groups, pairs));
+  const OffsetBuffers padded = offset_buffers(pairs, weight, largest_batched(groups, pairs));
   for (const OffsetGroup& group : groups) {
     if (!group.batched) {
       for (const int64_t k : group.offsets) accumulate_offset(pairs, weight, k, buffers, acc, rows);
@@ -166,10 +185,11 @@ at::Tensor conv_grouped_driver(const at::Tensor& feats, const at::Tensor& weight
     }
     const SlotTable table = slot_table(group, pairs);
     if (table.rows == 0) continue;
-    at::Tensor gathered = at::empty({table.count, table.rows, feats.size(1)}, pairs.feats.options());
-    rows.gather_padded(pairs.feats, pairs.in_idx.data_ptr<int32_t>(), table, gathered);  // [G, M, C_in]
-    const at::Tensor product = at::bmm(gathered, stack_offsets(weight, group));          // [G, M, C_out]
-    rows.scatter_slots(product, pos, table, acc.sum);
+    at::Tensor gathered = slots_view(padded.gathered, table);  // [G, M, C_in]
+    at::Tensor product = slots_view(padded.product, table);    // [G, M, C_out]
+    rows.gather_padded(pairs.feats, pairs.in_idx.data_ptr<int32_t>(), table, gathered);
+    at::bmm_out(product, gathered, stack_offsets(weight, group));
+    rows.scatter_slots(product, pairs.out_idx.data_ptr<int32_t>(), pos, table, acc.sum);
   }
   return acc.finish();
 }
@@ -201,9 +221,11 @@ at::Tensor conv_grouped_weight_grad_driver(const at::Tensor& feats, const at::Te
     at::Tensor slot = grad_weight.select(0, identity_offset);
     at::mm_out(slot, pairs.feats.t(), grad_out);  // [C_in, N] @ [N, C_out]
   }
-  const int64_t largest = largest_separate(groups, pairs);
+  const int64_t largest = largest_separate(groups, pairs), largest_padded = largest_batched(groups, pairs);
   at::Tensor gathered_in = at::empty({largest, C_in}, pairs.feats.options());
   at::Tensor gathered_out = at::empty({largest, C_out}, pairs.feats.options());
+  const at::Tensor padded_in = at::empty({largest_padded, C_in}, pairs.feats.options());
+  const at::Tensor padded_out = at::empty({largest_padded, C_out}, pairs.feats.options());
   const int32_t* in_rows = pairs.in_idx.data_ptr<int32_t>();
   const int32_t* out_rows = pairs.out_idx.data_ptr<int32_t>();
   for (const OffsetGroup& group : groups) {
@@ -221,8 +243,8 @@ at::Tensor conv_grouped_weight_grad_driver(const at::Tensor& feats, const at::Te
     }
     const SlotTable table = slot_table(group, pairs);
     if (table.rows == 0) continue;
-    at::Tensor a = at::empty({table.count, table.rows, C_in}, pairs.feats.options());
-    at::Tensor b = at::empty({table.count, table.rows, C_out}, pairs.feats.options());
+    at::Tensor a = slots_view(padded_in, table);   // [G, M, C_in]
+    at::Tensor b = slots_view(padded_out, table);  // [G, M, C_out]
     rows.gather_padded(pairs.feats, in_rows, table, a);  // [G, M, C_in], zero rows past n_k
     rows.gather_padded(grad_out, out_rows, table, b);    // [G, M, C_out]
     const at::Tensor products = at::bmm(a.transpose(1, 2), b);  // [G, C_in, C_out]

@@ -18,9 +18,12 @@ struct RowKernels {
   void (*scatter_add)(const at::Tensor& src, const int32_t* idx, int64_t n, at::Tensor& dst);
   // dst [table.count, table.rows, C] = rows idx[begin[s] + r] of src [N, C], zero past pairs[s].
   void (*gather_padded)(const at::Tensor& src, const int32_t* idx, const SlotTable& table, at::Tensor& dst);
-  // acc [N, C] (float32 for half / bfloat16 product) += the rows of product [count, rows, C] that
-  // pos int32 [N, K] names (see scatter_slots_element), one output row per thread, no atomics.
-  void (*scatter_slots)(const at::Tensor& product, const at::Tensor& pos, const SlotTable& table, at::Tensor& acc);
+  // acc [N, C] (float32 for half / bfloat16 product) += the valid rows of product [count, rows, C]:
+  // row r of slot s goes to row idx[begin[s] + r], and pos int32 [N, K] names the same pairs by
+  // output row. Deterministic without atomics either way: CUDA walks output rows through pos in
+  // one launch (scatter_slots_row), the CPU walks the slots in order, the rows of one in parallel.
+  void (*scatter_slots)(const at::Tensor& product, const int32_t* idx, const at::Tensor& pos,
+                        const SlotTable& table, at::Tensor& acc);
 };
 
 // out [num_out, C_out] = sum_k scatter(out_idx_k, gather(feats, in_idx_k) @ weight[k]).

@@ -45,23 +45,32 @@ struct SlotTable {
   int64_t begin[kMaxGroupSlots];
 };
 
-// dst [count, rows, C]: dst[s, r, c] = src[idx[begin[s] + r], c] for r < pairs[s], else 0.
-template <typename T>
-PS_HD void gather_padded_element(const T* src, const int32_t* idx, const SlotTable& table, int64_t s,
-                                 int64_t r, int64_t c, int64_t C, T* dst) {
-  const int64_t slot_row = s * table.rows + r;
-  dst[slot_row * C + c] = r < table.pairs[s] ? src[int64_t(idx[table.begin[s] + r]) * C + c] : T(0);
+// Channels c = first, first + kStep, ... < C of one row: a CPU loop walks them all (kStep 1, a loop
+// the compiler vectorises), a CUDA thread its share (first = lane, kStep = lanes), so the per-row
+// work (index reads, pos lookups) is done once per row.
+
+// dst [count, rows, C]: row r of slot s is src[idx[begin[s] + r]] for r < pairs[s], else zeros.
+template <int kStep, typename T>
+PS_HD void gather_padded_row(const T* src, const int32_t* idx, const SlotTable& table, int64_t s, int64_t r,
+                             int64_t first, int64_t C, T* dst) {
+  T* out = dst + (s * table.rows + r) * C;
+  if (r < table.pairs[s]) {
+    const T* in = src + int64_t(idx[table.begin[s] + r]) * C;
+    for (int64_t c = first; c < C; c += kStep) out[c] = in[c];
+  } else {
+    for (int64_t c = first; c < C; c += kStep) out[c] = T(0);
+  }
 }
 
-// Output-stationary scatter of one group: acc[o, c] += product[s, p - begin[s], c] for every slot s
-// (in slot order) whose offset has a pair p at row o, p = pos[o, offset[s]] (-1 if none). Each thread
-// owns its (o, c): no atomics, and the order of the sum is fixed, so results are deterministic.
+// Output-stationary scatter of one group into row o: acc[o] += product[s, p - begin[s]] for every
+// slot s, in slot order, whose offset has a pair p at row o (p = pos[o, offset[s]], -1 if none).
+// Each thread owns its (o, c) entries: no atomics, a fixed order of the sum, deterministic results.
 // product [count, rows, C]; pos int32 [N, K]; acc [N, C]. Returns false (and skips the entry) where
 // pos names a pair outside its offset's range; the callers turn that into an error.
-template <typename T, typename Acc>
-PS_HD bool scatter_slots_element(const T* product, const int32_t* pos, int64_t K, const SlotTable& table,
-                                 int64_t o, int64_t c, int64_t C, Acc* acc) {
-  Acc sum = acc[o * C + c];
+template <int kStep, typename T, typename Acc>
+PS_HD bool scatter_slots_row(const T* product, const int32_t* pos, int64_t K, const SlotTable& table, int64_t o,
+                             int64_t first, int64_t C, Acc* acc) {
+  Acc* out = acc + o * C;
   bool in_range = true;
   for (int32_t s = 0; s < table.count; ++s) {
     const int32_t p = pos[o * K + table.offset[s]];
@@ -71,9 +80,9 @@ PS_HD bool scatter_slots_element(const T* product, const int32_t* pos, int64_t K
       in_range = false;
       continue;
     }
-    sum += static_cast<Acc>(product[(s * int64_t(table.rows) + r) * C + c]);
+    const T* in = product + (s * int64_t(table.rows) + r) * C;
+    for (int64_t c = first; c < C; c += kStep) out[c] += static_cast<Acc>(in[c]);
   }
-  acc[o * C + c] = sum;
   return in_range;
 }
 

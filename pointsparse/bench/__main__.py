@@ -3,10 +3,10 @@
 import argparse
 import sys
 
-from . import conv, kmap
+from . import conv, grouping, kmap
 
 
-SUITES = {"conv": conv, "kmap": kmap}
+SUITES = {"conv": conv, "grouping": grouping, "kmap": kmap}
 
 
 def main(argv=None) -> int:

@@ -5,6 +5,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <atomic>
+
 #include "../conv_driver.h"
 #include "../conv_element.h"
 
@@ -47,26 +49,39 @@ void gather_padded_rows_cpu(const at::Tensor& src, const int32_t* idx, const Slo
     const scalar_t* s = src.data_ptr<scalar_t>();
     scalar_t* d = dst.data_ptr<scalar_t>();
     at::parallel_for(0, slot_rows, row_grain(C), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        for (int64_t c = 0; c < C; ++c) gather_padded_element(s, idx, table, i / table.rows, i % table.rows, c, C, d);
-      }
+      for (int64_t i = begin; i < end; ++i) gather_padded_row<1>(s, idx, table, i / table.rows, i % table.rows, 0, C, d);
     });
   });
 }
 
-void scatter_slots_cpu(const at::Tensor& product, const at::Tensor& pos, const SlotTable& table, at::Tensor& acc) {
+// Two walks, one result (each sums a row's contributions in slot order):
+// - by output row through pos, as the CUDA kernel does (scatter_slots_row), when the group holds at
+//   least one pair per output row on average, so reading pos row by row pays for itself;
+// - otherwise slot by slot, the rows of one slot in parallel (within one offset every output row
+//   occurs once): a small group touches few output rows, and pos rows are scattered in memory.
+void scatter_slots_cpu(const at::Tensor& product, const int32_t* idx, const at::Tensor& pos, const SlotTable& table,
+                       at::Tensor& acc) {
+  int64_t total_pairs = 0;
+  for (int32_t s = 0; s < table.count; ++s) total_pairs += table.pairs[s];
+  if (total_pairs < acc.size(0)) {
+    for (int32_t s = 0; s < table.count; ++s) {
+      scatter_add_rows_cpu(product.select(0, s), idx + table.begin[s], table.pairs[s], acc);  // [rows, C]
+    }
+    return;
+  }
   const int64_t C = product.size(2), K = pos.size(1);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, product.scalar_type(), "scatter_slots_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* src = product.data_ptr<scalar_t>();
     const int32_t* p = pos.data_ptr<int32_t>();
     acc_t* a = acc.data_ptr<acc_t>();
-    // pos was checked against the offsets' pair ranges (check_pair_positions): every entry is in range.
+    std::atomic<bool> in_range{true};
     at::parallel_for(0, acc.size(0), row_grain(C * table.count), [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) {
-        for (int64_t c = 0; c < C; ++c) scatter_slots_element(src, p, K, table, o, c, C, a);
-      }
+      bool ok = true;
+      for (int64_t o = begin; o < end; ++o) ok &= scatter_slots_row<1>(src, p, K, table, o, 0, C, a);
+      if (!ok) in_range = false;
     });
+    TORCH_CHECK_VALUE(in_range, "out_pos must hold -1 or a pair of offset k in column k");
   });
 }
 

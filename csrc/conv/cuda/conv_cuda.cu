@@ -43,7 +43,7 @@ __global__ void gather_padded_kernel(const T* src, int64_t src_rows, const int32
   if (i >= int64_t(table.count) * table.rows) return;
   const int64_t s = i / table.rows, r = i % table.rows;
   CUDA_KERNEL_ASSERT(r >= table.pairs[s] || row_in_range(idx[table.begin[s] + r], src_rows));
-  for (int64_t c = threadIdx.x; c < C; c += kChannelThreads) gather_padded_element(src, idx, table, s, r, c, C, dst);
+  gather_padded_row<kChannelThreads>(src, idx, table, s, r, threadIdx.x, C, dst);
 }
 
 template <typename T, typename Acc>
@@ -51,10 +51,8 @@ __global__ void scatter_slots_kernel(const T* product, const int32_t* pos, int64
                                      int64_t C, Acc* acc) {
   const int64_t o = blockIdx.x * int64_t(kRowsPerBlock) + threadIdx.y;
   if (o >= n) return;
-  for (int64_t c = threadIdx.x; c < C; c += kChannelThreads) {
-    const bool in_range = scatter_slots_element(product, pos, K, table, o, c, C, acc);
-    CUDA_KERNEL_ASSERT(in_range);
-  }
+  const bool in_range = scatter_slots_row<kChannelThreads>(product, pos, K, table, o, threadIdx.x, C, acc);
+  CUDA_KERNEL_ASSERT(in_range);
 }
 
 dim3 row_blocks(int64_t n) { return dim3(unsigned((n + kRowsPerBlock - 1) / kRowsPerBlock)); }
@@ -92,7 +90,9 @@ void gather_padded_rows_cuda(const at::Tensor& src, const int32_t* idx, const Sl
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
-void scatter_slots_cuda(const at::Tensor& product, const at::Tensor& pos, const SlotTable& table, at::Tensor& acc) {
+// One launch per group: each output row gathers its contributions through pos (no atomics).
+void scatter_slots_cuda(const at::Tensor& product, const int32_t* idx, const at::Tensor& pos, const SlotTable& table,
+                        at::Tensor& acc) {
   const int64_t C = product.size(2), n = acc.size(0);
   if (n * C == 0) return;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, product.scalar_type(), "scatter_slots_cuda", [&] {
