@@ -31,6 +31,10 @@ TORCH_LIBRARY(pointsparse, m) {
   // in_idx int32 [P], out_idx int32 [P]; pairs of offset k sit in offset_ptr[k] .. offset_ptr[k+1]
   // with out_idx ascending.
   m.def("kmap_csr(Tensor neighbors) -> (Tensor offset_ptr, Tensor in_idx, Tensor out_idx)");
+  // neighbors int32 [N_out, K] with entries in [-1, num_in) -> the transposed table int32
+  // [num_in, K]: output row o at (i, k) where neighbors[o, k] == i, -1 elsewhere (the map of the
+  // input gradient, and of a transposed conv).
+  m.def("kmap_transpose(Tensor neighbors, SymInt num_in) -> Tensor");
   // neighbors int32 [N_out, K] -> bitmask int32 [N_out, ceil(K / 32)]; bit k % 32 of word k / 32
   // is set where neighbour k exists.
   m.def("kmap_bitmask(Tensor neighbors) -> Tensor");
@@ -59,6 +63,20 @@ TORCH_LIBRARY(pointsparse, m) {
         "int[] input_grad_plan, int[] weight_grad_plan) -> Tensor");
   m.def("conv_grouped_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int identity_offset, int[] plan) -> Tensor");
+  // Implicit GEMM, output-stationary: out [N_out, C_out], out[o] = sum_k feats[neighbors[o, k]] @
+  // weight[k] over present neighbours. neighbors int32 [N_out, K]; order int32 [S, N_out]: per split
+  // (contiguous offset ranges), a permutation of the output rows (sorted by neighbour mask when
+  // reordered); tile_masks int32 [S, ceil(N_out / tile_rows), ceil(K / 32)]: per split and tile of
+  // tile_rows consecutive rows of its order, the offsets (bits) the tile runs, only that split's.
+  // Splits add up in order, tiles run in parallel, each output row is written by one tile: no
+  // atomics. neighbors_t / order_t / tile_masks_t: the same for the transposed table [N_in, K]
+  // (input gradient); offset_ptr / in_idx / out_idx: the map's pairs (weight gradient).
+  m.def("conv_implicit(Tensor feats, Tensor weight, Tensor neighbors, Tensor order, Tensor tile_masks, "
+        "Tensor neighbors_t, Tensor order_t, Tensor tile_masks_t, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, int tile_rows) -> Tensor");
+  // Weight gradient of conv_implicit from the pairs: [K, C_in, C_out], deterministic.
+  m.def("conv_implicit_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx) -> Tensor");
   // The same convolution and weight gradient, fused: each register tile of pairs reads its input
   // rows, multiplies and adds into its output rows with no gathered copy and no GEMM call
   // (CPU only; results equal conv_gather_scatter / conv_weight_grad up to rounding).

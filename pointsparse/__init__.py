@@ -6,6 +6,7 @@ from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
 from . import dataflows, functional, nn, ops
 from .config import ConvConfig, Dataflow, KernelMapAlgo
 from .grouping import ConvGrouping, Grouping, GroupingConfig, GroupingPlan, plan_grouping
+from .implicit import ImplicitGemmConfig, ImplicitGemmWork, implicit_gemm_work
 from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cached_kernel_map
 from .offsets import kernel_offsets
 from .quantize import sparse_collate, sparse_quantize
@@ -18,6 +19,8 @@ __all__ = [
     "Grouping",
     "GroupingConfig",
     "GroupingPlan",
+    "ImplicitGemmConfig",
+    "ImplicitGemmWork",
     "KernelMap",
     "KernelMapAlgo",
     "KernelMapCache",
@@ -27,6 +30,7 @@ __all__ = [
     "dataflows",
     "cached_kernel_map",
     "functional",
+    "implicit_gemm_work",
     "kernel_map",
     "kernel_offsets",
     "nn",

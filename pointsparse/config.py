@@ -5,6 +5,7 @@ from dataclasses import dataclass
 from typing import Union
 
 from .grouping import ConvGrouping, GroupingConfig, Grouping
+from .implicit import ImplicitGemmConfig
 
 
 class KernelMapAlgo(enum.Enum):
@@ -25,6 +26,9 @@ class Dataflow(enum.Enum):
     GATHER_GEMM_SCATTER = "gather_gemm_scatter"
     # Register-blocked tiles read, multiply and add rows in place, no gathered copy (CPU only).
     FUSED = "fused"
+    # Output-stationary implicit GEMM over the neighbour table, tiles of rows reordered by
+    # neighbour mask skip the offsets none of their rows needs (ConvConfig.implicit).
+    IMPLICIT_GEMM = "implicit_gemm"
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,8 @@ class ConvConfig:
     # parameters), a GroupingConfig, or a ConvGrouping with one config per pass (forward, input
     # gradient, weight gradient). Stored as a ConvGrouping.
     grouping: Union[Grouping, GroupingConfig, ConvGrouping] = Grouping.SEPARATE
+    # Tile rows, reordering and mask splits of IMPLICIT_GEMM.
+    implicit: ImplicitGemmConfig = ImplicitGemmConfig()
 
     def __post_init__(self) -> None:
         if not isinstance(self.kmap, KernelMapAlgo):
@@ -46,3 +52,5 @@ class ConvConfig:
         if not isinstance(self.dataflow, Dataflow):
             raise TypeError(f"dataflow must be a Dataflow, got {self.dataflow!r}")
         object.__setattr__(self, "grouping", ConvGrouping.of(self.grouping))
+        if not isinstance(self.implicit, ImplicitGemmConfig):
+            raise TypeError(f"implicit must be an ImplicitGemmConfig, got {self.implicit!r}")

@@ -54,6 +54,20 @@ def _fused(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int,
     return ops.conv_fused(feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out, identity_offset)
 
 
+def _implicit_gemm(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int,
+                   config: ConvConfig) -> Tensor:
+    forward, backward = _reorderings(kmap, config.implicit)
+    return ops.conv_implicit(feats, weight, kmap.neighbors, forward.order, forward.tile_masks, kmap.neighbors_t,
+                             backward.order, backward.tile_masks, kmap.offset_ptr, kmap.in_idx, kmap.out_idx,
+                             config.implicit.tile_rows)
+
+
+@torch._dynamo.assume_constant_result
+def _reorderings(kmap: KernelMap, implicit):
+    """The forward and input-gradient reorderings of the map; constants under torch.compile."""
+    return kmap.reordering(implicit), kmap.reordering(implicit, transposed=True)
+
+
 REGISTRY: Dict[Dataflow, DataflowSpec] = {
     Dataflow.GATHER_GEMM_SCATTER: DataflowSpec(
         Dataflow.GATHER_GEMM_SCATTER, frozenset({"cpu", "cuda"}), _FLOATS, _gather_gemm_scatter,
@@ -61,6 +75,9 @@ REGISTRY: Dict[Dataflow, DataflowSpec] = {
     Dataflow.FUSED: DataflowSpec(
         Dataflow.FUSED, frozenset({"cpu"}), _FLOATS, _fused,
         "register-blocked tiles multiply rows in place, no gathered copy"),
+    Dataflow.IMPLICIT_GEMM: DataflowSpec(
+        Dataflow.IMPLICIT_GEMM, frozenset({"cpu", "cuda"}), _FLOATS, _implicit_gemm,
+        "output-stationary tiles of mask-sorted rows, offsets skipped per tile, no atomics"),
 }
 
 # What Dataflow.AUTO picks: the first of these that runs on the device.

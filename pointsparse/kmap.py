@@ -24,6 +24,7 @@ from torch import Tensor
 from . import ops
 from .config import ConvConfig, KernelMapAlgo
 from .grouping import GroupingConfig, GroupingPlan, plan_grouping
+from .implicit import ImplicitGemmConfig, Reordering, reorder_rows
 from .offsets import IntOrTriple, as_triple, kernel_offsets
 
 Triple = Tuple[int, int, int]
@@ -45,8 +46,9 @@ class KernelMap:
     out_coords: Tensor  # int32 [N_out, 4]
     out_stride: Triple  # tensor stride of the output
     num_in: int         # rows of the input the map reads (in_idx < num_in)
-    # Grouping plans of this map, by (grouping config, identity offset); see grouping_plan.
-    plans: Dict[Tuple[GroupingConfig, int], GroupingPlan] = field(default_factory=dict, compare=False, repr=False)
+    # Plans of this map: grouping plans by (GroupingConfig, identity offset), implicit-GEMM
+    # reorderings by (ImplicitGemmConfig, transposed); see grouping_plan and reordering.
+    plans: Dict[tuple, object] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_kernel_map(self)
@@ -57,6 +59,19 @@ class KernelMap:
         if key not in self.plans:
             self.plans[key] = plan_grouping(self.pair_counts.tolist(), config, identity_offset)
         return self.plans[key]
+
+    def reordering(self, config: ImplicitGemmConfig, transposed: bool = False) -> Reordering:
+        """The implicit GEMM's row order and tile masks for ``config``, of the table or of its
+        transpose (``transposed``: the input gradient's), built once and kept with the map."""
+        key = (config, transposed)
+        if key not in self.plans:
+            self.plans[key] = reorder_rows(self.neighbors_t if transposed else self.neighbors, config)
+        return self.plans[key]
+
+    @cached_property
+    def neighbors_t(self) -> Tensor:
+        """int32 ``[N_in, K]``: the transposed table, output row of input i at offset k, -1 if none."""
+        return ops.kmap_transpose(self.neighbors, self.num_in)
 
     @cached_property
     def out_pos(self) -> Tensor:
@@ -106,12 +121,7 @@ class KernelMap:
 
     def transposed(self, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
         """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
-        neighbors = torch.full((out_coords.shape[0], self.num_offsets), -1, dtype=torch.int32,
-                               device=out_coords.device)                       # [N_in, K]
-        offset_of_pair = torch.repeat_interleave(
-            torch.arange(self.num_offsets, device=out_coords.device),
-            self.pair_counts.to(out_coords.device))                                    # [P]
-        neighbors[self.in_idx.long(), offset_of_pair] = self.out_idx
+        neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0])  # [N_in, K]
         return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out)
 
 

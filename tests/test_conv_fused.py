@@ -65,10 +65,10 @@ def test_auto_is_fused_on_cpu_and_fused_is_cpu_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert dataflows.resolve(Dataflow.AUTO, cpu, torch.float32).dataflow is Dataflow.FUSED
     assert dataflows.resolve(Dataflow.AUTO, cuda, torch.float16).dataflow is Dataflow.GATHER_GEMM_SCATTER
-    with pytest.raises(ValueError, match="available there: Dataflow.GATHER_GEMM_SCATTER"):
+    with pytest.raises(ValueError, match="available there: Dataflow.GATHER_GEMM_SCATTER, Dataflow.IMPLICIT_GEMM"):
         dataflows.resolve(Dataflow.FUSED, cuda, torch.float32)
     assert {s.dataflow for s in dataflows.dataflows_for(cpu, torch.bfloat16)} == {
-        Dataflow.FUSED, Dataflow.GATHER_GEMM_SCATTER}
+        Dataflow.FUSED, Dataflow.GATHER_GEMM_SCATTER, Dataflow.IMPLICIT_GEMM}
 
 
 def test_unknown_isa_raises(monkeypatch):

@@ -6,3 +6,14 @@
 #else
 #define PS_HD inline
 #endif
+
+#include <cstdint>
+
+// Index of the lowest set bit of a non-zero word.
+PS_HD int lowest_bit(uint32_t bits) {
+#ifdef __CUDA_ARCH__
+  return __ffs(int(bits)) - 1;
+#else
+  return __builtin_ctz(bits);
+#endif
+}

@@ -4,6 +4,7 @@
 
 #include <initializer_list>
 #include <utility>
+#include <vector>
 
 namespace pointsparse {
 namespace {
@@ -101,6 +102,57 @@ ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad
   check_identity(pairs, grad_out.size(0));
   *grad_out_contiguous = grad_out.contiguous();
   return pairs;
+}
+
+ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
+                                   const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows) {
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&weight, "weight"},
+                                     {&neighbors, "neighbors"}, {&order, "order"}, {&tile_masks, "tile_masks"}}) {
+    TORCH_CHECK_VALUE(tensor->device() == feats.device(), name, " is on ", tensor->device(), " but feats are on ",
+                      feats.device());
+  }
+  TORCH_CHECK_VALUE(feats.dim() == 2, "feats must have shape [N, C], got ", feats.sizes());
+  TORCH_CHECK_TYPE(at::isFloatingType(feats.scalar_type()), "feats must be floating point, got ", feats.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(1) == feats.size(1), "weight must have shape [K, C_in = ",
+                    feats.size(1), ", C_out], got ", weight.sizes());
+  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight dtype ", weight.scalar_type(),
+                   " differs from feats dtype ", feats.scalar_type());
+  const int64_t K = weight.size(0);
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&neighbors, "neighbors"},
+                                     {&order, "order"}, {&tile_masks, "tile_masks"}}) {
+    TORCH_CHECK_TYPE(tensor->scalar_type() == at::kInt, name, " must be int32, got ", tensor->scalar_type());
+  }
+  TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.size(1) == K, "neighbors must have shape [N_out, K = ", K,
+                    "], got ", neighbors.sizes());
+  TORCH_CHECK_VALUE(tile_rows >= 1, "tile_rows must be >= 1, got ", tile_rows);
+  const int64_t n_out = neighbors.size(0);
+  const int64_t tiles = (n_out + tile_rows - 1) / tile_rows, words = (K + 31) / 32;
+  TORCH_CHECK_VALUE(order.dim() == 2 && order.size(0) >= 1 && order.size(1) == n_out,
+                    "order must have shape [splits, N_out = ", n_out, "], got ", order.sizes());
+  const int64_t splits = order.size(0);
+  TORCH_CHECK_VALUE(tile_masks.dim() == 3 && tile_masks.size(0) == splits && tile_masks.size(1) == tiles &&
+                        tile_masks.size(2) == words,
+                    "tile_masks must have shape [splits, ceil(N_out / tile_rows), ceil(K / 32)] = [", splits, ", ",
+                    tiles, ", ", words, "], got ", tile_masks.sizes());
+  ImplicitInputs inputs{feats.contiguous(), neighbors.contiguous(), order.contiguous(), tile_masks.contiguous(),
+                        splits, tiles, words, tile_rows};
+  if (!feats.device().is_cpu() || n_out == 0) return inputs;
+  if (K > 0) {
+    const ColumnRange range = column_range(inputs.neighbors.view({-1}));
+    TORCH_CHECK_VALUE(range.lo[0] >= -1 && range.hi[0] < feats.size(0), "neighbors must hold -1 or rows in [0, ",
+                      feats.size(0), "), got values in [", range.lo[0], ", ", range.hi[0], "]");
+  }
+  const int32_t* rows = inputs.order.data_ptr<int32_t>();
+  for (int64_t split = 0; split < splits; ++split) {
+    std::vector<char> seen(n_out, 0);
+    for (int64_t j = 0; j < n_out; ++j) {
+      const int32_t o = rows[split * n_out + j];
+      TORCH_CHECK_VALUE(o >= 0 && o < n_out && !seen[o], "order row ", split, " must be a permutation of [0, ",
+                        n_out, ")");
+      seen[o] = 1;
+    }
+  }
+  return inputs;
 }
 
 at::Tensor check_pair_positions(const at::Tensor& pos, int64_t rows, const ConvPairs& pairs, const char* name) {

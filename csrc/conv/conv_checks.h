@@ -33,6 +33,21 @@ ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad
                                  const at::Tensor& out_idx, int64_t identity_offset,
                                  at::Tensor* grad_out_contiguous);
 
+// Checked, contiguous operands of an implicit GEMM (conv_implicit).
+struct ImplicitInputs {
+  at::Tensor feats;       // [N_in, C_in]
+  at::Tensor neighbors;   // int32 [N_out, K], entries in [-1, N_in)
+  at::Tensor order;       // int32 [S, N_out], each row a permutation of the output rows
+  at::Tensor tile_masks;  // int32 [S, T, W], T = ceil(N_out / tile_rows), W = ceil(K / 32)
+  int64_t splits, tiles, words, tile_rows;
+};
+
+// Forward of the implicit GEMM: weight [K, C_in, C_out] of feats' dtype and device. On the CPU the
+// entries of neighbors and order are checked (order: a permutation per split); on CUDA the kernel
+// asserts them.
+ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
+                                   const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows);
+
 // pos: int32 [rows, K] on feats' device, pair index of (row, offset) or -1 (grouped dataflow).
 // Shape, dtype and device only: the entries are checked where they are read (an error on the CPU,
 // a device-side assert on CUDA). Returns pos contiguous.

@@ -86,4 +86,24 @@ PS_HD bool scatter_slots_row(const T* product, const int32_t* pos, int64_t K, co
   return in_range;
 }
 
+// Implicit GEMM, one output element: sum over the offsets k set in mask (words of 32 bits) of
+// feats[nb_row[k], c] * weight[k, c, col] over c < C_in, in Acc. An absent neighbour (-1) adds
+// nothing, as the zero row of the CPU kernel does. nb_row: [K] neighbours of one output row.
+template <typename T, typename Acc>
+PS_HD Acc implicit_dot_element(const T* feats, int64_t C_in, const int32_t* nb_row, const int32_t* mask,
+                               int64_t words, int64_t K, const T* weight, int64_t C_out, int64_t col) {
+  Acc acc = Acc(0);
+  for (int64_t w = 0; w < words; ++w) {
+    for (uint32_t bits = uint32_t(mask[w]); bits; bits &= bits - 1) {
+      const int64_t k = 32 * w + lowest_bit(bits);
+      const int32_t i = k < K ? nb_row[k] : -1;
+      if (i < 0) continue;
+      const T* in = feats + int64_t(i) * C_in;
+      const T* wk = weight + k * C_in * C_out + col;
+      for (int64_t c = 0; c < C_in; ++c) acc += static_cast<Acc>(in[c]) * static_cast<Acc>(wk[c * C_out]);
+    }
+  }
+  return acc;
+}
+
 }  // namespace pointsparse

@@ -131,6 +131,18 @@ TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_c
   return inputs;
 }
 
+std::pair<at::Tensor, at::Tensor> prepare_transpose(const at::Tensor& neighbors, int64_t num_in) {
+  check_neighbors(neighbors);
+  TORCH_CHECK_VALUE(num_in >= 0 && num_in < (int64_t{1} << 31), "num_in must be in [0, 2^31), got ", num_in);
+  const at::Tensor table = neighbors.contiguous();
+  if (table.numel() > 0) {
+    const ColumnRange range = column_range(table.view({-1}));
+    TORCH_CHECK_VALUE(range.lo[0] >= -1 && range.hi[0] < num_in, "neighbors must hold -1 or input rows in [0, ",
+                      num_in, "), got values in [", range.lo[0], ", ", range.hi[0], "]");
+  }
+  return {at::full({num_in, table.size(1)}, -1, table.options()), table};
+}
+
 void check_cell_corners(bool off_corner) {
   TORCH_CHECK_VALUE(!off_corner, "out_coords of a tiling map must be cell corners (multiples of "
                     "kernel_size * tensor_stride), as downsampling gives them");

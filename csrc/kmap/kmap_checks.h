@@ -68,6 +68,10 @@ Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::I
 TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
                             at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride);
 
+// neighbors int32 [N_out, K] with entries in [-1, num_in) (one range pass: a map build, not a conv).
+// Returns the transposed table [num_in, K] filled with -1 and neighbors contiguous.
+std::pair<at::Tensor, at::Tensor> prepare_transpose(const at::Tensor& neighbors, int64_t num_in);
+
 // Raises the ValueError for outputs off the cell corners when flagged.
 void check_cell_corners(bool off_corner);
 

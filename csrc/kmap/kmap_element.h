@@ -144,4 +144,12 @@ PS_HD void bitmask_element(const int32_t* row, int32_t K, int32_t word, int32_t*
   words[word] = int32_t(bits);
 }
 
+// The transposed table: input row i reaches output row o through offset k when
+// neighbors[o, k] == i, so transposed[i, k] = o. Each (i, k) occurs once, so writes never collide.
+// neighbors [N_out, K], transposed [N_in, K] (filled with -1 beforehand).
+PS_HD void transpose_element(const int32_t* neighbors, int64_t K, int64_t o, int64_t k, int32_t* transposed) {
+  const int32_t i = neighbors[o * K + k];
+  if (i >= 0) transposed[int64_t(i) * K + k] = int32_t(o);
+}
+
 }  // namespace pointsparse

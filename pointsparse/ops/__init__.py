@@ -6,6 +6,8 @@ from .conv import (
     conv_gather_scatter,
     conv_grouped,
     conv_grouped_weight_grad,
+    conv_implicit,
+    conv_implicit_weight_grad,
     conv_weight_grad,
 )
 from .kmap import (
@@ -19,6 +21,7 @@ from .kmap import (
     kmap_bitmask,
     kmap_csr,
     kmap_tiling,
+    kmap_transpose,
     pack_coords,
 )
 
@@ -32,6 +35,8 @@ __all__ = [
     "conv_gather_scatter",
     "conv_grouped",
     "conv_grouped_weight_grad",
+    "conv_implicit",
+    "conv_implicit_weight_grad",
     "conv_weight_grad",
     "downsample_coords_hash",
     "downsample_coords_sort",
@@ -39,5 +44,6 @@ __all__ = [
     "kmap_bitmask",
     "kmap_csr",
     "kmap_tiling",
+    "kmap_transpose",
     "pack_coords",
 ]

@@ -7,11 +7,12 @@ features' device. ``identity_offset`` is -1 or an offset whose pairs are ``i -> 
 an output row occurs at most once (true of every kernel map, forwards and swapped): the pairs of
 one offset are written in parallel without atomics.
 
-Three op families compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
+Four op families compute the same convolution: ``conv_gather_scatter`` (gather, one ATen GEMM per
 offset, scatter-add; every device), ``conv_grouped`` (offsets grouped into zero-padded batched
-GEMMs by a plan, output-stationary scatter; every device) and ``conv_fused`` (register-blocked
-tiles that read, multiply and add rows in place; CPU only). Each differentiates through its own
-dataflow.
+GEMMs by a plan, output-stationary scatter; every device), ``conv_fused`` (register-blocked tiles
+that read, multiply and add rows in place; CPU only) and ``conv_implicit`` (output-stationary
+implicit GEMM over the neighbour table, rows reordered by mask; every device). Each differentiates
+through its own dataflow.
 
 Dtypes: float64, float32, float16 and bfloat16 (feats, weight and grad_out share one). Half and
 bfloat16 sum the offsets in float32 and round once. Under ``torch.autocast`` the ops cast their
@@ -81,6 +82,23 @@ def conv_grouped_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor
     return _ops.conv_grouped_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset, list(plan))
 
 
+def conv_implicit(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
+                  neighbors_t: Tensor, order_t: Tensor, tile_masks_t: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                  out_idx: Tensor, tile_rows: int) -> Tensor:
+    """Implicit GEMM: ``out [N_out, C_out]``, ``out[o] = sum_k feats[neighbors[o, k]] @ weight[k]``, in
+    tiles of ``tile_rows`` rows of each split's ``order`` running the offsets of ``tile_masks``
+    (:class:`pointsparse.implicit.Reordering`); ``*_t``: the same for the transposed table (input
+    gradient); the CSR pairs serve the weight gradient."""
+    return _ops.conv_implicit(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t,
+                              offset_ptr, in_idx, out_idx, tile_rows)
+
+
+def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                              out_idx: Tensor) -> Tensor:
+    """``[K, C_in, C_out]`` weight gradient of :func:`conv_implicit` from the map's pairs."""
+    return _ops.conv_implicit_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx)
+
+
 def _forward_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset):
     return feats.new_empty((num_out, weight.shape[2]))
 
@@ -142,6 +160,42 @@ def _grouped_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
                                                weight_grad_plan)
     return (grad_feats, grad_weight) + (None,) * 10
 
+
+def _implicit_fake(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr,
+                   in_idx, out_idx, tile_rows):
+    return feats.new_empty((neighbors.shape[0], weight.shape[2]))
+
+
+def _implicit_weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx):
+    return feats.new_empty((offset_ptr.shape[0] - 1, feats.shape[1], grad_out.shape[1]))
+
+
+def _implicit_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
+    *tensors, tile_rows = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.tile_rows = tile_rows
+
+
+def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    (feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr, in_idx,
+     out_idx) = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_feats = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        # The transposed table: input row i sums grad[o] @ weight[k]^T over its outputs o.
+        grad_feats = conv_implicit(grad, weight.transpose(1, 2), neighbors_t, order_t, tile_masks_t, neighbors,
+                                   order, tile_masks, offset_ptr, out_idx, in_idx, ctx.tile_rows)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv_implicit_weight_grad(feats, grad, offset_ptr, in_idx, out_idx)
+    return (grad_feats, grad_weight) + (None,) * 10
+
+
+torch.library.register_fake("pointsparse::conv_implicit")(_implicit_fake)
+torch.library.register_fake("pointsparse::conv_implicit_weight_grad")(_implicit_weight_grad_fake)
+torch.library.register_autograd("pointsparse::conv_implicit", _implicit_backward,
+                                setup_context=_implicit_setup_context)
+register_autocast("pointsparse::conv_implicit", _lib)
+register_autocast("pointsparse::conv_implicit_weight_grad", _lib)
 
 torch.library.register_fake("pointsparse::conv_grouped")(_grouped_fake)
 torch.library.register_fake("pointsparse::conv_grouped_weight_grad")(_grouped_weight_grad_fake)

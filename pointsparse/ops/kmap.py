@@ -52,6 +52,13 @@ def kmap_csr(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return _ops.kmap_csr(neighbors)
 
 
+def kmap_transpose(neighbors: Tensor, num_in: int) -> Tensor:
+    """The transposed neighbour table int32 ``[num_in, K]`` of ``neighbors`` int32 ``[N_out, K]``
+    (entries in ``[-1, num_in)``): output row o at ``[i, k]`` where ``neighbors[o, k] == i``, -1
+    elsewhere."""
+    return _ops.kmap_transpose(neighbors, num_in)
+
+
 def kmap_bitmask(neighbors: Tensor) -> Tensor:
     """Presence bits of a neighbour table int32 ``[N_out, K]`` as int32 ``[N_out, ceil(K / 32)]``:
     bit ``k % 32`` of word ``k // 32`` is set where neighbour k exists."""
@@ -117,6 +124,11 @@ def _kmap_csr_fake(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     num_pairs = torch.library.get_ctx().new_dynamic_size()
     offset_ptr = neighbors.new_empty((neighbors.shape[1] + 1,), dtype=torch.int64)
     return offset_ptr, neighbors.new_empty((num_pairs,)), neighbors.new_empty((num_pairs,))
+
+
+@torch.library.register_fake("pointsparse::kmap_transpose")
+def _kmap_transpose_fake(neighbors: Tensor, num_in: int) -> Tensor:
+    return neighbors.new_empty((num_in, neighbors.shape[1]))
 
 
 @torch.library.register_fake("pointsparse::kmap_bitmask")

@@ -1,6 +1,8 @@
-// Fused gather-GEMM-scatter convolution on the CPU (pointsparse::conv_fused and its weight
-// gradient): the pairs and the results of conv_gather_scatter, computed by register-blocked
-// kernels instead of gather + ATen GEMM + scatter, for the widest vector ISA the CPU has.
+// Register-blocked CPU convolutions, for the widest vector ISA the CPU has:
+// - fused gather-GEMM-scatter (pointsparse::conv_fused and its weight gradient): the pairs and the
+//   results of conv_gather_scatter without gathered copies or ATen GEMM calls;
+// - implicit GEMM (pointsparse::conv_implicit): output-stationary tiles of (reordered) output rows
+//   that walk the offsets their tile needs, accumulators held in registers across offsets.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -23,6 +25,7 @@ constexpr int kTileRows = 6;
 constexpr int kTileVecs = 2;
 constexpr int64_t kGradChunk = 64;  // pairs gathered at once for the weight gradient (L1-sized)
 constexpr int64_t kPrefetchTiles = 2;  // how many tiles ahead the forward kernel fetches rows
+constexpr int64_t kPrefetchOffsets = 3;  // how many offsets ahead the implicit GEMM fetches rows
 
 // The AVX-512 and AVX2 variants exist on x86-64 only; elsewhere (aarch64) the baseline kernel,
 // plain GCC vectors of 16 bytes, is the one variant.
@@ -91,6 +94,10 @@ struct FusedKernels {
                       int64_t, T*, int64_t);
   void (*weight_grad)(const T*, int64_t, const T*, int64_t, const int32_t*, const int32_t*, int64_t,
                       int64_t, int64_t, int64_t, T*, T*, T*);
+  void (*implicit_assign)(const T*, int64_t, const int32_t*, int64_t, const int32_t*, int64_t, const int32_t*,
+                          int64_t, const T*, int64_t, const T*, T*, int64_t);
+  void (*implicit_add)(const T*, int64_t, const int32_t*, int64_t, const int32_t*, int64_t, const int32_t*,
+                       int64_t, const T*, int64_t, const T*, T*, int64_t);
 };
 
 template <typename T>
@@ -99,14 +106,17 @@ FusedKernels<T> fused_kernels(Isa isa) {
 #ifdef POINTSPARSE_X86
     case Isa::kAvx512:
       return {&fused_avx512::forward_pairs<T, true>, &fused_avx512::forward_pairs<T, false>,
-              &fused_avx512::weight_grad_pairs<T>};
+              &fused_avx512::weight_grad_pairs<T>,
+              &fused_avx512::implicit_rows<T, true>, &fused_avx512::implicit_rows<T, false>};
     case Isa::kAvx2:
       return {&fused_avx2::forward_pairs<T, true>, &fused_avx2::forward_pairs<T, false>,
-              &fused_avx2::weight_grad_pairs<T>};
+              &fused_avx2::weight_grad_pairs<T>,
+              &fused_avx2::implicit_rows<T, true>, &fused_avx2::implicit_rows<T, false>};
 #endif
     default:
       return {&fused_baseline::forward_pairs<T, true>, &fused_baseline::forward_pairs<T, false>,
-              &fused_baseline::weight_grad_pairs<T>};
+              &fused_baseline::weight_grad_pairs<T>,
+              &fused_baseline::implicit_rows<T, true>, &fused_baseline::implicit_rows<T, false>};
   }
 }
 
@@ -223,6 +233,71 @@ at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor
   return grad_weight.narrow(1, 0, C_in).narrow(2, 0, C_out).contiguous();  // [K, C_in, C_out]
 }
 
+// Offsets whose bit is set in one tile's mask words, ascending.
+std::vector<int32_t> tile_offsets(const int32_t* words, int64_t n_words, int64_t K) {
+  std::vector<int32_t> offsets;
+  for (int64_t w = 0; w < n_words; ++w) {
+    uint32_t bits = uint32_t(words[w]);
+    while (bits) {
+      const int32_t k = int32_t(32 * w + __builtin_ctz(bits));
+      if (k < K) offsets.push_back(k);
+      bits &= bits - 1;
+    }
+  }
+  return offsets;
+}
+
+// Splits run one after another (the first assigns, the others add: a fixed order of the sum); the
+// tiles of one split in parallel, each output row in exactly one tile.
+at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& neighbors_,
+                             const at::Tensor& order_, const at::Tensor& tile_masks_, const at::Tensor& neighbors_t,
+                             const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
+                             const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
+  if (runs_in_float(feats_, weight)) {
+    return conv_implicit_cpu(feats_.to(at::kFloat), weight.to(at::kFloat), neighbors_, order_, tile_masks_,
+                             neighbors_t, order_t, tile_masks_t, offset_ptr, in_idx, out_idx, tile_rows)
+        .to(feats_.scalar_type());
+  }
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const ImplicitInputs in = check_conv_implicit(feats_, weight, neighbors_, order_, tile_masks_, tile_rows);
+  const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
+  const Isa isa = cpu_isa();
+  const int64_t ldw = padded_cols(C_out, isa, weight);
+  at::Tensor packed = at::zeros({K, C_in, ldw}, weight.options());  // [K, C_in, ldw]
+  packed.narrow(2, 0, C_out).copy_(weight);
+  at::Tensor out = at::zeros({n_out, C_out}, weight.options());
+  if (n_out == 0 || C_out == 0) return out;
+  const at::Tensor zero = at::zeros({std::max<int64_t>(C_in, 1)}, weight.options());  // the absent neighbour
+  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_implicit_cpu", [&] {
+    const FusedKernels<scalar_t> kernels = fused_kernels<scalar_t>(isa);
+    const scalar_t* feats = in.feats.data_ptr<scalar_t>();
+    const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
+    const int32_t* order = in.order.data_ptr<int32_t>();
+    const int32_t* masks = in.tile_masks.data_ptr<int32_t>();
+    for (int64_t split = 0; split < in.splits; ++split) {
+      auto run = split == 0 ? kernels.implicit_assign : kernels.implicit_add;
+      at::parallel_for(0, in.tiles, 1, [&](int64_t first, int64_t last) {
+        for (int64_t t = first; t < last; ++t) {
+          const std::vector<int32_t> offsets = tile_offsets(masks + (split * in.tiles + t) * in.words, in.words, K);
+          if (offsets.empty() && split > 0) continue;
+          const int64_t begin = t * tile_rows, rows = std::min(tile_rows, n_out - begin);
+          run(feats, C_in, nbr, K, order + split * n_out + begin, rows, offsets.data(), int64_t(offsets.size()),
+              packed.data_ptr<scalar_t>(), ldw, zero.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), C_out);
+        }
+      });
+    }
+  });
+  return out;
+}
+
+// The weight gradient of the implicit GEMM, from the map's pairs: the fused kernels' (deterministic:
+// fixed tasks, per-task partial sums reduced in order).
+at::Tensor conv_implicit_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out,
+                                         const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                         const at::Tensor& out_idx) {
+  return conv_fused_weight_grad_cpu(feats, grad_out, offset_ptr, in_idx, out_idx, -1);
+}
+
 }  // namespace
 
 // No tensor arguments, so no dispatch key: a catch-all kernel.
@@ -234,6 +309,8 @@ TORCH_LIBRARY_FRAGMENT(pointsparse, m) {
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("conv_fused", &conv_fused_cpu);
   m.impl("conv_fused_weight_grad", &conv_fused_weight_grad_cpu);
+  m.impl("conv_implicit", &conv_implicit_cpu);
+  m.impl("conv_implicit_weight_grad", &conv_implicit_weight_grad_cpu);
 }
 
 }  // namespace pointsparse

@@ -7,8 +7,10 @@
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
 
+#include "../conv_checks.h"
 #include "../conv_driver.h"
 #include "../conv_element.h"
 
@@ -53,6 +55,26 @@ __global__ void scatter_slots_kernel(const T* product, const int32_t* pos, int64
   if (o >= n) return;
   const bool in_range = scatter_slots_row<kChannelThreads>(product, pos, K, table, o, threadIdx.x, C, acc);
   CUDA_KERNEL_ASSERT(in_range);
+}
+
+// Block (tile t, 32 output columns); its 8 thread rows walk the tile's rows. weight [K, C_in, C_out]
+// contiguous; acc [N_out, C_out] in Acc, assigned by the first split, added to by the others.
+template <typename T, typename Acc>
+__global__ void implicit_kernel(const T* feats, int64_t n_in, int64_t C_in, const int32_t* neighbors, int64_t K,
+                                const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
+                                int64_t tile_rows, const T* weight, int64_t C_out, bool assign, Acc* acc) {
+  const int64_t t = blockIdx.x, col = blockIdx.y * int64_t(kChannelThreads) + threadIdx.x;
+  if (col >= C_out) return;
+  const int32_t* mask = masks + t * words;
+  const int64_t begin = t * tile_rows, rows = min(tile_rows, n_out - begin);
+  for (int64_t r = threadIdx.y; r < rows; r += kRowsPerBlock) {
+    const int32_t o = order[begin + r];
+    CUDA_KERNEL_ASSERT(row_in_range(o, n_out));
+    const int32_t* nb_row = neighbors + int64_t(o) * K;
+    const Acc sum = implicit_dot_element<T, Acc>(feats, C_in, nb_row, mask, words, K, weight, C_out, col);
+    Acc* dst = acc + int64_t(o) * C_out + col;
+    *dst = assign ? sum : *dst + sum;
+  }
 }
 
 dim3 row_blocks(int64_t n) { return dim3(unsigned((n + kRowsPerBlock - 1) / kRowsPerBlock)); }
@@ -142,9 +164,45 @@ at::Tensor conv_grouped_weight_grad_cuda(const at::Tensor& feats, const at::Tens
                                          kCudaRows);
 }
 
+// Splits run in order (the first assigns), each one launch over its tiles; half / bfloat16 sum in a
+// float32 buffer across splits and round once. Neighbour rows are asserted in range per element.
+at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight_, const at::Tensor& neighbors,
+                              const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
+                              const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
+                              const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
+  const c10::OptionalDeviceGuard guard(at::device_of(feats_));
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const ImplicitInputs in = check_conv_implicit(feats_, weight_, neighbors, order, tile_masks, tile_rows);
+  const at::Tensor weight = weight_.contiguous();  // [K, C_in, C_out]
+  const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
+  at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(in.feats.scalar_type())));
+  if (n_out * C_out > 0 && in.tiles > 0) {
+    const dim3 grid(unsigned(in.tiles), unsigned((C_out + kChannelThreads - 1) / kChannelThreads));
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.feats.scalar_type(), "conv_implicit_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      for (int64_t split = 0; split < in.splits; ++split) {
+        implicit_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+            in.feats.data_ptr<scalar_t>(), in.feats.size(0), C_in, in.neighbors.data_ptr<int32_t>(), K,
+            in.order.data_ptr<int32_t>() + split * n_out, in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words,
+            in.words, n_out, tile_rows, weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<acc_t>());
+        C10_CUDA_KERNEL_LAUNCH_CHECK();
+      }
+    });
+  }
+  return acc.scalar_type() == in.feats.scalar_type() ? acc : acc.to(in.feats.scalar_type());
+}
+
+at::Tensor conv_implicit_weight_grad_cuda(const at::Tensor& feats, const at::Tensor& grad_out,
+                                          const at::Tensor& offset_ptr, const at::Tensor& in_idx,
+                                          const at::Tensor& out_idx) {
+  return conv_weight_grad_cuda(feats, grad_out, offset_ptr, in_idx, out_idx, -1);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
+  m.impl("conv_implicit", &conv_implicit_cuda);
+  m.impl("conv_implicit_weight_grad", &conv_implicit_weight_grad_cuda);
   m.impl("conv_gather_scatter", &conv_gather_scatter_cuda);
   m.impl("conv_weight_grad", &conv_weight_grad_cuda);
   m.impl("conv_grouped", &conv_grouped_cuda);

@@ -99,6 +99,12 @@ __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, i
   bitmask_element(neighbors + o * K, K, int32_t(t % words), bitmask + o * words);
 }
 
+// One thread per (output row, offset).
+__global__ void transpose_kernel(const int32_t* neighbors, int64_t n, int64_t K, int32_t* transposed) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t < n * K) transpose_element(neighbors, K, t / K, t % K, transposed);
+}
+
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
 
 at::Tensor pack_rows_cuda(const at::Tensor& coords) {
@@ -288,9 +294,22 @@ at::Tensor kmap_bitmask_cuda(const at::Tensor& neighbors_) {
   return bitmask;
 }
 
+at::Tensor kmap_transpose_cuda(const at::Tensor& neighbors_, int64_t num_in) {
+  const c10::OptionalDeviceGuard guard(at::device_of(neighbors_));
+  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in);  // [N_in, K], [N_out, K]
+  const int64_t n = neighbors.size(0), K = neighbors.size(1);
+  if (n * K > 0) {
+    transpose_kernel<<<blocks_for(n * K), kThreads, 0, stream()>>>(neighbors.data_ptr<int32_t>(), n, K,
+                                                                    transposed.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return transposed;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
+  m.impl("kmap_transpose", &kmap_transpose_cuda);
   m.impl("pack_coords", &pack_coords_cuda);
   m.impl("downsample_coords_hash", &downsample_coords_hash_cuda);
   m.impl("kmap_tiling", &kmap_tiling_cuda);

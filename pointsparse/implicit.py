@@ -1,0 +1,122 @@
+"""Implicit GEMM with bitmask output reordering: the config, the row reordering and its accounting.
+
+An output-stationary implicit GEMM walks tiles of ``tile_rows`` output rows over ``neighbors
+[N_out, K]``; a tile runs every offset that any of its rows needs (the OR of their neighbour masks),
+and rows without that neighbour multiply a zero row: redundant MACs. Sorting the rows by their
+mask puts rows that need the same offsets into the same tile; splitting the offsets into
+``splits`` contiguous ranges, each with its own mask, sort and partial sum, cuts more (TorchSparse++
+``split_mask_num``, spconv's MaskSplit).
+
+Split s covers offsets ``[s * K // S, (s + 1) * K // S)``. Its masks are the rows' neighbour bits
+in that range; with ``reorder`` its rows are sorted by mask (a stable sort, so equal masks keep their
+order, and the order is the same on every device).
+"""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from . import ops
+
+
+@dataclass(frozen=True)
+class ImplicitGemmConfig:
+    tile_rows: int = 32  # output rows per tile: the granularity at which offsets are skipped
+    reorder: bool = True  # sort output rows by neighbour mask
+    splits: int = 1       # contiguous offset ranges, each sorted and summed on its own
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.tile_rows, int) or self.tile_rows < 1:
+            raise ValueError(f"tile_rows must be a positive int, got {self.tile_rows!r}")
+        if not isinstance(self.splits, int) or self.splits < 1:
+            raise ValueError(f"splits must be a positive int, got {self.splits!r}")
+
+
+@dataclass(frozen=True)
+class Reordering:
+    """Per split: the order in which tiles take the output rows, and each tile's offsets."""
+
+    order: Tensor       # int32 [S, N_out]: a permutation of the output rows per split
+    tile_masks: Tensor  # int32 [S, ceil(N_out / tile_rows), ceil(K / 32)]: offsets (bits) each tile runs
+    tile_rows: int
+
+
+def split_ranges(num_offsets: int, splits: int) -> Tuple[Tuple[int, int], ...]:
+    """``[begin, end)`` offsets of each split; ValueError for more splits than offsets."""
+    if splits > max(num_offsets, 1):
+        raise ValueError(f"{splits} splits of {num_offsets} offsets: at most one split per offset")
+    return tuple((s * num_offsets // splits, (s + 1) * num_offsets // splits) for s in range(splits))
+
+
+def _range_words(begin: int, end: int, words: int, device) -> Tensor:
+    """int64 [W]: the bits of offsets [begin, end) in mask words of 32 bits."""
+    bits = torch.zeros(words * 32, dtype=torch.int64)
+    bits[begin:end] = 1
+    weights = torch.tensor([1 << b for b in range(32)], dtype=torch.int64)
+    return (bits.view(words, 32) * weights).sum(1).to(device)
+
+
+def _or_per_tile(masks: Tensor, tile_rows: int) -> Tensor:
+    """int32 [T, W]: the OR of masks int64 [N, W] (values < 2^32) over tiles of tile_rows rows."""
+    n, words = masks.shape
+    tiles = (n + tile_rows - 1) // tile_rows
+    padded = masks.new_zeros((tiles * tile_rows, words))
+    padded[:n] = masks
+    shifts = torch.arange(32, device=masks.device)
+    bits = (padded.view(tiles, tile_rows, words, 1) >> shifts) & 1                # [T, rows, W, 32]
+    present = bits.amax(1)                                                          # [T, W, 32]
+    packed = (present << shifts).sum(-1)                                            # [T, W] < 2^32
+    return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
+
+
+def reorder_rows(neighbors: Tensor, config: ImplicitGemmConfig) -> Reordering:
+    """The :class:`Reordering` of ``neighbors`` int32 ``[N_out, K]`` (on its device) for ``config``."""
+    n, num_offsets = neighbors.shape
+    bitmask = ops.kmap_bitmask(neighbors).to(torch.int64) & 0xFFFFFFFF             # [N, W]
+    words = bitmask.shape[1]
+    orders, tile_masks = [], []
+    for begin, end in split_ranges(num_offsets, config.splits):
+        masks = bitmask & _range_words(begin, end, words, neighbors.device)        # [N, W]
+        order = torch.arange(n, device=neighbors.device)
+        if config.reorder:
+            for w in reversed(range(words)):  # lexicographic: least significant word first
+                order = order[torch.sort(masks[order, w], stable=True, descending=True).indices]
+        orders.append(order.to(torch.int32))
+        tile_masks.append(_or_per_tile(masks[order], config.tile_rows))
+    return Reordering(torch.stack(orders), torch.stack(tile_masks), config.tile_rows)
+
+
+@dataclass(frozen=True)
+class ImplicitGemmWork:
+    """Rows of ``C_in x C_out`` MACs: those with a neighbour (useful) and those a tile computes."""
+
+    useful_rows: int
+    computed_rows: int
+
+    def useful_macs(self, c_in: int, c_out: int) -> int:
+        return self.useful_rows * c_in * c_out
+
+    def computed_macs(self, c_in: int, c_out: int) -> int:
+        return self.computed_rows * c_in * c_out
+
+    @property
+    def redundancy(self) -> float:
+        return 1.0 - self.useful_rows / self.computed_rows if self.computed_rows else 0.0
+
+
+def implicit_gemm_work(neighbors: Tensor, config: ImplicitGemmConfig) -> ImplicitGemmWork:
+    """Exact accounting of ``config`` on ``neighbors``: every tile computes its rows times the
+    offsets in its mask, summed over tiles and splits (pure index arithmetic, on the CPU)."""
+    neighbors = neighbors.cpu()
+    reordering = reorder_rows(neighbors, config)
+    n = neighbors.shape[0]
+    tiles = reordering.tile_masks.shape[1]
+    rows_per_tile = torch.full((tiles,), config.tile_rows, dtype=torch.int64)
+    if tiles:
+        rows_per_tile[-1] = n - (tiles - 1) * config.tile_rows
+    masks = reordering.tile_masks.to(torch.int64) & 0xFFFFFFFF                       # [S, T, W]
+    offsets_per_tile = ((masks[..., None] >> torch.arange(32)) & 1).sum((-1, -2))    # [S, T]
+    computed = int((offsets_per_tile * rows_per_tile).sum())
+    return ImplicitGemmWork(int((neighbors >= 0).sum()), computed)
