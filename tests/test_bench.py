@@ -65,3 +65,16 @@ def test_grouping_bench_reports_every_strategy_with_its_accounting(small_scan, t
             assert record["forward"]["median_ms"] > 0 and record["ratio_vs_separate"]["forward"] > 0
         assert layer["separate"]["redundancy"] == 0
         assert ("fused dataflow" in layer) == (device == "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_implicit_bench_reports_redundancy_and_times(small_scan, tmp_path, device):
+    out = tmp_path / "implicit.json"
+    assert main(["implicit", "--scan", str(small_scan), "--voxel-size", "0.4", "--repeats", "1",
+                 "--device", device, "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert len(results) == 10  # 4 submanifold, 3 k2s2 and 3 k3s2 layers
+    for layer in results:
+        assert len(layer["redundancy"]) == 4 * 2 * 4
+        assert all(0 <= v < 1 for v in layer["redundancy"].values())
+        assert layer["timings"]["implicit sorted split 2"]["ratio_vs_implicit_sorted"]["forward"] == 1

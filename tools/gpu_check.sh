@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build, CUDA tests, CPU-vs-CUDA cross-check on real scans, kmap,
-# conv and grouping benchmarks on CUDA, MinkUNet18 training step (float32 and AMP); a log and JSON in
+# conv, grouping and implicit-GEMM benchmarks on CUDA, MinkUNet18 training step (float32 and AMP); a log and JSON in
 # OUTDIR. Copy ../shared/data to shared/data in the checkout first: it travels, ../shared does not.
 #
 #   tools/gpu_check.sh OUTDIR          # GPU machine: preinstalled CUDA torch, nvcc, no network
@@ -67,6 +67,8 @@ step conv-bench 180 "$PYTHON" -m pointsparse.bench conv --scan "$SCAN" --device 
   --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/conv_$DEVICE.json"
 step grouping-bench 180 "$PYTHON" -m pointsparse.bench grouping --scan "$SCAN" --device "$DEVICE" \
   --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/grouping_$DEVICE.json"
+step implicit-bench 180 "$PYTHON" -m pointsparse.bench implicit --scan "$SCAN" --device "$DEVICE" \
+  --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/implicit_$DEVICE.json"
 
 echo "gpu_check ($MODE): $([[ $STATUS -eq 0 ]] && echo all steps passed || echo some steps FAILED); see $LOG" \
   | tee -a "$LOG"

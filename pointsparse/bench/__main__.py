@@ -3,10 +3,10 @@
 import argparse
 import sys
 
-from . import conv, grouping, kmap
+from . import conv, grouping, implicit, kmap
 
 
-SUITES = {"conv": conv, "grouping": grouping, "kmap": kmap}
+SUITES = {"conv": conv, "grouping": grouping, "implicit": implicit, "kmap": kmap}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,125 @@
+"""Implicit GEMM on MinkUNet-shaped layers of real scans: redundant work by tile size, reordering and
+mask splits, and its time against the fused and gather-GEMM-scatter dataflows.
+
+Layers as in the grouping suite (submanifold k3 at tensor strides 1/2/4/8 with 32/64/128/256
+channels, k2 s2 downsampling from strides 1/2/4) plus k3 s2 downsampling from strides 1/2/4. For
+each layer: the redundancy (computed MACs on absent neighbours over all computed MACs, exact, from
+the reordering) for tiles of 16/32/64/128 rows, unsorted and sorted, 1 to 4 splits; then forward
+and forward+backward median ms of IMPLICIT_GEMM (unsorted, and sorted with 2 splits, tiles of 32)
+and of the FUSED (CPU) and GATHER_GEMM_SCATTER dataflows, with ratios against IMPLICIT_GEMM sorted
+measured in the same run.
+"""
+
+import argparse
+from typing import Dict, List
+
+import torch
+
+from .. import functional as F
+from ..config import ConvConfig, Dataflow
+from ..implicit import ImplicitGemmConfig, implicit_gemm_work
+from ..tensor import SparseTensor, kernel_map
+from .common import environment, load_voxels, time_ms, write_json
+from .grouping import layers as grouping_layers
+
+TILES = (16, 32, 64, 128)
+SPLITS = (1, 2, 3, 4)
+TIMED = {
+    "implicit unsorted": ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(32, False, 1)),
+    "implicit sorted split 2": ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(32, True, 2)),
+    "fused": ConvConfig(dataflow=Dataflow.FUSED),
+    "gather-GEMM-scatter": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
+}
+REFERENCE = "implicit sorted split 2"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--scan", required=True, nargs="+", help="KITTI-format .bin scans")
+    parser.add_argument("--voxel-size", type=float, default=0.05)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--out", default="bench_results/implicit.json")
+
+
+def layers(coords: torch.Tensor):
+    """The grouping suite's layers, and k3 s2 downsampling next to each k2 s2 one."""
+    for name, x, kernel, stride, c_in, c_out in grouping_layers(coords):
+        yield name, x, kernel, stride, c_in, c_out
+        if stride == 2:
+            yield name.replace("k2s2", "k3s2"), x, 3, 2, c_in, c_out
+
+
+def redundancy_table(x: SparseTensor, kernel: int, stride: int) -> Dict[str, float]:
+    neighbors = kernel_map(x, kernel, stride).neighbors
+    table = {}
+    for tile in TILES:
+        for reorder in (False, True):
+            for splits in SPLITS:
+                work = implicit_gemm_work(neighbors, ImplicitGemmConfig(tile, reorder, splits))
+                table[f"tile {tile} {'sorted' if reorder else 'unsorted'} split {splits}"] = work.redundancy
+    return table
+
+
+def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, repeats: int) -> Dict[str, object]:
+    gen = torch.Generator().manual_seed(1)
+    device = x.feats.device
+    weight = (torch.randn(kernel ** 3, c_in, c_out, generator=gen) / (c_in * kernel ** 3) ** 0.5).to(device)
+    grad = torch.randn(kernel_map(x, kernel, stride).num_out, c_out, generator=gen).to(device)
+    feats = x.feats.clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    rows: Dict[str, object] = {}
+    for name, config in TIMED.items():
+        if config.dataflow is Dataflow.FUSED and device.type != "cpu":
+            continue
+
+        def forward(config=config):
+            with torch.no_grad():
+                return F.conv3d(x, weight, kernel_size=kernel, stride=stride, config=config)
+
+        def forward_backward(config=config):
+            F.conv3d(x.with_feats(feats), w, kernel_size=kernel, stride=stride, config=config).feats.backward(grad)
+
+        rows[name] = {"forward": time_ms(forward, repeats), "forward_backward": time_ms(forward_backward, repeats)}
+    reference = rows[REFERENCE]
+    for record in rows.values():
+        record["ratio_vs_implicit_sorted"] = {
+            p: reference[p]["median_ms"] / record[p]["median_ms"] for p in ("forward", "forward_backward")}
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
+    env = environment()
+    print(f"implicit GEMM on {args.device}; {env['device']}, {torch.get_num_threads()} threads, torch {env['torch']}")
+    results: List[Dict[str, object]] = []
+    for scan in args.scan:
+        coords = load_voxels(scan, args.voxel_size, args.device)
+        print(f"\n{scan}: {coords.shape[0]} voxels at {args.voxel_size} m")
+        header = f"{'layer':<24}" + "".join(f"{'t' + str(t) + ' uns/s1 s2 s3 s4':>30}" for t in TILES)
+        print("redundancy % (tile rows: unsorted split 1 / sorted split 1..4)")
+        print(header)
+        for name, x, kernel, stride, c_in, c_out in layers(coords):
+            table = redundancy_table(x, kernel, stride)
+            cells = []
+            for tile in TILES:
+                values = [table[f"tile {tile} unsorted split 1"]] + [
+                    table[f"tile {tile} sorted split {s}"] for s in SPLITS]
+                cells.append("/".join(f"{100 * v:.0f}" for v in values))
+            print(f"{name:<24}" + "".join(f"{c:>30}" for c in cells))
+            results.append({"scan": scan, "layer": name, "redundancy": table,
+                            "timings": timings(x, kernel, stride, c_in, c_out, args.repeats)})
+        print(f"\n{'layer':<24}{'dataflow':<26}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}{'f+b x':>8}   (x: {REFERENCE} ms / ms)")
+        for record in results:
+            if record["scan"] != scan:
+                continue
+            for i, (name, row) in enumerate(record["timings"].items()):
+                ratio = row["ratio_vs_implicit_sorted"]
+                print(f"{record['layer'] if i == 0 else '':<24}{name:<26}{row['forward']['median_ms']:>9.2f}"
+                      f"{row['forward_backward']['median_ms']:>9.2f}{ratio['forward']:>7.2f}x"
+                      f"{ratio['forward_backward']:>7.2f}x")
+    write_json(args.out, {"benchmark": "implicit", "voxel_size": args.voxel_size, "conv_device": args.device,
+                          **env, "results": results})
+    return 0
