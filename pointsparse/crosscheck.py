@@ -5,7 +5,7 @@ without a GPU it runs CPU against CPU (the plumbing, and the half / bfloat16 err
 Contracts checked:
   * kernel-map ops: results equal exactly (``torch.equal``), every op and both algorithms;
   * convs, forward and both gradients, in the dataflows that run on the device (gather-GEMM-scatter
-    with one GEMM per offset and grouped, the fused kernels on the CPU):
+    with one GEMM per offset and grouped, implicit GEMM, the fused kernels on the CPU):
       - float64: equal to the CPU float64 result within 1e-9 (relative to the largest value);
       - float32: within ``FLOAT32_TOLERANCE`` of the CPU float32 result;
       - float16 / bfloat16: within ``REDUCED_TOLERANCE`` of the CPU float64 reference;
@@ -23,6 +23,7 @@ from . import functional as F
 from . import ops
 from .config import ConvConfig, Dataflow, KernelMapAlgo
 from .grouping import ConvGrouping, Grouping, GroupingConfig
+from .implicit import ImplicitGemmConfig
 from .offsets import kernel_offsets
 from .tensor import SparseTensor, kernel_map
 
@@ -106,14 +107,15 @@ def _relative_error(value: Tensor, reference: Tensor) -> float:
 
 
 # The dataflows compared: gather-GEMM-scatter one GEMM per offset, grouped (a different strategy per
-# pass, so every grouped kernel runs), and the fused CPU kernels.
+# pass, so every grouped kernel runs), implicit GEMM (sorted, two splits) and the fused CPU kernels.
 _GROUPED = ConvGrouping(GroupingConfig(Grouping.DENSE), GroupingConfig(Grouping.SYMMETRIC),
                         GroupingConfig(Grouping.ADAPTIVE, epsilon=0.5))
 
 
 def _configs(device: str) -> Dict[str, ConvConfig]:
     configs = {"gather_gemm_scatter": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
-               "grouped": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=_GROUPED)}
+               "grouped": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=_GROUPED),
+               "implicit_gemm": ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(32, True, 2))}
     if device == "cpu":
         configs["fused"] = ConvConfig(dataflow=Dataflow.FUSED)
     return configs

@@ -30,8 +30,8 @@ def test_every_conv_kind_meets_its_bounds_on_the_cpu(coords, kind):
     checks = crosscheck.conv_checks(coords, "cpu", c_in=12, c_out=10, kinds=[kind])
     failed = [f"{c.name}: {c.detail}" for c in checks if not c.passed]
     assert not failed, failed
-    # fp64, fp32, fp16, bf16 for the three CPU dataflows, each with its determinism check.
-    assert len(checks) == 3 * 4 * 2
+    # fp64, fp32, fp16, bf16 for the four CPU dataflows, each with its determinism check.
+    assert len(checks) == 4 * 4 * 2
 
 
 def test_a_wrong_result_fails_its_check(coords, monkeypatch):
