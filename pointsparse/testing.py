@@ -59,3 +59,13 @@ def reference_bitmask(neighbors: Tensor) -> Tensor:
                 bits[k // 32] |= 1 << (k % 32)
         out.append([b - (1 << 32) if b >= 1 << 31 else b for b in bits])  # as int32
     return torch.tensor(out, dtype=torch.int32).reshape(neighbors.shape[0], words)
+
+
+def reference_transpose(neighbors: Tensor, num_in: int) -> Tensor:
+    """int32 ``[num_in, K]``: output row o at ``[i, k]`` where ``neighbors[o, k] == i``, else -1."""
+    out = [[-1] * neighbors.shape[1] for _ in range(num_in)]
+    for o, row in enumerate(neighbors.cpu().tolist()):
+        for k, i in enumerate(row):
+            if i >= 0:
+                out[i][k] = o
+    return torch.tensor(out, dtype=torch.int32).reshape(num_in, neighbors.shape[1])

@@ -9,6 +9,7 @@ import pointsparse as ps
 from pointsparse import ConvConfig, Dataflow, ImplicitGemmConfig, KernelMapAlgo, implicit_gemm_work
 from pointsparse import functional as F
 from pointsparse.implicit import reorder_rows, split_ranges
+from pointsparse.testing import reference_transpose
 
 from conftest import DEVICES
 from dense_oracle import dense_conv
@@ -121,12 +122,7 @@ def test_kmap_transpose_matches_a_reference(device, stride):
     x = random_tensor(num_points=200, span=7, seed=8, device=device)
     kmap = ps.kernel_map(x, 3, stride)
     transposed = ps.ops.kmap_transpose(kmap.neighbors, x.coords.shape[0])
-    expected = torch.full((x.coords.shape[0], 27), -1, dtype=torch.int32)
-    for o, row in enumerate(kmap.neighbors.tolist()):
-        for k, i in enumerate(row):
-            if i >= 0:
-                expected[i, k] = o
-    assert torch.equal(transposed.cpu(), expected)
+    assert torch.equal(transposed.cpu(), reference_transpose(kmap.neighbors, x.coords.shape[0]))
     torch.library.opcheck(torch.ops.pointsparse.kmap_transpose.default, (kmap.neighbors, x.coords.shape[0]))
     with pytest.raises(ValueError, match="input rows"):
         ps.ops.kmap_transpose(kmap.neighbors, 2)
