@@ -32,9 +32,11 @@ $(PACKAGES_STAMP): $(VENV)/bin/python
 
 venv: $(PACKAGES_STAMP)
 
+# The stamp takes the time the build started, so a source edited during the build is newer.
 $(BUILD_STAMP): $(PACKAGES_STAMP) $(EXT_SOURCES)
+	touch $@.started
 	$(PIP) install -q --no-build-isolation -e .
-	touch $@
+	mv $@.started $@
 
 build:
 	@ls pointsparse/_C*.so >/dev/null 2>&1 || rm -f $(BUILD_STAMP)

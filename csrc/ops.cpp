@@ -35,6 +35,12 @@ TORCH_LIBRARY(pointsparse, m) {
   // [num_in, K]: output row o at (i, k) where neighbors[o, k] == i, -1 elsewhere (the map of the
   // input gradient, and of a transposed conv).
   m.def("kmap_transpose(Tensor neighbors, SymInt num_in) -> Tensor");
+  // Output-row reordering of the implicit GEMM: neighbors int32 [N, K] -> (order int32 [splits, N],
+  // tile_masks int32 [splits, ceil(N / tile_rows), ceil(K / 32)]). Split s covers offsets
+  // [s * K / splits, (s + 1) * K / splits); when reorder its rows are stably sorted by their neighbour
+  // mask in that range (as an integer, bit k weighing 2^k), descending, else kept in order; tile t's
+  // mask is the OR of the masks of rows order[s, t * tile_rows ...].
+  m.def("kmap_reorder(Tensor neighbors, int splits, int tile_rows, bool reorder) -> (Tensor order, Tensor tile_masks)");
   // neighbors int32 [N_out, K] -> bitmask int32 [N_out, ceil(K / 32)]; bit k % 32 of word k / 32
   // is set where neighbour k exists.
   m.def("kmap_bitmask(Tensor neighbors) -> Tensor");

@@ -8,8 +8,8 @@ mask puts rows that need the same offsets into the same tile; splitting the offs
 ``split_mask_num``, spconv's MaskSplit).
 
 Split s covers offsets ``[s * K // S, (s + 1) * K // S)``. Its masks are the rows' neighbour bits
-in that range; with ``reorder`` its rows are sorted by mask (a stable sort, so equal masks keep their
-order, and the order is the same on every device).
+in that range; with ``reorder`` its rows are sorted by mask, descending (a stable sort, so equal masks
+keep their order, and the order is the same on every device). The ``kmap_reorder`` op computes both.
 """
 
 from dataclasses import dataclass
@@ -50,42 +50,12 @@ def split_ranges(num_offsets: int, splits: int) -> Tuple[Tuple[int, int], ...]:
     return tuple((s * num_offsets // splits, (s + 1) * num_offsets // splits) for s in range(splits))
 
 
-def _range_words(begin: int, end: int, words: int, device) -> Tensor:
-    """int64 [W]: the bits of offsets [begin, end) in mask words of 32 bits."""
-    bits = torch.zeros(words * 32, dtype=torch.int64)
-    bits[begin:end] = 1
-    weights = torch.tensor([1 << b for b in range(32)], dtype=torch.int64)
-    return (bits.view(words, 32) * weights).sum(1).to(device)
-
-
-def _or_per_tile(masks: Tensor, tile_rows: int) -> Tensor:
-    """int32 [T, W]: the OR of masks int64 [N, W] (values < 2^32) over tiles of tile_rows rows."""
-    n, words = masks.shape
-    tiles = (n + tile_rows - 1) // tile_rows
-    padded = masks.new_zeros((tiles * tile_rows, words))
-    padded[:n] = masks
-    shifts = torch.arange(32, device=masks.device)
-    bits = (padded.view(tiles, tile_rows, words, 1) >> shifts) & 1                # [T, rows, W, 32]
-    present = bits.amax(1)                                                          # [T, W, 32]
-    packed = (present << shifts).sum(-1)                                            # [T, W] < 2^32
-    return torch.where(packed >= 2 ** 31, packed - 2 ** 32, packed).to(torch.int32)
-
-
 def reorder_rows(neighbors: Tensor, config: ImplicitGemmConfig) -> Reordering:
-    """The :class:`Reordering` of ``neighbors`` int32 ``[N_out, K]`` (on its device) for ``config``."""
-    n, num_offsets = neighbors.shape
-    bitmask = ops.kmap_bitmask(neighbors).to(torch.int64) & 0xFFFFFFFF             # [N, W]
-    words = bitmask.shape[1]
-    orders, tile_masks = [], []
-    for begin, end in split_ranges(num_offsets, config.splits):
-        masks = bitmask & _range_words(begin, end, words, neighbors.device)        # [N, W]
-        order = torch.arange(n, device=neighbors.device)
-        if config.reorder:
-            for w in reversed(range(words)):  # lexicographic: least significant word first
-                order = order[torch.sort(masks[order, w], stable=True, descending=True).indices]
-        orders.append(order.to(torch.int32))
-        tile_masks.append(_or_per_tile(masks[order], config.tile_rows))
-    return Reordering(torch.stack(orders), torch.stack(tile_masks), config.tile_rows)
+    """The :class:`Reordering` of ``neighbors`` int32 ``[N_out, K]`` (on its device) for ``config``
+    (the ``kmap_reorder`` op)."""
+    split_ranges(neighbors.shape[1], config.splits)  # the error for too many splits
+    order, tile_masks = ops.kmap_reorder(neighbors, config.splits, config.tile_rows, config.reorder)
+    return Reordering(order, tile_masks, config.tile_rows)
 
 
 @dataclass(frozen=True)

@@ -274,3 +274,17 @@ def test_bad_reorderings_raise(device):
             call(order=torch.zeros_like(r.order))
         with pytest.raises(ValueError, match="neighbors must hold"):
             call(neighbors=kmap.neighbors + 100)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("splits", [1, 2, 5])
+def test_multiword_masks_sort_lexicographically_descending(device, splits):
+    # k5: 125 offsets, 4 mask words; every split's masks must not increase along its order.
+    x = random_tensor(num_points=400, span=9, seed=12, device=device)
+    neighbors = ps.kernel_map(x, 5).neighbors
+    reordering = reorder_rows(neighbors, ImplicitGemmConfig(tile_rows=16, reorder=True, splits=splits))
+    present = (neighbors >= 0).cpu()
+    for s, (begin, end) in enumerate(split_ranges(125, splits)):
+        keys = [tuple(int(v) for v in reversed(present[o, begin:end].tolist())) for o in reordering.order[s].tolist()]
+        assert all(a >= b for a, b in zip(keys, keys[1:]))
+    torch.library.opcheck(torch.ops.pointsparse.kmap_reorder.default, (neighbors, splits, 16, True))

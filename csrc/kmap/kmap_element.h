@@ -152,4 +152,24 @@ PS_HD void transpose_element(const int32_t* neighbors, int64_t K, int64_t o, int
   if (i >= 0) transposed[int64_t(i) * K + k] = int32_t(o);
 }
 
+// Word `word` of a row's neighbour mask restricted to the offsets [begin, end) of one split: bit
+// k % 32 set where neighbour k exists. row: [K] int32 neighbours of one output row.
+PS_HD int32_t split_mask_element(const int32_t* row, int64_t begin, int64_t end, int64_t word) {
+  uint32_t bits = 0;
+  const int64_t first = begin > 32 * word ? begin : 32 * word;
+  const int64_t last = end < 32 * (word + 1) ? end : 32 * (word + 1);
+  for (int64_t k = first; k < last; ++k) bits |= uint32_t(row[k] >= 0) << (k - 32 * word);
+  return int32_t(bits);
+}
+
+// Word w of the OR of the masks of tile t: rows order[t * tile_rows ...] (at most tile_rows, fewer in
+// the last tile). masks: [N, W] int32; order: [N] int32, a permutation of the rows.
+PS_HD int32_t tile_or_element(const int32_t* masks, const int32_t* order, int64_t n, int64_t words,
+                              int64_t tile_rows, int64_t t, int64_t w) {
+  uint32_t bits = 0;
+  const int64_t begin = t * tile_rows, end = begin + tile_rows < n ? begin + tile_rows : n;
+  for (int64_t j = begin; j < end; ++j) bits |= uint32_t(masks[int64_t(order[j]) * words + w]);
+  return int32_t(bits);
+}
+
 }  // namespace pointsparse

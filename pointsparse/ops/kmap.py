@@ -59,6 +59,14 @@ def kmap_transpose(neighbors: Tensor, num_in: int) -> Tensor:
     return _ops.kmap_transpose(neighbors, num_in)
 
 
+def kmap_reorder(neighbors: Tensor, splits: int, tile_rows: int, reorder: bool) -> Tuple[Tensor, Tensor]:
+    """Implicit-GEMM row reordering of ``neighbors`` int32 ``[N, K]``: ``order`` int32 ``[splits, N]``
+    (per split of contiguous offsets, the rows stably sorted by their mask in that range, descending,
+    when ``reorder``) and ``tile_masks`` int32 ``[splits, ceil(N / tile_rows), ceil(K / 32)]`` (the OR
+    of the masks of each tile of ``tile_rows`` rows in that order)."""
+    return _ops.kmap_reorder(neighbors, splits, tile_rows, reorder)
+
+
 def kmap_bitmask(neighbors: Tensor) -> Tensor:
     """Presence bits of a neighbour table int32 ``[N_out, K]`` as int32 ``[N_out, ceil(K / 32)]``:
     bit ``k % 32`` of word ``k // 32`` is set where neighbour k exists."""
@@ -129,6 +137,13 @@ def _kmap_csr_fake(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 @torch.library.register_fake("pointsparse::kmap_transpose")
 def _kmap_transpose_fake(neighbors: Tensor, num_in: int) -> Tensor:
     return neighbors.new_empty((num_in, neighbors.shape[1]))
+
+
+@torch.library.register_fake("pointsparse::kmap_reorder")
+def _kmap_reorder_fake(neighbors: Tensor, splits: int, tile_rows: int, reorder: bool) -> Tuple[Tensor, Tensor]:
+    n, num_offsets = neighbors.shape
+    tiles = (n + tile_rows - 1) // tile_rows
+    return neighbors.new_empty((splits, n)), neighbors.new_empty((splits, tiles, (num_offsets + 31) // 32))
 
 
 @torch.library.register_fake("pointsparse::kmap_bitmask")

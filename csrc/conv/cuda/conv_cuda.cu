@@ -8,6 +8,9 @@
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <mma.h>
 #include <torch/library.h>
 
 #include "../conv_checks.h"
@@ -76,6 +79,98 @@ __global__ void implicit_kernel(const T* feats, int64_t n_in, int64_t C_in, cons
     *dst = assign ? sum : *dst + sum;
   }
 }
+
+// Tensor cores (WMMA, sm_80+) for half / bfloat16: a block of 4 warps takes 32 rows of one reorder
+// tile x 32 output columns, each warp one 16 x 16 fragment with float accumulators held across every
+// offset of the tile's mask. Per (offset, 16 input channels) the tile's neighbour rows (zero where
+// absent or past C_in) and the weight block are staged in shared memory. Any channel count: partial
+// blocks are zero-padded when staged and masked when stored.
+namespace tensor_core {
+
+constexpr int kRows = 32, kCols = 32, kDepth = 16, kThreadsPerBlock = 128;
+
+template <typename T>
+struct Wmma;
+template <>
+struct Wmma<c10::Half> {
+  using type = __half;
+  static __device__ type zero() { return __float2half(0.f); }
+};
+template <>
+struct Wmma<c10::BFloat16> {
+  using type = __nv_bfloat16;
+  static __device__ type zero() { return __float2bfloat16(0.f); }
+};
+
+template <typename T>
+__global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K, const int32_t* order,
+                                const int32_t* masks, int64_t words, int64_t n_out, int64_t tile_rows, const T* weight_,
+                                int64_t C_out, bool assign, float* acc) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using namespace nvcuda;
+  using W = typename Wmma<T>::type;
+  const W* feats = reinterpret_cast<const W*>(feats_);
+  const W* weight = reinterpret_cast<const W*>(weight_);
+  const W zero = Wmma<T>::zero();
+  __shared__ W a_s[kRows * kDepth];
+  __shared__ W b_s[kDepth * kCols];
+  __shared__ float c_s[kRows * kCols];
+  __shared__ int32_t rows_s[kRows];
+  const int64_t t = blockIdx.x, col0 = int64_t(blockIdx.y) * kCols;
+  const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
+  const int32_t* mask = masks + t * words;
+  const int64_t tile_begin = t * tile_rows, tile_end = min(tile_begin + tile_rows, n_out);
+  for (int64_t chunk = tile_begin; chunk < tile_end; chunk += kRows) {
+    if (threadIdx.x < kRows) {
+      const int32_t o = chunk + threadIdx.x < tile_end ? order[chunk + threadIdx.x] : -1;
+      CUDA_KERNEL_ASSERT(o < 0 || row_in_range(o, n_out));
+      rows_s[threadIdx.x] = o;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c_frag;
+    wmma::fill_fragment(c_frag, 0.f);
+    for (int64_t w = 0; w < words; ++w) {  // the mask is the same for the whole block
+      for (uint32_t bits = uint32_t(mask[w]); bits; bits &= bits - 1) {
+        const int64_t k = 32 * w + lowest_bit(bits);
+        if (k >= K) break;
+        for (int64_t c0 = 0; c0 < C_in; c0 += kDepth) {
+          for (int e = threadIdx.x; e < kRows * kDepth; e += kThreadsPerBlock) {
+            const int r = e / kDepth, c = e % kDepth;
+            const int32_t o = rows_s[r];
+            const int32_t i = o >= 0 ? neighbors[int64_t(o) * K + k] : -1;
+            a_s[e] = i >= 0 && c0 + c < C_in ? feats[int64_t(i) * C_in + c0 + c] : zero;
+          }
+          for (int e = threadIdx.x; e < kDepth * kCols; e += kThreadsPerBlock) {
+            const int c = e / kCols, j = e % kCols;
+            b_s[e] = c0 + c < C_in && col0 + j < C_out ? weight[(k * C_in + c0 + c) * C_out + col0 + j] : zero;
+          }
+          __syncthreads();
+          wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a_frag;
+          wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> b_frag;
+          wmma::load_matrix_sync(a_frag, a_s + warp_row * 16 * kDepth, kDepth);
+          wmma::load_matrix_sync(b_frag, b_s + warp_col * 16, kCols);
+          wmma::mma_sync(c_frag, a_frag, b_frag, c_frag);
+          __syncthreads();
+        }
+      }
+    }
+    wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + warp_col * 16, c_frag, kCols, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kRows * kCols; e += kThreadsPerBlock) {
+      const int r = e / kCols, j = e % kCols;
+      const int32_t o = rows_s[r];
+      if (o < 0 || col0 + j >= C_out) continue;
+      float* dst = acc + int64_t(o) * C_out + col0 + j;
+      *dst = assign ? c_s[e] : *dst + c_s[e];
+    }
+    __syncthreads();
+  }
+#else
+  CUDA_KERNEL_ASSERT(false && "the tensor-core implicit GEMM needs sm_80 or newer");
+#endif
+}
+
+}  // namespace tensor_core
 
 dim3 row_blocks(int64_t n) { return dim3(unsigned((n + kRowsPerBlock - 1) / kRowsPerBlock)); }
 
@@ -165,7 +260,8 @@ at::Tensor conv_grouped_weight_grad_cuda(const at::Tensor& feats, const at::Tens
 }
 
 // Splits run in order (the first assigns), each one launch over its tiles; half / bfloat16 sum in a
-// float32 buffer across splits and round once. Neighbour rows are asserted in range per element.
+// float32 buffer across splits and round once, on tensor cores from sm_80 (else, and for float32 /
+// float64, the SIMT kernel). Neighbour rows are asserted in range per element.
 at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight_, const at::Tensor& neighbors,
                               const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
                               const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
@@ -177,17 +273,32 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
   const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
   at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(in.feats.scalar_type())));
   if (n_out * C_out > 0 && in.tiles > 0) {
-    const dim3 grid(unsigned(in.tiles), unsigned((C_out + kChannelThreads - 1) / kChannelThreads));
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.feats.scalar_type(), "conv_implicit_cuda", [&] {
-      using acc_t = at::opmath_type<scalar_t>;
-      for (int64_t split = 0; split < in.splits; ++split) {
-        implicit_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-            in.feats.data_ptr<scalar_t>(), in.feats.size(0), C_in, in.neighbors.data_ptr<int32_t>(), K,
-            in.order.data_ptr<int32_t>() + split * n_out, in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words,
-            in.words, n_out, tile_rows, weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<acc_t>());
-        C10_CUDA_KERNEL_LAUNCH_CHECK();
-      }
-    });
+    const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
+    const bool reduced = at::isReducedFloatingType(in.feats.scalar_type());
+    if (reduced && at::cuda::getCurrentDeviceProperties()->major >= 8) {
+      const dim3 grid(unsigned(in.tiles), unsigned((C_out + tensor_core::kCols - 1) / tensor_core::kCols));
+      AT_DISPATCH_REDUCED_FLOATING_TYPES(in.feats.scalar_type(), "conv_implicit_cuda_tensor_core", [&] {
+        for (int64_t split = 0; split < in.splits; ++split) {
+          tensor_core::implicit_kernel<<<grid, tensor_core::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
+              in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words, in.words, n_out, tile_rows,
+              weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<float>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    } else {
+      const dim3 grid(unsigned(in.tiles), unsigned((C_out + kChannelThreads - 1) / kChannelThreads));
+      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.feats.scalar_type(), "conv_implicit_cuda", [&] {
+        using acc_t = at::opmath_type<scalar_t>;
+        for (int64_t split = 0; split < in.splits; ++split) {
+          implicit_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+              in.feats.data_ptr<scalar_t>(), in.feats.size(0), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
+              in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words, in.words, n_out, tile_rows,
+              weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<acc_t>());
+          C10_CUDA_KERNEL_LAUNCH_CHECK();
+        }
+      });
+    }
   }
   return acc.scalar_type() == in.feats.scalar_type() ? acc : acc.to(in.feats.scalar_type());
 }

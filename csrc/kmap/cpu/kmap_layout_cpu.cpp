@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "../kmap_checks.h"
+#include "../kmap_reorder.h"
 #include "../kmap_element.h"
 #include "kmap_cpu.h"
 
@@ -119,9 +120,40 @@ at::Tensor kmap_transpose_cpu(const at::Tensor& neighbors_, int64_t num_in) {
   return transposed;
 }
 
+void split_masks_cpu(const at::Tensor& neighbors, int64_t begin, int64_t end, at::Tensor& masks) {
+  const int64_t n = neighbors.size(0), K = neighbors.size(1), words = masks.size(1);
+  const int32_t* nbr = neighbors.data_ptr<int32_t>();
+  int32_t* out = masks.data_ptr<int32_t>();
+  at::parallel_for(0, n, 2048, [&](int64_t first, int64_t last) {
+    for (int64_t o = first; o < last; ++o) {
+      for (int64_t w = 0; w < words; ++w) out[o * words + w] = split_mask_element(nbr + o * K, begin, end, w);
+    }
+  });
+}
+
+void tile_or_cpu(const at::Tensor& masks, const at::Tensor& order, int64_t tile_rows, at::Tensor& tile_masks) {
+  const int64_t n = masks.size(0), words = masks.size(1), tiles = tile_masks.size(0);
+  const int32_t* m = masks.data_ptr<int32_t>();
+  const int32_t* rows = order.data_ptr<int32_t>();
+  int32_t* out = tile_masks.data_ptr<int32_t>();
+  at::parallel_for(0, tiles, 256, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t) {
+      for (int64_t w = 0; w < words; ++w) out[t * words + w] = tile_or_element(m, rows, n, words, tile_rows, t, w);
+    }
+  });
+}
+
+constexpr ReorderKernels kCpuReorder{&split_masks_cpu, &tile_or_cpu};
+
+std::tuple<at::Tensor, at::Tensor> kmap_reorder_cpu(const at::Tensor& neighbors, int64_t splits, int64_t tile_rows,
+                                                    bool reorder) {
+  return kmap_reorder_driver(neighbors, splits, tile_rows, reorder, kCpuReorder);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("kmap_reorder", &kmap_reorder_cpu);
   m.impl("kmap_transpose", &kmap_transpose_cpu);
   m.impl("pack_coords", &pack_coords_cpu);
   m.impl("kmap_csr", &kmap_csr_cpu);

@@ -11,6 +11,7 @@
 
 #include "../kmap_checks.h"
 #include "../kmap_element.h"
+#include "../kmap_reorder.h"
 
 namespace pointsparse {
 namespace {
@@ -103,6 +104,20 @@ __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, i
 __global__ void transpose_kernel(const int32_t* neighbors, int64_t n, int64_t K, int32_t* transposed) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t < n * K) transpose_element(neighbors, K, t / K, t % K, transposed);
+}
+
+// One thread per (row, word).
+__global__ void split_masks_kernel(const int32_t* neighbors, int64_t n, int64_t K, int64_t begin, int64_t end,
+                                   int64_t words, int32_t* masks) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t < n * words) masks[t] = split_mask_element(neighbors + (t / words) * K, begin, end, t % words);
+}
+
+// One thread per (tile, word).
+__global__ void tile_or_kernel(const int32_t* masks, const int32_t* order, int64_t n, int64_t words,
+                               int64_t tile_rows, int64_t tiles, int32_t* tile_masks) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t < tiles * words) tile_masks[t] = tile_or_element(masks, order, n, words, tile_rows, t / words, t % words);
 }
 
 cudaStream_t stream() { return at::cuda::getCurrentCUDAStream(); }
@@ -306,9 +321,35 @@ at::Tensor kmap_transpose_cuda(const at::Tensor& neighbors_, int64_t num_in) {
   return transposed;
 }
 
+void split_masks_cuda(const at::Tensor& neighbors, int64_t begin, int64_t end, at::Tensor& masks) {
+  const int64_t n = neighbors.size(0), words = masks.size(1);
+  if (n * words == 0) return;
+  split_masks_kernel<<<blocks_for(n * words), kThreads, 0, stream()>>>(
+      neighbors.data_ptr<int32_t>(), n, neighbors.size(1), begin, end, words, masks.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+void tile_or_cuda(const at::Tensor& masks, const at::Tensor& order, int64_t tile_rows, at::Tensor& tile_masks) {
+  const int64_t words = masks.size(1), tiles = tile_masks.size(0);
+  if (tiles * words == 0) return;
+  tile_or_kernel<<<blocks_for(tiles * words), kThreads, 0, stream()>>>(
+      masks.data_ptr<int32_t>(), order.data_ptr<int32_t>(), masks.size(0), words, tile_rows, tiles,
+      tile_masks.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+constexpr ReorderKernels kCudaReorder{&split_masks_cuda, &tile_or_cuda};
+
+std::tuple<at::Tensor, at::Tensor> kmap_reorder_cuda(const at::Tensor& neighbors, int64_t splits, int64_t tile_rows,
+                                                     bool reorder) {
+  const c10::OptionalDeviceGuard guard(at::device_of(neighbors));
+  return kmap_reorder_driver(neighbors, splits, tile_rows, reorder, kCudaReorder);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
+  m.impl("kmap_reorder", &kmap_reorder_cuda);
   m.impl("kmap_transpose", &kmap_transpose_cuda);
   m.impl("pack_coords", &pack_coords_cuda);
   m.impl("downsample_coords_hash", &downsample_coords_hash_cuda);
