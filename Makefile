@@ -27,7 +27,7 @@ $(VENV)/bin/python:
 $(PACKAGES_STAMP): $(VENV)/bin/python
 	$(PIP) install -q --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PIP) install -q torch
-	$(PIP) install -q numpy tqdm pytest hypothesis setuptools wheel ninja
+	$(PIP) install -q numpy tqdm matplotlib pytest hypothesis setuptools wheel ninja
 	touch $@
 
 venv: $(PACKAGES_STAMP)

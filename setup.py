@@ -98,7 +98,7 @@ setup(
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=shutil.which("ninja") is not None)},
     entry_points={"console_scripts": ["pointsparse = pointsparse.cli:main"]},
     python_requires=">=3.10",
-    install_requires=["torch", "numpy", "tqdm"],
+    install_requires=["torch", "numpy", "tqdm", "matplotlib"],
     extras_require={"test": ["pytest", "hypothesis"], "open3d": ["open3d"]},
     zip_safe=False,
 )

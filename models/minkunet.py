@@ -6,11 +6,12 @@ residual blocks) and a linear head. Widths (32, 32, 64, 128, 256, 256, 128, 96, 
 ``cr``; MinkUNet18 has (2, 2, 2, 2) encoder blocks, MinkUNet34 (2, 3, 4, 6); decoders have 2 each.
 """
 
-from typing import Sequence
+from typing import Mapping, Sequence, Union
 
 from torch import nn
 
 from pointsparse import functional as F
+from pointsparse.config import ConvConfig
 from pointsparse import nn as spnn
 from pointsparse.tensor import SparseTensor
 
@@ -55,7 +56,10 @@ class UpStage(nn.Module):
 
 class MinkUNet(nn.Module):
     def __init__(self, num_classes: int = 19, in_channels: int = 4, cr: float = 1.0,
-                 encoder_blocks: Sequence[int] = (2, 2, 2, 2), decoder_blocks: Sequence[int] = (2, 2, 2, 2)):
+                 encoder_blocks: Sequence[int] = (2, 2, 2, 2), decoder_blocks: Sequence[int] = (2, 2, 2, 2),
+                 config: Union[ConvConfig, Mapping[str, ConvConfig], None] = None):
+        """``config``: one ConvConfig for every conv layer, or a map of module names (as
+        ``named_modules`` gives them, e.g. ``"down.0.0.0"``) to configs."""
         super().__init__()
         cs = [max(1, int(cr * c)) for c in WIDTHS]
         self.stem = nn.Sequential(ConvBNReLU(in_channels, cs[0]), ConvBNReLU(cs[0], cs[0]))
@@ -65,6 +69,7 @@ class MinkUNet(nn.Module):
         self.up = nn.ModuleList(
             UpStage(cs[4 + i], cs[3 - i], cs[5 + i], decoder_blocks[i]) for i in range(4))
         self.head = nn.Linear(cs[8], num_classes)
+        spnn.set_conv_configs(self, config)
 
     def forward(self, x: SparseTensor):
         """Logits [N, num_classes] at the input voxels."""

@@ -11,6 +11,8 @@ from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cac
 from .offsets import kernel_offsets
 from .quantize import sparse_collate, sparse_quantize
 from .tensor import SparseTensor, kernel_map
+from .profiler import ProfileReport, profile
+from .tuner import tune
 
 __all__ = [
     "ConvConfig",
@@ -36,7 +38,10 @@ __all__ = [
     "nn",
     "plan_grouping",
     "ops",
+    "profile",
+    "ProfileReport",
     "sparse_collate",
     "sparse_quantize",
+    "tune",
 ]
 

@@ -1,4 +1,5 @@
-"""``pointsparse`` command line: train, eval, predict and generate (synthetic SemanticKITTI data)."""
+"""``pointsparse`` command line: train, eval, predict, generate (synthetic SemanticKITTI data) and
+profile (every conv layer under every strategy)."""
 
 import argparse
 import os
@@ -7,6 +8,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional
 
+import numpy as np
 import torch
 
 # The embedded default data set: five training streets of 8 scans (sequences 00-04) and one
@@ -80,6 +82,46 @@ def _generate(args) -> int:
     return 0
 
 
+def _profile_points(args) -> np.ndarray:
+    """float32 [N, 4] points of the scan to profile: --scan, the first scan of --data-root, or synthetic."""
+    if args.scan:
+        path = Path(args.scan)
+        if not path.is_file():
+            raise SystemExit(f"scan {path} not found")
+        return np.fromfile(path, dtype=np.float32).reshape(-1, 4)
+    if args.data_root:
+        from .datasets.semantic_kitti import resolve_sequences
+        from .training import split_arg
+
+        root = Path(args.data_root)
+        scans = [scan for seq in resolve_sequences(split_arg(args.split))
+                 for scan in sorted((root / "sequences" / seq / "velodyne").glob("*.bin"))]
+        if not scans:
+            raise SystemExit(f"no scans of split {args.split!r} under {root / 'sequences'}")
+        return np.fromfile(scans[0], dtype=np.float32).reshape(-1, 4)
+    from .datasets.synthetic import LidarConfig, make_scene, scan
+
+    rng = np.random.default_rng(0)
+    return scan(make_scene(rng), 0, LidarConfig(), rng)[0]
+
+
+def _profile(args) -> int:
+    from tqdm import tqdm
+
+    from .models import build_model
+    from .profiler import profile, scan_input
+
+    x = scan_input(_profile_points(args), args.voxel_size, args.device)
+    torch.manual_seed(0)
+    model = build_model(args.model, num_classes=19, in_channels=4, cr=args.cr).to(args.device)
+    report = profile(model, x, model_name=f"{args.model} cr {args.cr}", repeats=args.repeats, quick=args.quick,
+                     progress=lambda layers: tqdm(layers, desc="layers", unit="layer"))
+    print(report.table())
+    for path in report.write(Path(args.out)):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointsparse")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -124,6 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scans", type=int, default=10)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=_generate)
+
+    prof = sub.add_parser("profile", help="time every conv layer of a model under every strategy")
+    prof.add_argument("--scan", help="a KITTI-format .bin scan (default: a synthetic scan)")
+    prof.add_argument("--data-root", help="folder holding sequences/: profile its first scan of --split")
+    prof.add_argument("--split", default="val")
+    prof.add_argument("--model", default="minkunet18")
+    prof.add_argument("--cr", type=float, default=1.0, help="width multiplier")
+    prof.add_argument("--voxel-size", type=float, default=0.05)
+    prof.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    prof.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
+    prof.add_argument("--quick", action="store_true", help="one setting per strategy family")
+    prof.add_argument("--out", default="runs/profile", help="folder for report.json, report.csv and PNGs")
+    prof.set_defaults(run=_profile)
     return parser
 
 

@@ -1,7 +1,7 @@
 """SparseConv3d: a module owning the weight of one sparse convolution."""
 
 import math
-from typing import Optional
+from typing import Mapping, Optional, Union
 
 import torch
 from torch import nn
@@ -52,3 +52,22 @@ class SparseConv3d(nn.Module):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, dilation={self.dilation}, bias={self.bias is not None}, "
                 f"transposed={self.transposed}")
+
+
+def set_conv_configs(model: nn.Module, config: Union[ConvConfig, Mapping[str, ConvConfig], None]) -> None:
+    """Sets ``config`` on every SparseConv3d of ``model``, or per layer from a map of module names
+    (``dict(model.named_modules())`` names) to configs; unknown names raise ValueError."""
+    if config is None:
+        return
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, SparseConv3d)}
+    if isinstance(config, ConvConfig):
+        for module in convs.values():
+            module.config = config
+        return
+    unknown = sorted(set(config) - set(convs))
+    if unknown:
+        raise ValueError(f"no SparseConv3d named {unknown}; the model has {sorted(convs)[:5]} ...")
+    for name, layer_config in config.items():
+        if not isinstance(layer_config, ConvConfig):
+            raise TypeError(f"config for {name!r} must be a ConvConfig, got {type(layer_config).__name__}")
+        convs[name].config = layer_config
