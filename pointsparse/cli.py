@@ -110,12 +110,16 @@ def _profile(args) -> int:
 
     from .models import build_model
     from .profiler import profile, scan_input
+    from .strategies import check_families
 
+    families = args.strategies.split(",") if args.strategies else None
+    if families is not None:
+        check_families(families)
     x = scan_input(_profile_points(args), args.voxel_size, args.device)
     torch.manual_seed(0)
     model = build_model(args.model, num_classes=19, in_channels=4, cr=args.cr).to(args.device)
     report = profile(model, x, model_name=f"{args.model} cr {args.cr}", repeats=args.repeats, quick=args.quick,
-                     progress=lambda layers: tqdm(layers, desc="layers", unit="layer"))
+                     families=families, progress=lambda layers: tqdm(layers, desc="layers", unit="layer"))
     print(report.table())
     for path in report.write(Path(args.out)):
         print(f"wrote {path}")
@@ -145,6 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-amp", dest="amp", action="store_false", help="disable AMP on CUDA")
     train.add_argument("--max-iters-per-epoch", type=int)
     train.add_argument("--resume", action="store_true", help="continue from out-dir/last.pt")
+    train.add_argument("--tune", action="store_true",
+                       help="pick each conv layer's fastest strategy for training on the first batch")
+    train.add_argument("--tune-cache", help="JSON file of tuned choices (default ~/.cache/pointsparse/tuned.json)")
     train.set_defaults(run=_train)
 
     for name, run, help_text in (("eval", _eval, "per-class IoU of a checkpoint"),
@@ -177,6 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
     prof.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     prof.add_argument("--repeats", type=int, default=5, help="timed runs per measurement (median)")
     prof.add_argument("--quick", action="store_true", help="one setting per strategy family")
+    prof.add_argument("--strategies", help="comma-separated families to profile: fused, ggs, implicit (default all)")
     prof.add_argument("--out", default="runs/profile", help="folder for report.json, report.csv and PNGs")
     prof.set_defaults(run=_profile)
     return parser

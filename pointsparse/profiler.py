@@ -23,7 +23,7 @@ from . import functional as F
 from .bench.common import environment, time_ms
 from .nn import SparseConv3d
 from .quantize import sparse_quantize
-from .strategies import Strategy, candidates, config_to_dict, work_of
+from .strategies import Strategy, candidates, check_families, config_from_dict, config_to_dict, work_of
 from .tensor import SparseTensor, kernel_map
 
 
@@ -153,6 +153,9 @@ class ProfileReport:
     environment: Dict[str, object]
     voxels: int
     layers: List[LayerReport]
+    # Whole-network ms, measured in the same run: the per-layer best for training against the
+    # single strategy with the lowest training total ({"tuned": {...}, "<strategy>": {...}}).
+    end_to_end: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
     def strategies(self) -> List[str]:
         """Strategies measured on every layer (splits beyond a kernel's offsets drop out on k1)."""
@@ -178,7 +181,7 @@ class ProfileReport:
             record["best_training"] = layer.best_training.strategy
             layers.append(record)
         return {"model": self.model, "environment": self.environment, "voxels": self.voxels,
-                "layers": layers, "totals": self.totals()}
+                "layers": layers, "totals": self.totals(), "end_to_end": self.end_to_end}
 
     def table(self) -> str:
         header = (f"{'layer':<34}{'ts':>4}{'k':>3}{'s':>3}{'C_in->C_out':>13}{'N_in':>8}{'N_out':>8}"
@@ -195,6 +198,11 @@ class ProfileReport:
         lines.append(f"{'network total':<34}{'inference ms':>14}{'training ms':>14}")
         for name, total in sorted(self.totals().items(), key=lambda item: item[1]["training_ms"]):
             lines.append(f"{name:<34}{total['inference_ms']:>14.1f}{total['training_ms']:>14.1f}")
+        if self.end_to_end:
+            lines.append("")
+            lines.append(f"{'whole network, one run':<34}{'forward ms':>14}{'fwd+bwd ms':>14}")
+            for name, times in self.end_to_end.items():
+                lines.append(f"{name:<34}{times['forward_ms']:>14.1f}{times['forward_backward_ms']:>14.1f}")
         return "\n".join(lines)
 
     def write(self, out_dir: Path) -> List[Path]:
@@ -228,7 +236,7 @@ def plot_report(report: ProfileReport, out_dir: Path) -> List[Path]:
     families = {}  # family -> its best strategy per layer (forward ms)
     for l in report.layers:
         for r in l.results:
-            family = r.strategy.split(" ")[0]
+            family = r.strategy.split(" ")[0]  # Strategy.family of the result's strategy
             best = families.setdefault(family, {})
             if l.name not in best or r.forward_ms < best[l.name]:
                 best[l.name] = r.forward_ms
@@ -277,6 +285,51 @@ def plot_report(report: ProfileReport, out_dir: Path) -> List[Path]:
     return paths
 
 
+def network_times(model: nn.Module, x: SparseTensor, repeats: int) -> Dict[str, float]:
+    """Median ms of a whole forward (eval, no grad) and forward+backward (train mode) of ``model``;
+    every call builds its kernel maps afresh, as a new scan would."""
+    training = model.training
+
+    def forward():
+        with torch.no_grad():
+            return model(SparseTensor(x.feats, x.coords, x.stride))
+
+    def forward_backward():
+        model.zero_grad(set_to_none=True)
+        model(SparseTensor(x.feats, x.coords, x.stride)).float().square().mean().backward()
+
+    try:
+        model.eval()
+        inference = time_ms(forward, repeats)["median_ms"]
+        model.train()
+        training_ms = time_ms(forward_backward, repeats)["median_ms"]
+    finally:
+        model.train(training)
+        model.zero_grad(set_to_none=True)
+    return {"forward_ms": inference, "forward_backward_ms": training_ms}
+
+
+def compare_end_to_end(model: nn.Module, x: SparseTensor, report: "ProfileReport",
+                       repeats: int) -> Dict[str, Dict[str, float]]:
+    """Whole-network times with each layer on its best training strategy, and with the best single
+    strategy everywhere, in one run; the layers' configs are restored afterwards."""
+    convs = {name: m for name, m in model.named_modules() if isinstance(m, SparseConv3d)}
+    saved = {name: m.config for name, m in convs.items()}
+    totals = report.totals()
+    single = min(report.strategies(), key=lambda name: totals[name]["training_ms"])
+    try:
+        for layer in report.layers:
+            convs[layer.name].config = config_from_dict(layer.result(single).config)
+        times = {f"single: {single}": network_times(model, x, repeats)}
+        for layer in report.layers:
+            convs[layer.name].config = config_from_dict(layer.best_training.config)
+        times["tuned (best per layer)"] = network_times(model, x, repeats)
+    finally:
+        for name, config in saved.items():
+            convs[name].config = config
+    return times
+
+
 def scan_input(points: np.ndarray, voxel_size: float, device: str) -> SparseTensor:
     """Voxels of one KITTI-format scan (float32 [N, 4]) with (x, y, z, remission) features."""
     xyz, index = sparse_quantize(points[:, :3], voxel_size, return_index=True)
@@ -285,13 +338,20 @@ def scan_input(points: np.ndarray, voxel_size: float, device: str) -> SparseTens
 
 
 def profile(model: nn.Module, x: SparseTensor, *, model_name: str = "model", repeats: int = 5,
-            quick: bool = False, progress: Optional[Callable[[Sequence], Sequence]] = None) -> ProfileReport:
-    """Profiles every conv layer of ``model`` on ``x`` under every candidate strategy."""
+            quick: bool = False, families: Optional[Sequence[str]] = None,
+            progress: Optional[Callable[[Sequence], Sequence]] = None) -> ProfileReport:
+    """Profiles every conv layer of ``model`` on ``x`` under every candidate strategy (of
+    ``families``: fused, ggs, implicit; default all that run on the device)."""
+    if families is not None:
+        check_families(families)
     layers = capture_conv_inputs(model, x)
     reports = []
     for layer in (progress(layers) if progress else layers):
         m = layer.module
-        strategies = candidates(x.feats.device, m.weight.shape[0], quick)
+        strategies = [c for c in candidates(x.feats.device, m.weight.shape[0], quick)
+                      if families is None or c.family in families]
+        if not strategies:
+            raise ValueError(f"none of the strategy families {list(families)} runs on {x.feats.device}")
         kmap = kernel_map(layer.x, m.kernel_size, m.stride, m.dilation, m.transposed)
         identity = identity_offset_of(m)
         report = LayerReport(layer.name, list(layer.x.stride), list(m.kernel_size), list(m.stride), m.transposed,
@@ -307,4 +367,6 @@ def profile(model: nn.Module, x: SparseTensor, *, model_name: str = "model", rep
         reports.append(report)
     env = environment()
     env["dtype"] = str(x.feats.dtype)
-    return ProfileReport(model_name, env, x.coords.shape[0], reports)
+    report = ProfileReport(model_name, env, x.coords.shape[0], reports)
+    report.end_to_end = compare_end_to_end(model, x, report, repeats)
+    return report

@@ -27,6 +27,20 @@ class Strategy:
     name: str
     config: ConvConfig
 
+    @property
+    def family(self) -> str:
+        """fused, ggs or implicit."""
+        return self.name.split(" ")[0]
+
+
+FAMILIES = ("fused", "ggs", "implicit")
+
+
+def check_families(families) -> None:
+    unknown = sorted(set(families) - set(FAMILIES))
+    if unknown:
+        raise ValueError(f"unknown strategy families {unknown}; choose among {list(FAMILIES)}")
+
 
 def candidates(device: torch.device, num_offsets: int, quick: bool = False) -> List[Strategy]:
     """Every strategy that runs on ``device`` for a kernel of ``num_offsets`` offsets: fused (CPU),

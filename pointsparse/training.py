@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .datasets import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SemanticKITTI, VoxelConfig, collate, train_to_raw
 from .metrics import ConfusionMatrix
 from .models import build_model
+from .tuner import tune
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,10 @@ class TrainConfig:
     device: str = "cpu"
     amp: bool = True
     max_iters_per_epoch: Optional[int] = None
+    # Tune every conv layer's strategy for training on the first batch before training (rank 0
+    # tunes, the others receive its choices); choices persist in ~/.cache/pointsparse/tuned.json.
+    tune: bool = False
+    tune_cache: Optional[str] = None
 
 
 def split_arg(split: str):
@@ -149,6 +154,11 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
         np.random.set_state(state["numpy_rng"])
         random.setstate(state["python_rng"])
         start_epoch = state["epoch"] + 1
+    if config.tune:
+        # The loop re-seeds the loader's shuffling every epoch, so this batch changes nothing after.
+        first = next(iter(train_loader))["input"].to(device)
+        tuned = tune(model, [first], mode="training", cache_path=config.tune_cache, repeats=1)
+        print(f"tuned {len(tuned)} conv layers for training", flush=True)
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     matrix = None
     for epoch in range(start_epoch, config.epochs):

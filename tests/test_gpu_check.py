@@ -16,10 +16,11 @@ def test_gpu_check_cpu_mode_runs_every_step_and_writes_its_records(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr + (tmp_path / "gpu_check.log").read_text()
     steps = [json.loads(line) for line in (tmp_path / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == ["crosscheck-and-minkunet", "kmap-bench", "conv-bench",
-                                              "grouping-bench", "implicit-bench"]
+                                              "grouping-bench", "implicit-bench", "profile"]
     record = json.loads((tmp_path / "gpu_check.json").read_text())
     assert {"commit", "torch", "cuda", "device"} <= set(record["environment"])
     assert record["crosscheck"]["checks"] > 80 and record["crosscheck"]["failed"] == 0
     assert set(record["minkunet18_step"]) == {"float32", "amp"}
     for suite in ("kmap_cpu.json", "conv_cpu.json", "grouping_cpu.json", "implicit_cpu.json"):
         assert json.loads((tmp_path / suite).read_text())["results"]
+    assert json.loads((tmp_path / "profile_cpu" / "report.json").read_text())["layers"]

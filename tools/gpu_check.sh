@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One command for a GPU machine: build, CUDA tests, CPU-vs-CUDA cross-check on real scans, kmap,
-# conv, grouping and implicit-GEMM benchmarks on CUDA, MinkUNet18 training step (float32 and AMP); a log and JSON in
-# OUTDIR. Copy ../shared/data to shared/data in the checkout first: it travels, ../shared does not.
+# conv, grouping and implicit-GEMM benchmarks, a MinkUNet18 profile and training step (float32 and
+# AMP) on CUDA; a log and JSON in OUTDIR. Copy ../shared/data to shared/data in the checkout first:
+# it travels, ../shared does not.
 #
 #   tools/gpu_check.sh OUTDIR          # GPU machine: preinstalled CUDA torch, nvcc, no network
 #   tools/gpu_check.sh --cpu OUTDIR    # any machine: the same steps on the CPU with small inputs,
@@ -48,10 +49,10 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_gather_
   step cuda-tests 240 "$PYTHON" -m pytest -q -k "cuda and not on_real_scans" -m "not slow" -p no:cacheprovider \
     --junitxml="$OUT/cuda_tests.xml" tests/
   step crosscheck-and-minkunet 240 "$PYTHON" tools/gpu_check.py --device cuda --out "$OUT"
-  DEVICE=cuda; REPEATS=10; QUICK=()
+  DEVICE=cuda; REPEATS=10; QUICK=(); PROFILE_CR=1.0
 else
   step crosscheck-and-minkunet 120 "$PYTHON" tools/gpu_check.py --device cpu --quick --out "$OUT"
-  DEVICE=cpu; REPEATS=1; QUICK=(--voxel-size 0.2)
+  DEVICE=cpu; REPEATS=1; QUICK=(--voxel-size 0.2); PROFILE_CR=0.125
 fi
 
 SCAN=$("$PYTHON" -c "import sys; sys.path.insert(0, 'tools'); import gpu_check as g; \
@@ -69,6 +70,8 @@ step grouping-bench 180 "$PYTHON" -m pointsparse.bench grouping --scan "$SCAN" -
   --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/grouping_$DEVICE.json"
 step implicit-bench 180 "$PYTHON" -m pointsparse.bench implicit --scan "$SCAN" --device "$DEVICE" \
   --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/implicit_$DEVICE.json"
+step profile 180 "$PYTHON" -m pointsparse profile --scan "$SCAN" --device "$DEVICE" --model minkunet18 \
+  --cr "$PROFILE_CR" --quick --repeats 3 "${QUICK[@]}" --out "$OUT/profile_$DEVICE"
 
 echo "gpu_check ($MODE): $([[ $STATUS -eq 0 ]] && echo all steps passed || echo some steps FAILED); see $LOG" \
   | tee -a "$LOG"
