@@ -3,9 +3,9 @@ remembers it.
 
 Layers are grouped by signature (tensor stride, kernel size, stride, dilation, transposed,
 channels, device, dtype); each group's candidates (:mod:`pointsparse.strategies`) are timed on the
-real inputs of its layers over the samples, forward only (``mode="inference"``) or forward plus
-input and weight gradients (``mode="training"``), and the fastest is set as every layer's
-``config``. Choices persist in a JSON file keyed by device name, torch and pointsparse versions,
+real inputs of its layers over the samples, forward only (``mode="inference"``) or forward, input
+gradient and weight gradient each (``mode="training"``; gather-GEMM-scatter may then combine the
+fastest grouping of each pass), and the fastest is set as every layer's ``config``. Choices persist in a JSON file keyed by device name, torch and pointsparse versions,
 mode and signature, and are reused on the next call unless ``force``. Configs are plain module
 attributes, outside ``state_dict``, so checkpoints stay portable across devices. Under
 ``torch.distributed``, rank 0 tunes and broadcasts its choices.
@@ -13,6 +13,7 @@ attributes, outside ``state_dict``, so checkpoints stay portable across devices.
 
 import json
 import os
+from dataclasses import replace
 from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -21,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConvConfig
+from .config import ConvConfig, Dataflow
+from .grouping import ConvGrouping
 from .profiler import LayerInput, capture_conv_inputs, time_layer
 from .strategies import candidates, config_from_dict, config_to_dict
 from .tensor import SparseTensor
@@ -50,13 +52,26 @@ def environment_key(device: torch.device) -> str:
 
 
 def _measure(layers: List[LayerInput], mode: str, repeats: int, quick: bool) -> ConvConfig:
-    best, best_ms = None, float("inf")
+    """The fastest candidate on ``layers``. In training the three passes are timed separately, so
+    gather-GEMM-scatter may also take each pass's fastest grouping (ConvGrouping per pass) when that
+    combination beats every single candidate."""
+    timed = []  # (strategy, forward ms, input-grad ms, weight-grad ms) summed over the layers
     for strategy in candidates(layers[0].x.feats.device, layers[0].module.weight.shape[0], quick):
         timings = [time_layer(layer, strategy, repeats) for layer in layers]
-        ms = sum(t.inference_ms if mode == "inference" else t.training_ms for t in timings)
-        if ms < best_ms:
-            best, best_ms = strategy.config, ms
-    return best
+        timed.append((strategy, sum(t.forward_ms for t in timings), sum(t.input_grad_ms for t in timings),
+                      sum(t.weight_grad_ms for t in timings)))
+    if mode == "inference":
+        return min(timed, key=lambda t: t[1])[0].config
+    best = min(timed, key=lambda t: t[1] + t[2] + t[3])
+    grouped = [t for t in timed if t[0].config.dataflow is Dataflow.GATHER_GEMM_SCATTER]
+    if not grouped:
+        return best[0].config
+    per_pass = [min(grouped, key=lambda t: t[i]) for i in (1, 2, 3)]
+    if per_pass[0][1] + per_pass[1][2] + per_pass[2][3] >= best[1] + best[2] + best[3]:
+        return best[0].config
+    forward, input_grad, weight_grad = (t[0].config.grouping for t in per_pass)
+    return replace(per_pass[0][0].config, grouping=ConvGrouping(forward.forward, input_grad.input_grad,
+                                                                 weight_grad.weight_grad))
 
 
 def tune(model: nn.Module, samples: Sequence[SparseTensor], mode: str = "inference", *,

@@ -148,3 +148,19 @@ def test_train_tune_tunes_before_training(tmp_path, capsys):
                  "0.125", "--batch-size", "1", "--max-voxels", "800", "--workers", "0", "--train-split", "0",
                  "--val-split", "8", "--tune", "--tune-cache", str(cache)]) == 0
     assert "tuned" in capsys.readouterr().out and cache.exists()
+
+
+def test_training_tuning_may_combine_the_fastest_grouping_of_each_pass(small_scan, tmp_path, monkeypatch):
+    # Fake timings: DENSE is fastest forward, SYMMETRIC for the input gradient, SEPARATE for the
+    # weight gradient, and everything else slower: the tuner combines them per pass.
+    fast = {"ggs dense": (1, 9, 9), "ggs symmetric": (9, 1, 9), "ggs separate": (9, 9, 1)}
+
+    def fake_timing(layer, strategy, repeats):
+        return profiler.Timing(*fast.get(strategy.name, (5, 5, 5)))
+
+    monkeypatch.setattr(tuner, "time_layer", fake_timing)
+    model = small_model()
+    chosen = ps.tune(model, [sample(small_scan)], mode="training", cache_path=tmp_path / "t.json", quick=True)
+    grouping = next(iter(chosen.values())).grouping
+    assert (grouping.forward.strategy, grouping.input_grad.strategy, grouping.weight_grad.strategy) == (
+        Grouping.DENSE, Grouping.SYMMETRIC, Grouping.SEPARATE)
