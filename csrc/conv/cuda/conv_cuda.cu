@@ -63,7 +63,7 @@ __global__ void scatter_slots_kernel(const T* product, const int32_t* pos, int64
 // Block (tile t, 32 output columns); its 8 thread rows walk the tile's rows. weight [K, C_in, C_out]
 // contiguous; acc [N_out, C_out] in Acc, assigned by the first split, added to by the others.
 template <typename T, typename Acc>
-__global__ void implicit_kernel(const T* feats, int64_t n_in, int64_t C_in, const int32_t* neighbors, int64_t K,
+__global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* neighbors, int64_t K,
                                 const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
                                 int64_t tile_rows, const T* weight, int64_t C_out, bool assign, Acc* acc) {
   const int64_t t = blockIdx.x, col = blockIdx.y * int64_t(kChannelThreads) + threadIdx.x;
@@ -112,9 +112,10 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
   const W* feats = reinterpret_cast<const W*>(feats_);
   const W* weight = reinterpret_cast<const W*>(weight_);
   const W zero = Wmma<T>::zero();
-  __shared__ W a_s[kRows * kDepth];
-  __shared__ W b_s[kDepth * kCols];
-  __shared__ float c_s[kRows * kCols];
+  // WMMA loads and stores need 256-bit aligned pointers.
+  __shared__ __align__(32) W a_s[kRows * kDepth];
+  __shared__ __align__(32) W b_s[kDepth * kCols];
+  __shared__ __align__(32) float c_s[kRows * kCols];
   __shared__ int32_t rows_s[kRows];
   const int64_t t = blockIdx.x, col0 = int64_t(blockIdx.y) * kCols;
   const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
@@ -292,7 +293,7 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
         using acc_t = at::opmath_type<scalar_t>;
         for (int64_t split = 0; split < in.splits; ++split) {
           implicit_kernel<<<grid, kBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-              in.feats.data_ptr<scalar_t>(), in.feats.size(0), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
+              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
               in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words, in.words, n_out, tile_rows,
               weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<acc_t>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
