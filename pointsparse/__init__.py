@@ -3,7 +3,7 @@
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
-from . import dataflows, functional, nn, ops
+from . import dataflows, functional, nn, ops, pruning
 from .config import ConvConfig, Dataflow, KernelMapAlgo
 from .grouping import ConvGrouping, Grouping, GroupingConfig, GroupingPlan, plan_grouping
 from .implicit import ImplicitGemmConfig, ImplicitGemmWork, implicit_gemm_work
@@ -37,6 +37,7 @@ __all__ = [
     "kernel_offsets",
     "nn",
     "plan_grouping",
+    "pruning",
     "ops",
     "profile",
     "ProfileReport",

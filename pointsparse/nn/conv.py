@@ -4,7 +4,7 @@ import math
 from typing import Mapping, Optional, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .. import functional as F
 from ..config import ConvConfig
@@ -34,6 +34,10 @@ class SparseConv3d(nn.Module):
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))  # [K, C_in, C_out]
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
+        # 2:4 pruning (pointsparse.pruning): bool [K, C_in, C_out] and the int64 [C_in] channel order
+        # its groups of four run along; None while the layer is dense.
+        self.register_buffer("weight_mask", None)
+        self.register_buffer("channel_order", None)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -44,9 +48,32 @@ class SparseConv3d(nn.Module):
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
 
+    def set_weight_mask(self, mask: Tensor, channel_order: Tensor) -> None:
+        """Prunes the layer with a 2:4 ``mask`` (bool ``[K, C_in, C_out]``, groups along
+        ``channel_order``): masked weights are zeroed now and multiplied by the mask in every forward,
+        so their gradient is zero and they stay zero through training."""
+        from ..pruning import check_2to4
+
+        order = channel_order.to(device=self.weight.device, dtype=torch.long)
+        if tuple(mask.shape) != tuple(self.weight.shape):
+            raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(self.weight.shape)}")
+        mask = mask.to(self.weight.device)
+        check_2to4(mask, order)
+        with torch.no_grad():
+            self.weight.mul_(mask)
+        self.weight_mask, self.channel_order = mask, order
+
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return F.conv3d(x, self.weight, kernel_size=self.kernel_size, bias=self.bias, stride=self.stride,
+        weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
+        return F.conv3d(x, weight, kernel_size=self.kernel_size, bias=self.bias, stride=self.stride,
                         dilation=self.dilation, transposed=self.transposed, config=self.config)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # A pruned checkpoint loads into a dense layer: its mask buffers are created first.
+        if prefix + "weight_mask" in state_dict and self.weight_mask is None:
+            self.weight_mask = torch.empty_like(state_dict[prefix + "weight_mask"], device=self.weight.device)
+            self.channel_order = torch.empty_like(state_dict[prefix + "channel_order"], device=self.weight.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

@@ -1,0 +1,122 @@
+"""2:4 pruning of SparseConv3d: masks and their validator, magnitude and channel-permutation
+methods, masked execution through training steps and save/load, compressed storage."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import pointsparse as ps
+from pointsparse import pruning
+from pointsparse import functional as F
+from pointsparse.models import minkunet18
+
+from test_conv import random_tensor
+
+
+@settings(max_examples=40, deadline=None)
+@given(K=st.integers(1, 5), groups=st.integers(1, 6), c_out=st.integers(1, 6), seed=st.integers(0, 1000),
+       permuted=st.booleans())
+def test_magnitude_masks_are_2to4_for_any_shape(K, groups, c_out, seed, permuted):
+    gen = torch.Generator().manual_seed(seed)
+    weight = torch.randn(K, 4 * groups, c_out, generator=gen)
+    order = torch.randperm(4 * groups, generator=gen) if permuted else None
+    mask = pruning.magnitude_mask(weight, order)
+    pruning.check_2to4(mask, order)
+    assert mask.sum() == weight.numel() // 2
+
+
+def test_magnitude_keeps_the_two_largest_of_each_group():
+    weight = torch.randn(3, 8, 5, generator=torch.Generator().manual_seed(1))
+    mask = pruning.magnitude_mask(weight)
+    for k in range(3):
+        for g in range(2):
+            for o in range(5):
+                values = weight[k, 4 * g:4 * g + 4, o].abs().tolist()
+                largest = sorted(range(4), key=lambda i: -values[i])[:2]
+                assert sorted(i for i in range(4) if mask[k, 4 * g + i, o]) == sorted(largest)
+
+
+@pytest.mark.parametrize("mask,order,error,message", [
+    (torch.ones(1, 4, 1, dtype=torch.bool), None, ValueError, "not a 2:4 mask"),
+    (torch.tensor([[[True], [False], [False], [False]]]), None, ValueError, "not a 2:4 mask"),
+    (torch.ones(1, 4, 1), None, TypeError, "bool"),
+    (torch.ones(1, 6, 1, dtype=torch.bool), None, ValueError, "multiple of 4"),
+    (torch.tensor([[[True], [True], [False], [False]]]), torch.tensor([0, 0, 1, 2]), ValueError, "permutation"),
+])
+def test_the_validator_rejects_what_is_not_2to4(mask, order, error, message):
+    with pytest.raises(error, match=message):
+        pruning.check_2to4(mask, order)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_channel_order_never_keeps_less_than_the_identity(seed):
+    gen = torch.Generator().manual_seed(seed)
+    # Channels of alike magnitude sit in the same groups: the identity wastes a lot, swaps recover it.
+    weight = torch.randn(27, 16, 8, generator=gen) * torch.tensor([4.0, 4.0, 4.0, 4.0] + [1.0] * 12)[None, :, None]
+    order = pruning.search_channel_order(weight, rounds=32, seed=seed)
+    identity = pruning.kept_magnitude(weight, pruning.magnitude_mask(weight))
+    permuted = pruning.kept_magnitude(weight, pruning.magnitude_mask(weight, order))
+    assert sorted(order.tolist()) == list(range(16)) and permuted >= identity
+    assert permuted > identity  # the skewed weights leave room for a better order
+
+
+def test_a_permuted_layer_computes_its_masked_weight():
+    x = random_tensor(num_points=80, channels=8, seed=2, dtype=torch.float32)
+    layer = ps.nn.SparseConv3d(8, 6, 3)
+    dense = layer.weight.detach().clone()
+    pruning.prune_layer(layer, "permute", search_rounds=8)
+    pruning.check_2to4(layer.weight_mask, layer.channel_order)
+    expected = F.conv3d(x, dense * layer.weight_mask).feats
+    torch.testing.assert_close(layer(x).feats, expected)
+
+
+def test_pruned_weights_stay_zero_through_training_steps():
+    x = random_tensor(num_points=80, channels=8, seed=3, dtype=torch.float32)
+    layer = ps.nn.SparseConv3d(8, 8, 3)
+    pruning.prune_layer(layer)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+    for _ in range(3):
+        optimizer.zero_grad()
+        layer(x).feats.square().sum().backward()
+        optimizer.step()
+    assert bool((layer.weight[~layer.weight_mask] == 0).all())
+    assert bool((layer.weight[layer.weight_mask] != 0).all())
+
+
+def test_a_fresh_model_loads_a_pruned_checkpoint_and_compressed_storage_round_trips(tmp_path):
+    torch.manual_seed(0)
+    model = minkunet18(in_channels=4, num_classes=5, cr=0.25)
+    report = pruning.prune_model(model, "permute", search_rounds=4)
+    assert [r.name for r in report if not r.pruned] == ["stem.0.0", "stem.1.0"]
+    path = tmp_path / "pruned.pt"
+    torch.save(pruning.compress_state_dict(model.state_dict()), path)
+    blob = torch.load(path, weights_only=False)
+    state = pruning.decompress_state_dict(blob)
+    assert set(state) == set(model.state_dict())
+    for key, value in model.state_dict().items():
+        assert torch.equal(state[key], value), key
+    fresh = minkunet18(in_channels=4, num_classes=5, cr=0.25)
+    fresh.load_state_dict(state)
+    x = random_tensor(num_points=500, channels=4, span=20, seed=4, dtype=torch.float32)
+    model.eval(), fresh.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(x), model(x))
+    pruned_layer = fresh.down[0][0][0]
+    pruning.check_2to4(pruned_layer.weight_mask, pruned_layer.channel_order)
+    dense_bytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.endswith("weight"))
+    stored = sum(v["values"].numel() * 4 + v["positions"].numel() if isinstance(v, dict) and "values" in v
+                 else (v.numel() * v.element_size() if torch.is_tensor(v) and k.endswith("weight") else 0)
+                 for k, v in blob.items())
+    assert stored < 0.8 * dense_bytes
+
+
+def test_prune_model_reports_skips_and_rejects_bad_methods():
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(6, 8, 3), ps.nn.SparseConv3d(8, 8, 3))
+    report = pruning.prune_model(model, include=["*"], exclude=[])
+    assert [(r.pruned, r.reason) for r in report] == [(False, "C_in not a multiple of 4"), (True, "")]
+    assert 0.5 < report[1].kept_magnitude < 1.0
+    with pytest.raises(ValueError, match="method"):
+        pruning.prune_model(model, "learned-by-magic")
+    with pytest.raises(ValueError, match="mask shape"):
+        model[1].set_weight_mask(torch.ones(27, 4, 8, dtype=torch.bool), torch.arange(4))
