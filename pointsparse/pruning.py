@@ -198,3 +198,79 @@ def decompress_state_dict(blob: Dict[str, object]) -> Dict[str, Tensor]:
         elif not (isinstance(value, dict) and value.get("format") == "2:4 mask"):
             state[key] = value
     return state
+
+
+# The six ways to keep two of four: bool [6, 4].
+PATTERNS = torch.tensor([[i in pair for i in range(4)] for pair in
+                         ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))])
+
+
+class LearnedMask(nn.Module):
+    """Logits over the six 2-of-4 patterns of every group of a layer's weight (along
+    ``channel_order``), initialised from magnitude: the pattern keeping more ``|w|`` starts more
+    likely (``scale`` sets how sure). In training, a Gumbel-softmax sample at temperature ``tau``
+    gives a soft mask; in eval, the argmax pattern gives a hard 2:4 mask."""
+
+    def __init__(self, weight: Tensor, channel_order: Tensor, scale: float = 3.0, tau: float = 0.1):
+        super().__init__()
+        groups = _groups(weight.detach().abs()[:, channel_order])                  # [K, G, 4, C_out]
+        patterns = PATTERNS.to(weight.device, weight.dtype)                          # [6, 4]
+        kept = torch.einsum("kgic,pi->kgcp", groups, patterns)                       # [K, G, C_out, 6]
+        kept = kept / kept.amax(-1, keepdim=True).clamp_min(torch.finfo(kept.dtype).tiny)
+        self.logits = nn.Parameter(scale * kept)
+        self.register_buffer("channel_order", channel_order.clone())
+        self.register_buffer("inverse_order", torch.argsort(channel_order))
+        self.tau = tau
+
+    def forward(self) -> Tensor:
+        """The mask ``[K, C_in, C_out]``: soft (Gumbel-softmax sample) in training, hard in eval."""
+        if self.training:
+            weights = nn.functional.gumbel_softmax(self.logits, tau=self.tau, dim=-1)   # [K, G, C_out, 6]
+        else:
+            weights = nn.functional.one_hot(self.logits.argmax(-1), 6).to(self.logits.dtype)
+        groups = torch.einsum("kgcp,pi->kgic", weights, PATTERNS.to(weights))          # [K, G, 4, C_out]
+        K, G, _, C_out = groups.shape
+        return groups.reshape(K, 4 * G, C_out)[:, self.inverse_order]
+
+    def hard_mask(self) -> Tensor:
+        """bool ``[K, C_in, C_out]``: the most likely pattern of every group."""
+        chosen = PATTERNS.to(self.logits.device)[self.logits.argmax(-1)]              # [K, G, C_out, 4]
+        K, G, C_out, _ = chosen.shape
+        return chosen.permute(0, 1, 3, 2).reshape(K, 4 * G, C_out)[:, self.inverse_order]
+
+
+def attach_learned_masks(model: nn.Module, *, include: Sequence[str] = ("*",), exclude: Sequence[str] = DEFAULT_EXCLUDE,
+                         scale: float = 3.0, tau: float = 0.1, permute: bool = False) -> List[nn.Parameter]:
+    """Gives every chosen SparseConv3d (C_in a multiple of 4) a :class:`LearnedMask` and freezes the
+    whole model but the mask logits, which it returns for the optimiser. ``permute``: groups along
+    a searched channel order (else the identity)."""
+    logits = []
+    for param in model.parameters():
+        param.requires_grad_(False)
+    for name, module in model.named_modules():
+        if not isinstance(module, SparseConv3d) or module.in_channels % 4:
+            continue
+        if not any(fnmatch.fnmatch(name, p) for p in include) or any(fnmatch.fnmatch(name, p) for p in exclude):
+            continue
+        weight = module.weight.detach()
+        order = search_channel_order(weight) if permute else torch.arange(weight.shape[1])
+        module.mask_learner = LearnedMask(weight, order.to(weight.device), scale, tau)
+        logits.append(module.mask_learner.logits)
+    return logits
+
+
+def finalize_learned_masks(model: nn.Module) -> List[LayerPruning]:
+    """Replaces every LearnedMask by its hard 2:4 mask (``set_weight_mask``); returns the layers."""
+    report = []
+    for name, module in model.named_modules():
+        learner = getattr(module, "mask_learner", None) if isinstance(module, SparseConv3d) else None
+        if learner is None:
+            continue
+        weight = module.weight.detach().clone()
+        mask = learner.hard_mask()
+        module.mask_learner = None
+        module.set_weight_mask(mask, learner.channel_order)
+        total = float(weight.abs().sum())
+        report.append(LayerPruning(name, module.in_channels, True, "",
+                                   kept_magnitude(weight, mask) / total if total else 1.0))
+    return report

@@ -120,3 +120,37 @@ def test_prune_model_reports_skips_and_rejects_bad_methods():
         pruning.prune_model(model, "learned-by-magic")
     with pytest.raises(ValueError, match="mask shape"):
         model[1].set_weight_mask(torch.ones(27, 4, 8, dtype=torch.bool), torch.arange(4))
+
+
+def test_learned_masks_train_their_logits_only_and_end_2to4():
+    torch.manual_seed(0)
+    x = random_tensor(num_points=200, channels=8, span=10, seed=5, dtype=torch.float32)
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.ReLU(), ps.nn.SparseConv3d(8, 4, 3))
+    dense = [m.weight.detach().clone() for m in model if isinstance(m, ps.nn.SparseConv3d)]
+    logits = pruning.attach_learned_masks(model, include=["*"], exclude=[])
+    assert len(logits) == 2 and all(not p.requires_grad for n, p in model.named_parameters() if "logits" not in n)
+    target = torch.randn(x.coords.shape[0], 4)
+    optimizer = torch.optim.Adam(logits, lr=0.05)
+    before = [l.detach().clone() for l in logits]
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = (model(x).feats - target).square().mean()
+        loss.backward()
+        assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in logits)
+        assert all(m.weight.grad is None for m in model if isinstance(m, ps.nn.SparseConv3d))
+        optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, logits))
+    report = pruning.finalize_learned_masks(model)
+    assert len(report) == 2
+    for layer, weight in zip([m for m in model if isinstance(m, ps.nn.SparseConv3d)], dense):
+        pruning.check_2to4(layer.weight_mask, layer.channel_order)
+        assert layer.mask_learner is None
+        torch.testing.assert_close(layer.weight, weight * layer.weight_mask)
+
+
+def test_learned_mask_logits_start_from_magnitude():
+    weight = torch.randn(2, 8, 3, generator=torch.Generator().manual_seed(6))
+    learner = pruning.LearnedMask(weight, torch.arange(8))
+    assert torch.equal(learner.hard_mask(), pruning.magnitude_mask(weight))
+    learner.eval()
+    assert torch.equal(learner().bool(), pruning.magnitude_mask(weight))

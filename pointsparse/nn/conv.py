@@ -38,6 +38,9 @@ class SparseConv3d(nn.Module):
         # its groups of four run along; None while the layer is dense.
         self.register_buffer("weight_mask", None)
         self.register_buffer("channel_order", None)
+        # While masks are being learned (pointsparse.pruning.attach_learned_masks): a module that
+        # returns the current [K, C_in, C_out] mask; replaced by weight_mask when finalised.
+        self.mask_learner: Optional[nn.Module] = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -64,7 +67,10 @@ class SparseConv3d(nn.Module):
         self.weight_mask, self.channel_order = mask, order
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
+        if self.mask_learner is not None:
+            weight = self.weight * self.mask_learner()
+        else:
+            weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
         return F.conv3d(x, weight, kernel_size=self.kernel_size, bias=self.bias, stride=self.stride,
                         dilation=self.dilation, transposed=self.transposed, config=self.config)
 
