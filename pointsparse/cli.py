@@ -1,5 +1,5 @@
 """``pointsparse`` command line: train, eval, predict, generate (synthetic SemanticKITTI data) and
-profile (every conv layer under every strategy)."""
+profile (every conv layer under every strategy) and prune (2:4 weight pruning)."""
 
 import argparse
 import os
@@ -126,6 +126,12 @@ def _profile(args) -> int:
     return 0
 
 
+def _prune(args) -> int:
+    from .prune_command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointsparse")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -173,6 +179,20 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--scans", type=int, default=10)
     gen.add_argument("--seed", type=int, default=0)
     gen.set_defaults(run=_generate)
+
+    prune = sub.add_parser("prune", help="2:4-prune a trained checkpoint and report mIoU, non-zeros and bytes")
+    prune.add_argument("checkpoint")
+    prune.add_argument("--method", default="learned", help="magnitude, permute or learned (the one written)")
+    prune.add_argument("--out", required=True, help="pruned checkpoint (the JSON report goes next to it)")
+    prune.add_argument("--data-root", help="default: the data root the checkpoint was trained on")
+    prune.add_argument("--split", default="val", help="evaluation split")
+    prune.add_argument("--train-split", default="train", help="split the learned masks train on")
+    prune.add_argument("--learn-steps", type=int, default=200, help="batches of mask learning")
+    prune.add_argument("--learn-lr", type=float, default=0.05)
+    prune.add_argument("--batch-size", type=int, default=2)
+    prune.add_argument("--workers", type=int, default=2)
+    prune.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    prune.set_defaults(run=_prune)
 
     prof = sub.add_parser("profile", help="time every conv layer of a model under every strategy")
     prof.add_argument("--scan", help="a KITTI-format .bin scan (default: a synthetic scan)")

@@ -154,3 +154,30 @@ def test_learned_mask_logits_start_from_magnitude():
     assert torch.equal(learner.hard_mask(), pruning.magnitude_mask(weight))
     learner.eval()
     assert torch.equal(learner().bool(), pruning.magnitude_mask(weight))
+
+
+def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
+    import json
+
+    from pointsparse.cli import main
+    from pointsparse.datasets.synthetic import LidarConfig, generate_dataset
+
+    root = generate_dataset(tmp_path / "kitti", {0: 2, 8: 1}, seed=2, config=LidarConfig(beams=16, azimuth_steps=360))
+    run = tmp_path / "run"
+    assert main(["train", "--data-root", str(root), "--out-dir", str(run), "--epochs", "1", "--cr", "0.125",
+                 "--batch-size", "1", "--max-voxels", "1500", "--workers", "0", "--train-split", "0",
+                 "--val-split", "8"]) == 0
+    out = tmp_path / "pruned.pt"
+    assert main(["prune", str(run / "last.pt"), "--method", "permute", "--out", str(out), "--split", "8",
+                 "--train-split", "0", "--learn-steps", "2", "--batch-size", "1", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert all(name in printed for name in ("dense", "magnitude", "permute", "learned"))
+    report = json.loads(out.with_suffix(".json").read_text())
+    rows = {row["model"]: row for row in report["rows"]}
+    assert rows["dense"]["nonzeros"] == rows["dense"]["parameters"]
+    for method in ("magnitude", "permute", "learned"):
+        assert rows[method]["nonzeros"] < rows["dense"]["nonzeros"]
+        assert rows[method]["compressed_bytes"] < rows[method]["checkpoint_bytes"]
+    assert main(["eval", str(out), "--split", "8", "--workers", "0"]) == 0  # loads unchanged
+    with pytest.raises(SystemExit, match="method"):
+        main(["prune", str(out), "--method", "random", "--out", str(tmp_path / "x.pt")])

@@ -1,0 +1,104 @@
+"""``pointsparse prune``: 2:4-prune a trained checkpoint and report what it cost.
+
+Every method runs from the dense checkpoint on the same data: magnitude, channel permutation and
+learned masks (frozen weights, mask logits trained on the training split with the task loss). The
+report compares them with the dense model: validation mIoU (official, over all 19 classes, and over
+the classes present), parameters, non-zeros, and checkpoint bytes dense, as saved (masks included,
+loadable by ``pointsparse eval`` unchanged) and compressed (:func:`pruning.compress_state_dict`).
+The chosen method's model is written to ``--out``, the report next to it as JSON.
+"""
+
+import copy
+import io
+import json
+from pathlib import Path
+from typing import Dict, List
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+from . import pruning
+from .datasets import IGNORE_INDEX, SemanticKITTI, VoxelConfig, collate
+from .nn import SparseConv3d
+from .training import _progress, evaluate, evaluation_set, load_model, save_atomic, split_arg
+
+METHODS = ("magnitude", "permute", "learned")
+
+
+def _bytes(obj: object) -> int:
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getbuffer().nbytes
+
+
+def _counts(model: nn.Module) -> Dict[str, int]:
+    params = sum(p.numel() for p in model.parameters())
+    zeros = sum(int((m.weight_mask == 0).sum()) for m in model.modules()
+                if isinstance(m, SparseConv3d) and m.weight_mask is not None)
+    return {"parameters": params, "nonzeros": params - zeros}
+
+
+def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, lr: float) -> None:
+    """Trains the mask logits of ``model`` (weights frozen) for ``steps`` batches, then hardens them."""
+    logits = pruning.attach_learned_masks(model)
+    optimizer = torch.optim.Adam(logits, lr=lr)
+    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    model.train()
+    batches = iter(loader)
+    for _ in _progress(range(steps), desc="learning masks"):
+        try:
+            batch = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            batch = next(batches)
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(batch["input"].to(device)).float(), batch["labels"].to(device)).backward()
+        optimizer.step()
+    pruning.finalize_learned_masks(model)
+
+
+def run(args) -> int:
+    if args.method not in METHODS:
+        raise SystemExit(f"--method must be one of {METHODS}, got {args.method!r}")
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise SystemExit(f"checkpoint {checkpoint} not found")
+    dense, config = load_model(checkpoint, args.device)
+    root = args.data_root or config["data_root"]
+    val = DataLoader(evaluation_set(root, args.split, config["voxel_size"]), 1, collate_fn=collate,
+                     num_workers=args.workers)
+    train = DataLoader(SemanticKITTI(root, split_arg(args.train_split),
+                                     VoxelConfig(config["voxel_size"], config.get("max_voxels"), augment=True)),
+                       args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.workers)
+    rows: List[Dict[str, object]] = []
+    chosen = None
+
+    def record(name: str, model: nn.Module) -> None:
+        matrix = evaluate(model, val, args.device)
+        state = model.state_dict()
+        rows.append({"model": name, "miou": matrix.miou(), "miou_present": matrix.miou(present_only=True),
+                     **_counts(model), "checkpoint_bytes": _bytes(state),
+                     "compressed_bytes": _bytes(pruning.compress_state_dict(state))})
+
+    record("dense", dense)
+    for method in METHODS:
+        model = copy.deepcopy(dense)
+        if method == "learned":
+            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr)
+        else:
+            pruning.prune_model(model, method)
+        record(method, model)
+        if method == args.method:
+            chosen = model
+    print(f"{'model':<12}{'mIoU':>8}{'mIoU present':>14}{'params':>10}{'non-zeros':>11}{'ckpt bytes':>12}"
+          f"{'compressed':>12}")
+    for row in rows:
+        print(f"{row['model']:<12}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%{row['parameters']:>10}"
+              f"{row['nonzeros']:>11}{row['checkpoint_bytes']:>12}{row['compressed_bytes']:>12}")
+    out = Path(args.out)
+    save_atomic({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)
+    out.with_suffix(".json").write_text(json.dumps({"checkpoint": str(checkpoint), "split": args.split,
+                                                    "method": args.method, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
