@@ -1,7 +1,8 @@
 """``pointsparse prune``: 2:4-prune a trained checkpoint and report what it cost.
 
 Every method runs from the dense checkpoint on the same data: magnitude, channel permutation and
-learned masks (frozen weights, mask logits trained on the training split with the task loss). The
+learned masks (frozen weights, mask logits trained on the training split with the task loss);
+``--finetune-epochs`` then recovers the chosen one with SR-STE (weights trained, masks recomputed). The
 report compares them with the dense model: validation mIoU (official, over all 19 classes, and over
 the classes present), parameters, non-zeros, and checkpoint bytes dense, as saved (masks included,
 loadable by ``pointsparse eval`` unchanged) and compressed (:func:`pruning.compress_state_dict`).
@@ -91,10 +92,20 @@ def run(args) -> int:
         record(method, model)
         if method == args.method:
             chosen = model
-    print(f"{'model':<12}{'mIoU':>8}{'mIoU present':>14}{'params':>10}{'non-zeros':>11}{'ckpt bytes':>12}"
+    if args.finetune_epochs > 0:
+        chosen = copy.deepcopy(chosen)
+        for param in chosen.parameters():
+            param.requires_grad_(True)
+        optimizer = torch.optim.SGD(chosen.parameters(), lr=args.finetune_lr, momentum=0.9, weight_decay=1e-4)
+        loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+        batches = ((batch["input"].to(args.device), batch["labels"].to(args.device))
+                   for _ in range(args.finetune_epochs) for batch in _progress(train, desc="SR-STE fine-tuning"))
+        pruning.srste_finetune(chosen, batches, lambda logits, labels: loss_fn(logits.float(), labels), optimizer)
+        record(f"{args.method} + SR-STE", chosen)
+    print(f"{'model':<20}{'mIoU':>8}{'mIoU present':>14}{'params':>10}{'non-zeros':>11}{'ckpt bytes':>12}"
           f"{'compressed':>12}")
     for row in rows:
-        print(f"{row['model']:<12}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%{row['parameters']:>10}"
+        print(f"{row['model']:<20}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%{row['parameters']:>10}"
               f"{row['nonzeros']:>11}{row['checkpoint_bytes']:>12}{row['compressed_bytes']:>12}")
     out = Path(args.out)
     save_atomic({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)

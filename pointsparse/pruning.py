@@ -222,7 +222,11 @@ class LearnedMask(nn.Module):
         self.register_buffer("inverse_order", torch.argsort(channel_order))
         self.tau = tau
 
-    def forward(self) -> Tensor:
+    def forward(self, weight: Tensor) -> Tensor:
+        """``weight`` times the mask: a soft Gumbel-softmax sample in training, the hard mask in eval."""
+        return weight * self.mask()
+
+    def mask(self) -> Tensor:
         """The mask ``[K, C_in, C_out]``: soft (Gumbel-softmax sample) in training, hard in eval."""
         if self.training:
             weights = nn.functional.gumbel_softmax(self.logits, tau=self.tau, dim=-1)   # [K, G, C_out, 6]
@@ -274,3 +278,42 @@ def finalize_learned_masks(model: nn.Module) -> List[LayerPruning]:
         report.append(LayerPruning(name, module.in_channels, True, "",
                                    kept_magnitude(weight, mask) / total if total else 1.0))
     return report
+
+
+class SrSte(nn.Module):
+    """SR-STE (Zhou et al., 2021) for one layer: the forward uses the magnitude 2:4 mask of the
+    current weight (recomputed every call, along ``channel_order``); the backward passes the gradient
+    straight through to every weight, and :meth:`decay` adds ``decay / 2 * |(1 - mask) * w|^2`` so
+    that pruned weights shrink instead of flickering in and out."""
+
+    def __init__(self, channel_order: Tensor, decay: float = 2e-4):
+        super().__init__()
+        self.register_buffer("channel_order", channel_order.clone())
+        self.decay_rate = decay
+        self.last_penalty: Optional[Tensor] = None
+
+    def forward(self, weight: Tensor) -> Tensor:
+        mask = magnitude_mask(weight.detach(), self.channel_order)
+        self.last_penalty = 0.5 * self.decay_rate * (weight * ~mask).square().sum()
+        return weight + (weight * mask - weight).detach()
+
+
+def srste_finetune(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Optimizer) -> None:
+    """Fine-tunes a pruned model with SR-STE: every pruned layer recomputes its mask from its weights
+    each step; ``batches`` yields ``(input, target)``; at the end each layer keeps the magnitude
+    mask of its final weights (``set_weight_mask``)."""
+    layers = [m for m in model.modules() if isinstance(m, SparseConv3d) and m.weight_mask is not None]
+    for layer in layers:
+        layer.mask_learner = SrSte(layer.channel_order)
+        layer.weight_mask = None
+    model.train()
+    for inputs, target in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(inputs), target)
+        penalties = [layer.mask_learner.last_penalty for layer in layers]
+        (loss + sum(penalties)).backward()
+        optimizer.step()
+    for layer in layers:
+        order = layer.mask_learner.channel_order
+        layer.mask_learner = None
+        layer.set_weight_mask(magnitude_mask(layer.weight.detach(), order), order)

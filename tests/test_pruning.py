@@ -153,7 +153,8 @@ def test_learned_mask_logits_start_from_magnitude():
     learner = pruning.LearnedMask(weight, torch.arange(8))
     assert torch.equal(learner.hard_mask(), pruning.magnitude_mask(weight))
     learner.eval()
-    assert torch.equal(learner().bool(), pruning.magnitude_mask(weight))
+    assert torch.equal(learner.mask().bool(), pruning.magnitude_mask(weight))
+    torch.testing.assert_close(learner(weight), weight * pruning.magnitude_mask(weight))
 
 
 def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
@@ -169,15 +170,45 @@ def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
                  "--val-split", "8"]) == 0
     out = tmp_path / "pruned.pt"
     assert main(["prune", str(run / "last.pt"), "--method", "permute", "--out", str(out), "--split", "8",
-                 "--train-split", "0", "--learn-steps", "2", "--batch-size", "1", "--workers", "0"]) == 0
+                 "--train-split", "0", "--learn-steps", "2", "--batch-size", "1", "--workers", "0",
+                 "--finetune-epochs", "1"]) == 0
     printed = capsys.readouterr().out
-    assert all(name in printed for name in ("dense", "magnitude", "permute", "learned"))
+    assert all(name in printed for name in ("dense", "magnitude", "permute", "learned", "permute + SR-STE"))
     report = json.loads(out.with_suffix(".json").read_text())
     rows = {row["model"]: row for row in report["rows"]}
     assert rows["dense"]["nonzeros"] == rows["dense"]["parameters"]
-    for method in ("magnitude", "permute", "learned"):
+    for method in ("magnitude", "permute", "learned", "permute + SR-STE"):
         assert rows[method]["nonzeros"] < rows["dense"]["nonzeros"]
         assert rows[method]["compressed_bytes"] < rows[method]["checkpoint_bytes"]
     assert main(["eval", str(out), "--split", "8", "--workers", "0"]) == 0  # loads unchanged
     with pytest.raises(SystemExit, match="method"):
         main(["prune", str(out), "--method", "random", "--out", str(tmp_path / "x.pt")])
+
+
+def test_srste_updates_every_weight_and_ends_2to4():
+    torch.manual_seed(0)
+    x = random_tensor(num_points=200, channels=8, span=10, seed=7, dtype=torch.float32)
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.ReLU(), ps.nn.SparseConv3d(8, 4, 3))
+    pruning.prune_model(model, include=["*"], exclude=[])
+    first = model[0]
+    before = first.weight.detach().clone()
+    pruned_before = ~first.weight_mask
+    target = torch.randn(x.coords.shape[0], 4)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    pruned_grads = []
+    step = optimizer.step
+
+    def recording_step():
+        pruned_grads.append(float(first.weight.grad[pruned_before].abs().sum()))
+        step()
+
+    optimizer.step = recording_step
+    batches = [(x, target)] * 4
+    pruning.srste_finetune(model, batches, lambda out, t: (out.feats - t).square().mean(), optimizer)
+    # Straight-through: the pruned weights get gradients, so a mask can change.
+    assert len(pruned_grads) == 4 and all(g > 0 for g in pruned_grads)
+    assert not torch.equal(first.weight.detach(), before)
+    for layer in (model[0], model[2]):
+        assert layer.mask_learner is None
+        pruning.check_2to4(layer.weight_mask, layer.channel_order)
+        assert bool((layer.weight[~layer.weight_mask] == 0).all())

@@ -38,8 +38,8 @@ class SparseConv3d(nn.Module):
         # its groups of four run along; None while the layer is dense.
         self.register_buffer("weight_mask", None)
         self.register_buffer("channel_order", None)
-        # While masks are being learned (pointsparse.pruning.attach_learned_masks): a module that
-        # returns the current [K, C_in, C_out] mask; replaced by weight_mask when finalised.
+        # While masks are learned or recomputed (pointsparse.pruning: learned masks, SR-STE): a module
+        # that maps the weight to the masked weight in use; replaced by weight_mask when finalised.
         self.mask_learner: Optional[nn.Module] = None
         self.reset_parameters()
 
@@ -68,7 +68,7 @@ class SparseConv3d(nn.Module):
 
     def forward(self, x: SparseTensor) -> SparseTensor:
         if self.mask_learner is not None:
-            weight = self.weight * self.mask_learner()
+            weight = self.mask_learner(self.weight)
         else:
             weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
         return F.conv3d(x, weight, kernel_size=self.kernel_size, bias=self.bias, stride=self.stride,
