@@ -65,6 +65,7 @@ def run(args) -> int:
     checkpoint = Path(args.checkpoint)
     if not checkpoint.is_file():
         raise SystemExit(f"checkpoint {checkpoint} not found")
+    torch.manual_seed(args.seed)  # Gumbel samples and the training order: one run, one result
     dense, config = load_model(checkpoint, args.device)
     root = args.data_root or config["data_root"]
     val = DataLoader(evaluation_set(root, args.split, config["voxel_size"]), 1, collate_fn=collate,
