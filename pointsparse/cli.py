@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--finetune-epochs", type=int, default=0, help="SR-STE recovery epochs of the chosen method")
     prune.add_argument("--finetune-lr", type=float, default=0.01)
     prune.add_argument("--seed", type=int, default=0)
+    prune.add_argument("--sensitivity-budget", type=float,
+                       help="prune only the least sensitive layers, their mIoU drops summing to at most this")
     prune.add_argument("--batch-size", type=int, default=2)
     prune.add_argument("--workers", type=int, default=2)
     prune.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -2,7 +2,9 @@
 
 Every method runs from the dense checkpoint on the same data: magnitude, channel permutation and
 learned masks (frozen weights, mask logits trained on the training split with the task loss);
-``--finetune-epochs`` then recovers the chosen one with SR-STE (weights trained, masks recomputed). The
+``--finetune-epochs`` then recovers the chosen one with SR-STE (weights trained, masks recomputed).
+``--sensitivity-budget B`` first prunes one layer at a time, prints and plots each layer's mIoU drop,
+and prunes only the least sensitive layers whose drops add up to at most B points. The
 report compares them with the dense model: validation mIoU (official, over all 19 classes, and over
 the classes present), parameters, non-zeros, and checkpoint bytes dense, as saved (masks included,
 loadable by ``pointsparse eval`` unchanged) and compressed (:func:`pruning.compress_state_dict`).
@@ -13,7 +15,7 @@ import copy
 import io
 import json
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Sequence
 
 import torch
 from torch import nn
@@ -40,9 +42,10 @@ def _counts(model: nn.Module) -> Dict[str, int]:
     return {"parameters": params, "nonzeros": params - zeros}
 
 
-def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, lr: float) -> None:
+def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, lr: float,
+                include: Sequence[str] = ("*",)) -> None:
     """Trains the mask logits of ``model`` (weights frozen) for ``steps`` batches, then hardens them."""
-    logits = pruning.attach_learned_masks(model)
+    logits = pruning.attach_learned_masks(model, include=include)
     optimizer = torch.optim.Adam(logits, lr=lr)
     loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
     model.train()
@@ -57,6 +60,24 @@ def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, l
         loss_fn(model(batch["input"].to(device)).float(), batch["labels"].to(device)).backward()
         optimizer.step()
     pruning.finalize_learned_masks(model)
+
+
+def plot_sensitivity(layers: Sequence[pruning.LayerSensitivity], chosen: Sequence[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(max(8, 0.3 * len(layers)), 4))
+    ax.bar(range(len(layers)), [i.drop for i in layers],
+           color=["tab:green" if i.name in chosen else "tab:red" for i in layers])
+    ax.set_xticks(range(len(layers)), [i.name for i in layers], rotation=90, fontsize=6)
+    ax.set_ylabel("mIoU drop, points (green: pruned)")
+    ax.set_title("sensitivity: one layer 2:4-pruned at a time (magnitude)")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def run(args) -> int:
@@ -75,6 +96,17 @@ def run(args) -> int:
                        args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.workers)
     rows: List[Dict[str, object]] = []
     chosen = None
+    include: Sequence[str] = ("*",)
+    report: Dict[str, object] = {"checkpoint": str(checkpoint), "split": args.split, "method": args.method}
+    if args.sensitivity_budget is not None:
+        layers = pruning.sensitivity(dense, lambda m: 100 * evaluate(m, val, args.device).miou(present_only=True))
+        include = pruning.choose_layers(layers, args.sensitivity_budget)
+        print(f"{'layer':<34}{'mIoU drop (points)':>20}")
+        for item in layers:
+            print(f"{item.name:<34}{item.drop:>20.2f}{'  pruned' if item.name in include else ''}")
+        print(f"{len(include)} of {len(layers)} layers within a budget of {args.sensitivity_budget} points")
+        report["sensitivity"] = [{"layer": i.name, "drop": i.drop, "pruned": i.name in include} for i in layers]
+        plot_sensitivity(layers, include, Path(args.out).with_suffix(".sensitivity.png"))
 
     def record(name: str, model: nn.Module) -> None:
         matrix = evaluate(model, val, args.device)
@@ -87,9 +119,9 @@ def run(args) -> int:
     for method in METHODS:
         model = copy.deepcopy(dense)
         if method == "learned":
-            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr)
+            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr, include)
         else:
-            pruning.prune_model(model, method)
+            pruning.prune_model(model, method, include=include)
         record(method, model)
         if method == args.method:
             chosen = model
@@ -110,7 +142,6 @@ def run(args) -> int:
               f"{row['nonzeros']:>11}{row['checkpoint_bytes']:>12}{row['compressed_bytes']:>12}")
     out = Path(args.out)
     save_atomic({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)
-    out.with_suffix(".json").write_text(json.dumps({"checkpoint": str(checkpoint), "split": args.split,
-                                                    "method": args.method, "rows": rows}, indent=2) + "\n")
+    out.with_suffix(".json").write_text(json.dumps({**report, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

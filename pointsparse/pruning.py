@@ -13,9 +13,10 @@ multiplies the weight by the mask, so the pruned weights stay zero in effect thr
 step, and the buffers travel with ``state_dict`` (a fresh model loads a pruned checkpoint as is).
 """
 
+import copy
 import fnmatch
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -317,3 +318,37 @@ def srste_finetune(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Op
         order = layer.mask_learner.channel_order
         layer.mask_learner = None
         layer.set_weight_mask(magnitude_mask(layer.weight.detach(), order), order)
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    drop: float  # score of the dense model minus the score with only this layer pruned (magnitude)
+
+
+def sensitivity(model: nn.Module, score: Callable[[nn.Module], float], *, include: Sequence[str] = ("*",),
+                exclude: Sequence[str] = DEFAULT_EXCLUDE) -> List[LayerSensitivity]:
+    """Prunes one layer at a time (magnitude, on a copy) and measures ``score`` (higher is better,
+    e.g. validation mIoU): the drop per prunable layer, in model order."""
+    base = score(model)
+    results = []
+    for name, module in model.named_modules():
+        if not isinstance(module, SparseConv3d) or module.in_channels % 4:
+            continue
+        if not any(fnmatch.fnmatch(name, p) for p in include) or any(fnmatch.fnmatch(name, p) for p in exclude):
+            continue
+        trial = copy.deepcopy(model)
+        prune_layer(dict(trial.named_modules())[name])
+        results.append(LayerSensitivity(name, base - score(trial)))
+    return results
+
+
+def choose_layers(sensitivities: Sequence[LayerSensitivity], budget: float) -> List[str]:
+    """The least sensitive layers whose drops add up to at most ``budget``, in model order."""
+    chosen, spent = set(), 0.0
+    for item in sorted(sensitivities, key=lambda s: s.drop):
+        if spent + max(item.drop, 0.0) > budget:
+            break
+        chosen.add(item.name)
+        spent += max(item.drop, 0.0)
+    return [s.name for s in sensitivities if s.name in chosen]

@@ -181,6 +181,13 @@ def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
         assert rows[method]["nonzeros"] < rows["dense"]["nonzeros"]
         assert rows[method]["compressed_bytes"] < rows[method]["checkpoint_bytes"]
     assert main(["eval", str(out), "--split", "8", "--workers", "0"]) == 0  # loads unchanged
+    budgeted = tmp_path / "budgeted.pt"
+    assert main(["prune", str(run / "last.pt"), "--method", "magnitude", "--out", str(budgeted), "--split", "8",
+                 "--train-split", "0", "--learn-steps", "1", "--batch-size", "1", "--workers", "0",
+                 "--sensitivity-budget", "0.5"]) == 0
+    sens = json.loads(budgeted.with_suffix(".json").read_text())["sensitivity"]
+    assert len(sens) == 47 and budgeted.with_suffix(".sensitivity.png").exists()
+    assert sum(max(s["drop"], 0) for s in sens if s["pruned"]) <= 0.5
     with pytest.raises(SystemExit, match="method"):
         main(["prune", str(out), "--method", "random", "--out", str(tmp_path / "x.pt")])
 
@@ -212,3 +219,9 @@ def test_srste_updates_every_weight_and_ends_2to4():
         assert layer.mask_learner is None
         pruning.check_2to4(layer.weight_mask, layer.channel_order)
         assert bool((layer.weight[~layer.weight_mask] == 0).all())
+
+
+def test_choose_layers_spends_the_budget_on_the_least_sensitive():
+    layers = [pruning.LayerSensitivity(n, d) for n, d in (("a", 0.5), ("b", -0.1), ("c", 2.0), ("d", 0.3))]
+    assert pruning.choose_layers(layers, 0.8) == ["a", "b", "d"]
+    assert pruning.choose_layers(layers, 0.0) == ["b"]
