@@ -16,13 +16,25 @@ import torch
 from ..quantize import sparse_quantize
 
 
-def add_scan_arguments(parser: argparse.ArgumentParser, suite: str, repeats: int) -> None:
-    """Options every suite takes: the scan, its voxel size, threads, repeats and the JSON path."""
-    parser.add_argument("--scan", required=True, help="KITTI-format .bin scan")
+def add_scan_arguments(parser: argparse.ArgumentParser, suite: str, repeats: int, many_scans: bool = False,
+                       device_help: str = "cpu or cuda") -> None:
+    """Options every suite takes: the scan (or scans), its voxel size, threads, repeats, the device
+    and the JSON path."""
+    if many_scans:
+        parser.add_argument("--scan", required=True, nargs="+", help="KITTI-format .bin scans")
+    else:
+        parser.add_argument("--scan", required=True, help="KITTI-format .bin scan")
     parser.add_argument("--voxel-size", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=repeats)
+    parser.add_argument("--device", default="cpu", help=device_help)
     parser.add_argument("--out", default=f"bench_results/{suite}.json")
+
+
+def check_device(device: str) -> None:
+    """SystemExit naming the problem when ``device`` is CUDA and none is usable."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
 
 
 def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:

@@ -22,7 +22,7 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow, KernelMapAlgo
 from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
-from .common import add_scan_arguments, environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
 from .kmap import naive_neighbors
 
 HASH, SORT = ConvConfig(kmap=KernelMapAlgo.HASH), ConvConfig(kmap=KernelMapAlgo.SORT)
@@ -38,10 +38,9 @@ CASES = {  # name: (kernel, stride, C_in, C_out, map cached, backward, config)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    add_scan_arguments(parser, "conv", repeats=10)
-    parser.add_argument("--device", default="cpu",
-                        help="cpu or cuda; on CUDA every dataflow that runs there is timed against the "
-                             "naive torch conv on the same device (spconv's CPU package only on the CPU)")
+    add_scan_arguments(parser, "conv", repeats=10,
+                       device_help="cpu or cuda; on CUDA every dataflow that runs there is timed against the "
+                            "naive torch conv on the same device (spconv's CPU package only on the CPU)")
 
 
 def naive_conv(coords: Tensor, feats: Tensor, weight: Tensor, kernel: int, stride: int,
@@ -180,8 +179,7 @@ def _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached, bac
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
+    check_device(args.device)
     coords = load_voxels(args.scan, args.voxel_size, args.device)
     env = environment()
     print(f"{coords.shape[0]} voxels at {args.voxel_size} m from {args.scan} on {args.device}; {env['device']}, "

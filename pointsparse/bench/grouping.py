@@ -18,7 +18,7 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow
 from ..grouping import ConvGrouping, Grouping, GroupingConfig, symmetric_order
 from ..tensor import SparseTensor, kernel_map
-from .common import environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
 
 WIDTHS = {1: 32, 2: 64, 4: 128, 8: 256}  # tensor stride: MinkUNet channels there
 
@@ -35,12 +35,7 @@ def strategies(volume: int) -> Dict[str, GroupingConfig]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scan", required=True, nargs="+", help="KITTI-format .bin scans")
-    parser.add_argument("--voxel-size", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="bench_results/grouping.json")
+    add_scan_arguments(parser, "grouping", repeats=5, many_scans=True)
 
 
 def layers(coords: torch.Tensor):
@@ -103,8 +98,7 @@ def run_layer(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, 
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
+    check_device(args.device)
     env = environment()
     print(f"grouping strategies on {args.device}; {env['device']}, {torch.get_num_threads()} threads, "
           f"torch {env['torch']}")

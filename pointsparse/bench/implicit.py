@@ -19,7 +19,7 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow
 from ..implicit import ImplicitGemmConfig, implicit_gemm_work
 from ..tensor import SparseTensor, kernel_map
-from .common import environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
 from .grouping import layers as grouping_layers
 
 TILES = (16, 32, 64, 128)
@@ -34,12 +34,7 @@ REFERENCE = "implicit sorted split 2"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--scan", required=True, nargs="+", help="KITTI-format .bin scans")
-    parser.add_argument("--voxel-size", type=float, default=0.05)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--out", default="bench_results/implicit.json")
+    add_scan_arguments(parser, "implicit", repeats=5, many_scans=True)
 
 
 def layers(coords: torch.Tensor):
@@ -90,8 +85,7 @@ def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, re
 
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
+    check_device(args.device)
     env = environment()
     print(f"implicit GEMM on {args.device}; {env['device']}, {torch.get_num_threads()} threads, torch {env['torch']}")
     results: List[Dict[str, object]] = []

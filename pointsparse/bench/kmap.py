@@ -24,7 +24,6 @@ CASES = {"subm_k3": (3, 1), "strided_k2_s2": (2, 2)}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scan_arguments(parser, "kmap", repeats=20)
-    parser.add_argument("--device", default="cpu")
 
 
 def naive_neighbors(coords: Tensor, kernel_size: int, stride: int) -> Tuple[Tensor, Tensor]:
