@@ -21,6 +21,8 @@ import enum
 from dataclasses import dataclass
 from typing import Optional, Sequence, Tuple, Union
 
+from .work import RowWork
+
 MAX_GROUP_OFFSETS = 128  # a batched group's offsets travel by value to the CUDA kernels
 
 
@@ -90,8 +92,8 @@ class ConvGrouping:
 
 
 @dataclass(frozen=True)
-class GroupingPlan:
-    """Groups of offsets and how each runs, with the work it implies (in rows of ``C_in x C_out`` MACs).
+class GroupingPlan(RowWork):
+    """Groups of offsets and how each runs, with the work it implies (:class:`~pointsparse.work.RowWork`).
 
     ``groups[g]``: offset indices; ``batched[g]``: one padded batched GEMM (True) or one GEMM per member;
     ``padded[g]``: rows per member when batched (the group's largest ``n_k``).
@@ -120,18 +122,6 @@ class GroupingPlan:
         for group, batched in zip(self.groups, self.batched):
             calls += 1 if batched else sum(1 for k in group if self.pair_counts[k] > 0)
         return calls
-
-    def useful_macs(self, c_in: int, c_out: int) -> int:
-        return self.useful_rows * c_in * c_out
-
-    def computed_macs(self, c_in: int, c_out: int) -> int:
-        return self.computed_rows * c_in * c_out
-
-    @property
-    def redundancy(self) -> float:
-        """Share of computed MACs spent on padding: ``1 - useful / computed``."""
-        computed = self.computed_rows
-        return 1.0 - self.useful_rows / computed if computed else 0.0
 
     def encode(self) -> Tuple[int, ...]:
         """The op's flat plan: ``[size, batched, k_1 .. k_size]`` per group."""

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .work import RowWork
 
 
 @dataclass(frozen=True)
@@ -59,21 +60,11 @@ def reorder_rows(neighbors: Tensor, config: ImplicitGemmConfig) -> Reordering:
 
 
 @dataclass(frozen=True)
-class ImplicitGemmWork:
+class ImplicitGemmWork(RowWork):
     """Rows of ``C_in x C_out`` MACs: those with a neighbour (useful) and those a tile computes."""
 
     useful_rows: int
     computed_rows: int
-
-    def useful_macs(self, c_in: int, c_out: int) -> int:
-        return self.useful_rows * c_in * c_out
-
-    def computed_macs(self, c_in: int, c_out: int) -> int:
-        return self.computed_rows * c_in * c_out
-
-    @property
-    def redundancy(self) -> float:
-        return 1.0 - self.useful_rows / self.computed_rows if self.computed_rows else 0.0
 
 
 def implicit_gemm_work(neighbors: Tensor, config: ImplicitGemmConfig) -> ImplicitGemmWork:

@@ -15,6 +15,7 @@ from .config import ConvConfig, Dataflow, KernelMapAlgo
 from .grouping import ConvGrouping, Grouping, GroupingConfig
 from .implicit import ImplicitGemmConfig, implicit_gemm_work
 from .kmap import KernelMap
+from .work import RowWork
 
 ADAPTIVE_EPSILONS = (0.1, 0.3, 0.5)
 ADAPTIVE_THRESHOLDS = (5000, 20000)
@@ -69,14 +70,10 @@ def candidates(device: torch.device, num_offsets: int, quick: bool = False) -> L
 
 
 @dataclass(frozen=True)
-class Work:
+class Work(RowWork):
     useful_rows: int
     computed_rows: int
     gemm_calls: Optional[int]  # None where the dataflow makes no GEMM calls (fused, implicit)
-
-    @property
-    def redundancy(self) -> float:
-        return 1.0 - self.useful_rows / self.computed_rows if self.computed_rows else 0.0
 
 
 def work_of(config: ConvConfig, kmap: KernelMap, identity_offset: int) -> Work:
