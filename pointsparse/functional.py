@@ -36,12 +36,19 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     kmap = kernel_map(x, size, step, dilation, transposed, config)
     if kmap.num_in != x.feats.shape[0]:
         raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
-    submanifold_centre = (not transposed and step == (1, 1, 1) and all(s % 2 for s in size))
-    identity_offset = weight.shape[0] // 2 if submanifold_centre else -1
-    feats = spec.run(x.feats, weight, kmap, identity_offset, config)                # [N_out, C_out]
+    feats = spec.run(x.feats, weight, kmap, identity_offset(size, step, transposed), config)  # [N_out, C_out]
     if bias is not None:
         feats = feats + bias.to(feats.dtype)  # under autocast the conv returns the autocast dtype
     return SparseTensor(feats, kmap.out_coords, kmap.out_stride, x.cache)
+
+
+def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: bool) -> int:
+    """The offset whose pairs are i -> i for every row (the centre of a submanifold odd kernel),
+    computed as one GEMM without gather or scatter; -1 when there is none."""
+    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+    if transposed or step != (1, 1, 1) or not all(k % 2 for k in size):
+        return -1
+    return size[0] * size[1] * size[2] // 2
 
 
 def _check_conv_inputs(x: SparseTensor, weight: Tensor, bias: Optional[Tensor], size) -> None:

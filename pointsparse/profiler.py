@@ -73,12 +73,6 @@ class Timing:
         return self.forward_ms + self.input_grad_ms + self.weight_grad_ms
 
 
-def identity_offset_of(module: SparseConv3d) -> int:
-    volume = module.weight.shape[0]
-    odd = all(k % 2 for k in module.kernel_size)
-    return volume // 2 if (not module.transposed and module.stride == (1, 1, 1) and odd) else -1
-
-
 def time_layer(layer: LayerInput, strategy: Strategy, repeats: int) -> Timing:
     """Median forward, input-gradient and weight-gradient times of ``layer`` under ``strategy``."""
     module, x = layer.module, layer.x
@@ -353,7 +347,7 @@ def profile(model: nn.Module, x: SparseTensor, *, model_name: str = "model", rep
         if not strategies:
             raise ValueError(f"none of the strategy families {list(families)} runs on {x.feats.device}")
         kmap = kernel_map(layer.x, m.kernel_size, m.stride, m.dilation, m.transposed)
-        identity = identity_offset_of(m)
+        identity = F.identity_offset(m.kernel_size, m.stride, m.transposed)
         report = LayerReport(layer.name, list(layer.x.stride), list(m.kernel_size), list(m.stride), m.transposed,
                              m.in_channels, m.out_channels, layer.x.coords.shape[0], kmap.num_out,
                              kmap.pair_counts.tolist())
