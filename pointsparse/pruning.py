@@ -73,6 +73,17 @@ def kept_magnitude(weight: Tensor, mask: Tensor) -> float:
     return float((weight.detach().abs() * mask).sum())
 
 
+def kept_share(weight: Tensor, mask: Tensor) -> float:
+    """Share of ``sum |w|`` the mask keeps (1.0 for an all-zero weight)."""
+    total = float(weight.detach().abs().sum())
+    return kept_magnitude(weight, mask) / total if total else 1.0
+
+
+def _selected(name: str, include: Sequence[str], exclude: Sequence[str]) -> bool:
+    """Whether a layer name matches an ``include`` pattern and no ``exclude`` one (fnmatch)."""
+    return any(fnmatch.fnmatch(name, p) for p in include) and not any(fnmatch.fnmatch(name, p) for p in exclude)
+
+
 def search_channel_order(weight: Tensor, rounds: int = 64, candidates: int = 256, seed: int = 0) -> Tensor:
     """A permutation of the input channels whose magnitude mask keeps more ``|w|`` (Pool & Yu's
     channel swaps): each round tries ``candidates`` random swaps of two channels in different groups
@@ -131,8 +142,7 @@ def prune_layer(module: SparseConv3d, method: str = "magnitude", *, search_round
     order = search_channel_order(weight, search_rounds) if method == "permute" else torch.arange(weight.shape[1])
     mask = magnitude_mask(weight, order.to(weight.device))
     module.set_weight_mask(mask, order)
-    total = float(weight.abs().sum())
-    return kept_magnitude(weight, mask) / total if total else 1.0
+    return kept_share(weight, mask)
 
 
 def prune_model(model: nn.Module, method: str = "magnitude", *, include: Sequence[str] = ("*",),
@@ -145,8 +155,7 @@ def prune_model(model: nn.Module, method: str = "magnitude", *, include: Sequenc
     for name, module in model.named_modules():
         if not isinstance(module, SparseConv3d):
             continue
-        chosen = any(fnmatch.fnmatch(name, p) for p in include) and not any(fnmatch.fnmatch(name, p) for p in exclude)
-        if not chosen:
+        if not _selected(name, include, exclude):
             report.append(LayerPruning(name, module.in_channels, False, "excluded by name", 1.0))
         elif module.in_channels % 4:
             report.append(LayerPruning(name, module.in_channels, False, "C_in not a multiple of 4", 1.0))
@@ -255,7 +264,7 @@ def attach_learned_masks(model: nn.Module, *, include: Sequence[str] = ("*",), e
     for name, module in model.named_modules():
         if not isinstance(module, SparseConv3d) or module.in_channels % 4:
             continue
-        if not any(fnmatch.fnmatch(name, p) for p in include) or any(fnmatch.fnmatch(name, p) for p in exclude):
+        if not _selected(name, include, exclude):
             continue
         weight = module.weight.detach()
         order = search_channel_order(weight) if permute else torch.arange(weight.shape[1])
@@ -275,9 +284,7 @@ def finalize_learned_masks(model: nn.Module) -> List[LayerPruning]:
         mask = learner.hard_mask()
         module.mask_learner = None
         module.set_weight_mask(mask, learner.channel_order)
-        total = float(weight.abs().sum())
-        report.append(LayerPruning(name, module.in_channels, True, "",
-                                   kept_magnitude(weight, mask) / total if total else 1.0))
+        report.append(LayerPruning(name, module.in_channels, True, "", kept_share(weight, mask)))
     return report
 
 
@@ -335,7 +342,7 @@ def sensitivity(model: nn.Module, score: Callable[[nn.Module], float], *, includ
     for name, module in model.named_modules():
         if not isinstance(module, SparseConv3d) or module.in_channels % 4:
             continue
-        if not any(fnmatch.fnmatch(name, p) for p in include) or any(fnmatch.fnmatch(name, p) for p in exclude):
+        if not _selected(name, include, exclude):
             continue
         trial = copy.deepcopy(model)
         prune_layer(dict(trial.named_modules())[name])
