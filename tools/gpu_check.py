@@ -11,7 +11,6 @@ cr 0.25), so that CI runs the whole path in seconds.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,9 @@ import torch
 
 import pointsparse as ps
 from pointsparse import SparseTensor, crosscheck
+from pointsparse.bench.common import current_commit
 from pointsparse.models import minkunet18
+from pointsparse.profiler import scan_input
 
 REPO = Path(__file__).resolve().parents[1]
 SCANS = ("semantickitti/sequences/07/velodyne/000964.bin", "semantickitti/sequences/00/velodyne/000000.bin")
@@ -51,23 +52,11 @@ def load_points(quick: bool) -> list:
 
 def collated(arrays: list, voxel_size: float = 0.05) -> SparseTensor:
     """Batch of the scans: coords int32 [N, 4], feats (x, y, z, remission) float32 [N, 4]."""
-    items = []
-    for array in arrays:
-        xyz, index = ps.sparse_quantize(array[:, :3], voxel_size, return_index=True)
-        coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), torch.as_tensor(xyz).int()], 1)
-        items.append(SparseTensor(torch.as_tensor(array[index]), coords))
-    return ps.sparse_collate(items)
+    return ps.sparse_collate([scan_input(array, voxel_size, "cpu") for array in arrays])
 
 
 def environment(device: str) -> dict:
-    commit = os.environ.get("POINTSPARSE_COMMIT")
-    if not commit:
-        try:
-            commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                                    check=True).stdout.strip()
-        except (OSError, subprocess.CalledProcessError):
-            commit = "unknown"
-    env = {"commit": commit, "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
+    env = {"commit": current_commit(), "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
            "device": device, "cpu_count": os.cpu_count()}
     if device.startswith("cuda"):
         env["gpu"] = torch.cuda.get_device_name()

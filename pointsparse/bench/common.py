@@ -72,12 +72,19 @@ def _cpu_name() -> str:
     return platform.processor() or "cpu"
 
 
-def environment() -> Dict[str, object]:
+def current_commit() -> str:
+    """$POINTSPARSE_COMMIT (a checkout copied without .git, as on a GPU machine), else git's HEAD."""
+    if os.environ.get("POINTSPARSE_COMMIT"):
+        return os.environ["POINTSPARSE_COMMIT"]
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=Path(__file__).parent, check=True).stdout.strip()
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).parent, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        commit = "unknown"
+        return "unknown"
+
+
+def environment() -> Dict[str, object]:
+    commit = current_commit()
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
     return {"commit": commit, "torch": torch.__version__, "device": device,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
