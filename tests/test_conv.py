@@ -110,6 +110,12 @@ def test_submanifold_on_a_coarser_tensor(device):
 def test_gradcheck_float64(kind, dataflow, device):
     if dataflow is Dataflow.FUSED and device != "cpu":
         pytest.skip("the fused dataflow runs on the CPU only")
+    assert_gradcheck(kind, device, ConvConfig(dataflow=dataflow))
+
+
+def assert_gradcheck(kind: str, device: str, config: ConvConfig) -> None:
+    """gradcheck in float64 of a k3 conv of ``kind`` (submanifold, strided or transposed) in feats,
+    weight and bias under ``config``."""
     x = random_tensor(num_points=12, channels=2, span=3, seed=6, device=device)
     stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
     if transposed:
@@ -120,7 +126,7 @@ def test_gradcheck_float64(kind, dataflow, device):
 
     def conv(f, w, b):
         return F.conv3d(x.with_feats(f), w, kernel_size=3, bias=b, stride=stride, transposed=transposed,
-                        config=ConvConfig(dataflow=dataflow)).feats
+                        config=config).feats
 
     assert torch.autograd.gradcheck(conv, (feats, weight, bias))
 

@@ -12,7 +12,7 @@ from pointsparse.grouping import symmetric_order
 
 from conftest import DEVICES
 from dense_oracle import dense_conv
-from test_conv import random_tensor
+from test_conv import assert_gradcheck, random_tensor
 
 GGS = Dataflow.GATHER_GEMM_SCATTER
 
@@ -184,47 +184,46 @@ def kind_input(kind, device, algo):
     return x
 
 
+def kind_weight(kind, device):
+    """Random, asymmetric weights [K, 5, 4]: a slice applied to the wrong offset cannot pass."""
+    size = ps.offsets.as_triple(kind[0], "kernel_size")
+    volume = size[0] * size[1] * size[2]
+    return torch.randn(volume, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).to(device)
+
+
+def check_against_oracle(x, weight, kind, config):
+    """Output and both gradients under ``config`` equal gather-GEMM-scatter with one GEMM per
+    offset and the dense oracle."""
+    y, results, probe = conv_results(x, weight, kind, config)
+    separate = conv_results(x, weight, kind, ConvConfig(config.kmap, GGS))[1]
+    for value, reference in zip(results, separate):
+        torch.testing.assert_close(value, reference)
+    size = ps.offsets.as_triple(kind[0], "kernel_size")
+    _, stride, dilation, transposed = kind
+    feats = x.feats.detach().clone().requires_grad_()
+    w = weight.clone().requires_grad_()
+    dense = dense_conv(x.with_feats(feats), w, size, (stride,) * 3, (dilation,) * 3, transposed, y.coords, y.stride)
+    (dense * probe).sum().backward()
+    for value, reference in zip(results, (dense, feats.grad, w.grad)):
+        torch.testing.assert_close(value, reference)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", list(KernelMapAlgo))
 @pytest.mark.parametrize("kind_name", list(KINDS))
 @pytest.mark.parametrize("strategy", list(groupings(1)))
 def test_every_strategy_equals_separate_and_the_dense_oracle(device, algo, kind_name, strategy):
     kind = KINDS[kind_name]
-    size = ps.offsets.as_triple(kind[0], "kernel_size")
-    volume = size[0] * size[1] * size[2]
-    x = kind_input(kind, device, algo)
-    # Random, asymmetric weights: a slice applied to the wrong offset cannot pass.
-    weight = torch.randn(volume, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).to(device)
-    separate = conv_results(x, weight, kind, ConvConfig(algo, GGS))[1]
-    y, grouped, probe = conv_results(x, weight, kind, ConvConfig(algo, GGS, groupings(volume)[strategy]))
-    for value, reference in zip(grouped, separate):
-        torch.testing.assert_close(value, reference)
-    # And the dense oracle, forward and both gradients.
-    feats = x.feats.detach().clone().requires_grad_()
-    w = weight.clone().requires_grad_()
-    _, stride, dilation, transposed = kind
-    dense = dense_conv(x.with_feats(feats), w, size, (stride,) * 3, (dilation,) * 3, transposed, y.coords, y.stride)
-    (dense * probe).sum().backward()
-    for value, reference in zip(grouped, (dense, feats.grad, w.grad)):
-        torch.testing.assert_close(value, reference)
+    weight = kind_weight(kind, device)
+    config = ConvConfig(algo, GGS, groupings(weight.shape[0])[strategy])
+    check_against_oracle(kind_input(kind, device, algo), weight, kind, config)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("strategy", list(groupings(1)))
 @pytest.mark.parametrize("kind", ["submanifold", "strided", "transposed"])
 def test_gradcheck_float64_per_strategy(device, strategy, kind):
-    x = random_tensor(num_points=12, channels=2, span=3, seed=6, device=device)
-    stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
-    if transposed:
-        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64, device=device), kernel_size=2, stride=2)
-    weight = torch.randn(27, 2, 3, dtype=torch.float64).to(device).requires_grad_()
-    feats = x.feats.detach().clone().requires_grad_()
-    config = ConvConfig(dataflow=GGS, grouping=groupings(27)[strategy])
-
-    def conv(f, w):
-        return F.conv3d(x.with_feats(f), w, kernel_size=3, stride=stride, transposed=transposed, config=config).feats
-
-    assert torch.autograd.gradcheck(conv, (feats, weight))
+    assert_gradcheck(kind, device, ConvConfig(dataflow=GGS, grouping=groupings(27)[strategy]))
 
 
 def grouped_op_args(device, dtype=torch.float32):

@@ -12,9 +12,8 @@ from pointsparse.implicit import reorder_rows, split_ranges
 from pointsparse.testing import reference_transpose
 
 from conftest import DEVICES
-from dense_oracle import dense_conv
-from test_conv import random_tensor
-from test_grouping import KINDS, conv_results, kind_input
+from test_conv import assert_gradcheck, random_tensor
+from test_grouping import KINDS, check_against_oracle, kind_input, kind_weight
 
 IMPLICIT = Dataflow.IMPLICIT_GEMM
 
@@ -130,27 +129,6 @@ def test_kmap_transpose_matches_a_reference(device, stride):
 
 # ------------------------------------------------------------------------------------------ execution
 
-def check_against_oracle(x, weight, kind, config):
-    y, implicit, probe = conv_results(x, weight, kind, config)
-    separate = conv_results(x, weight, kind, ConvConfig(config.kmap, Dataflow.GATHER_GEMM_SCATTER))[1]
-    for value, reference in zip(implicit, separate):
-        torch.testing.assert_close(value, reference)
-    size = ps.offsets.as_triple(kind[0], "kernel_size")
-    _, stride, dilation, transposed = kind
-    feats = x.feats.detach().clone().requires_grad_()
-    w = weight.clone().requires_grad_()
-    dense = dense_conv(x.with_feats(feats), w, size, (stride,) * 3, (dilation,) * 3, transposed, y.coords, y.stride)
-    (dense * probe).sum().backward()
-    for value, reference in zip(implicit, (dense, feats.grad, w.grad)):
-        torch.testing.assert_close(value, reference)
-
-
-def kind_weight(kind, device):
-    size = ps.offsets.as_triple(kind[0], "kernel_size")
-    volume = size[0] * size[1] * size[2]
-    return torch.randn(volume, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).to(device)
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("algo", list(KernelMapAlgo))
 @pytest.mark.parametrize("kind_name", list(KINDS))
@@ -173,18 +151,8 @@ def test_every_setting_matches_the_oracle(device, reorder, splits, tile_rows):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("kind", ["submanifold", "strided", "transposed"])
 def test_gradcheck_float64(device, kind):
-    x = random_tensor(num_points=12, channels=2, span=3, seed=6, device=device)
-    stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
-    if transposed:
-        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64, device=device), kernel_size=2, stride=2)
-    weight = torch.randn(27, 2, 3, dtype=torch.float64).to(device).requires_grad_()
-    feats = x.feats.detach().clone().requires_grad_()
-    config = ConvConfig(dataflow=IMPLICIT, implicit=ImplicitGemmConfig(tile_rows=4, reorder=True, splits=2))
-
-    def conv(f, w):
-        return F.conv3d(x.with_feats(f), w, kernel_size=3, stride=stride, transposed=transposed, config=config).feats
-
-    assert torch.autograd.gradcheck(conv, (feats, weight))
+    assert_gradcheck(kind, device,
+                     ConvConfig(dataflow=IMPLICIT, implicit=ImplicitGemmConfig(tile_rows=4, reorder=True, splits=2)))
 
 
 def scan_layer(device):
