@@ -67,8 +67,13 @@ def test_torch_compile_fullgraph_of_cached_convs(device, dataflow):
     # With the kernel maps cached the whole network, forward and backward, is one graph.
     if dataflow is ps.Dataflow.FUSED and device != "cpu":
         pytest.skip("the fused dataflow runs on the CPU only")
+    assert_compiles_fullgraph(ps.ConvConfig(dataflow=dataflow), device)
+
+
+def assert_compiles_fullgraph(config: ps.ConvConfig, device: str) -> None:
+    """A two-layer net under ``config`` compiles to one graph once its maps are cached, with the
+    eager forward and gradients (feats and first weight)."""
     torch.manual_seed(0)
-    config = ps.ConvConfig(dataflow=dataflow)
     net = torch.nn.Sequential(spnn.SparseConv3d(3, 8, 3, config=config), spnn.ReLU(),
                               spnn.SparseConv3d(8, 4, 2, stride=2, config=config)).to(device)
     x = random_tensor(num_points=50, seed=9, dtype=torch.float32, device=device)

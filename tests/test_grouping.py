@@ -13,6 +13,7 @@ from pointsparse.grouping import symmetric_order
 from conftest import DEVICES
 from dense_oracle import dense_conv
 from test_conv import assert_gradcheck, random_tensor
+from test_conv_api import assert_compiles_fullgraph
 
 GGS = Dataflow.GATHER_GEMM_SCATTER
 
@@ -261,25 +262,8 @@ def test_grouped_conv_under_autocast_and_in_half_precision(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_torch_compile_fullgraph_of_a_grouped_conv(device):
-    torch.manual_seed(0)
-    config = ConvConfig(dataflow=GGS, grouping=ConvGrouping(GroupingConfig(Grouping.DENSE),
-                                                           GroupingConfig(Grouping.SYMMETRIC),
-                                                           GroupingConfig(Grouping.ADAPTIVE)))
-    net = torch.nn.Sequential(ps.nn.SparseConv3d(3, 8, 3, config=config), ps.nn.ReLU(),
-                              ps.nn.SparseConv3d(8, 4, 2, stride=2, config=config)).to(device)
-    x = random_tensor(num_points=50, seed=9, dtype=torch.float32, device=device)
-    feats = x.feats.clone().requires_grad_()
-    eager = net(x.with_feats(feats))
-    eager.feats.square().sum().backward()
-    expected = feats.grad, net[0].weight.grad.clone()
-    net.zero_grad()
-    compiled = torch.compile(lambda f: net(x.with_feats(f)).feats, fullgraph=True)
-    feats2 = x.feats.clone().requires_grad_()
-    out = compiled(feats2)
-    out.square().sum().backward()
-    torch.testing.assert_close(out, eager.feats)
-    torch.testing.assert_close(feats2.grad, expected[0])
-    torch.testing.assert_close(net[0].weight.grad, expected[1])
+    assert_compiles_fullgraph(ConvConfig(dataflow=GGS, grouping=ConvGrouping(
+        GroupingConfig(Grouping.DENSE), GroupingConfig(Grouping.SYMMETRIC), GroupingConfig(Grouping.ADAPTIVE))), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -13,6 +13,7 @@ from pointsparse.testing import reference_transpose
 
 from conftest import DEVICES
 from test_conv import assert_gradcheck, random_tensor
+from test_conv_api import assert_compiles_fullgraph
 from test_grouping import KINDS, check_against_oracle, kind_input, kind_weight
 
 IMPLICIT = Dataflow.IMPLICIT_GEMM
@@ -214,12 +215,7 @@ def test_opcheck_and_compile_fullgraph(device):
             kmap.offset_ptr, kmap.in_idx, kmap.out_idx, 8)
     torch.library.opcheck(torch.ops.pointsparse.conv_implicit.default, args)
 
-    config = ConvConfig(dataflow=IMPLICIT, implicit=implicit)
-    net = torch.nn.Sequential(ps.nn.SparseConv3d(3, 8, 3, config=config), ps.nn.ReLU(),
-                              ps.nn.SparseConv3d(8, 4, 2, stride=2, config=config)).to(device)
-    eager = net(x)
-    compiled = torch.compile(lambda f: net(x.with_feats(f)).feats, fullgraph=True)
-    torch.testing.assert_close(compiled(x.feats), eager.feats)
+    assert_compiles_fullgraph(ConvConfig(dataflow=IMPLICIT, implicit=implicit), device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
