@@ -78,3 +78,30 @@ def test_implicit_bench_reports_redundancy_and_times(small_scan, tmp_path, devic
         assert len(layer["redundancy"]) == 4 * 2 * 4
         assert all(0 <= v < 1 for v in layer["redundancy"].values())
         assert layer["timings"]["implicit sorted split 2"]["ratio_vs_implicit_sorted"]["forward"] == 1
+
+
+def test_minkunet_bench_times_a_step_and_attributes_it(small_scan, tmp_path):
+    out = tmp_path / "minkunet.json"
+    assert main(["minkunet", "--scan", str(small_scan), "--voxel-size", "0.2", "--cr", "0.125", "--repeats", "1",
+                 "--warmup", "0", "--out", str(out)]) == 0
+    record = json.loads(out.read_text())
+    ours = record["timings"]["pointsparse"]
+    assert ours["train"]["median_s"] > ours["inference"]["median_s"] > 0
+    train, inference = record["breakdown"]["train"], record["breakdown"]["inference"]
+    for step in (train, inference):
+        # Self times plus the untraced rest add up to the step: nothing counted twice.
+        assert sum(step["categories_ms"].values()) == pytest.approx(step["step_ms"], rel=0.15)
+        assert step["categories_ms"]["kernel maps"] > 0 and step["categories_ms"]["batch norm"] > 0
+    layers = train["layers_ms"]
+    assert len(layers) == 49  # every SparseConv3d of MinkUNet18
+    assert all(row["forward"] > 0 and row["weight grad"] > 0 for row in layers.values())
+    # The stem's input needs no gradient (no input-gradient conv runs); every later layer's does.
+    assert layers["stem.0.0"]["input grad"] < 0.5 * layers["stem.0.0"]["weight grad"]
+    assert all(row["input grad"] > 0 for name, row in layers.items() if name != "stem.0.0")
+    assert all(row["input grad"] == row["weight grad"] == 0 for row in inference["layers_ms"].values())
+    assert ("spconv" in record["timings"]) == spconv_importable()
+
+
+def spconv_importable() -> bool:
+    from pointsparse.bench.spconv_baseline import spconv_available
+    return spconv_available()

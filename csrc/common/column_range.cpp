@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <climits>
+#include <utility>
 
 namespace pointsparse {
 
@@ -21,6 +22,21 @@ ColumnRange column_range(const at::Tensor& values) {
   const at::Tensor rows = values.contiguous();
   const int32_t* v = rows.data_ptr<int32_t>();
   const ColumnRange empty = range;
+  if (C == 1) {  // index arrays: the bounds in registers, a loop the compiler vectorises
+    using Bounds = std::pair<int32_t, int32_t>;
+    const Bounds b = at::parallel_reduce(
+        0, rows.size(0), 16384, Bounds{INT32_MAX, INT32_MIN},
+        [&](int64_t begin, int64_t end, Bounds part) {
+          int32_t lo = part.first, hi = part.second;
+          for (int64_t i = begin; i < end; ++i) {
+            lo = std::min(lo, v[i]);
+            hi = std::max(hi, v[i]);
+          }
+          return Bounds{lo, hi};
+        },
+        [](const Bounds& a, const Bounds& c) { return Bounds{std::min(a.first, c.first), std::max(a.second, c.second)}; });
+    return ColumnRange{{b.first}, {b.second}};
+  }
   return at::parallel_reduce(
       0, rows.size(0), 16384, empty,
       [&](int64_t begin, int64_t end, ColumnRange part) {

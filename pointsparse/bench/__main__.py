@@ -3,10 +3,10 @@
 import argparse
 import sys
 
-from . import conv, grouping, implicit, kmap
+from . import conv, grouping, implicit, kmap, minkunet
 
 
-SUITES = {"conv": conv, "grouping": grouping, "implicit": implicit, "kmap": kmap}
+SUITES = {"conv": conv, "grouping": grouping, "implicit": implicit, "kmap": kmap, "minkunet": minkunet}
 
 
 def main(argv=None) -> int:

@@ -24,6 +24,7 @@ from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
 from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
 from .kmap import naive_neighbors
+from .spconv_baseline import spconv_available, spconv_input
 
 HASH, SORT = ConvConfig(kmap=KernelMapAlgo.HASH), ConvConfig(kmap=KernelMapAlgo.SORT)
 CASES = {  # name: (kernel, stride, C_in, C_out, map cached, backward, config)
@@ -64,16 +65,6 @@ def spconv_layer(kernel: int, stride: int, c_in: int, c_out: int, weight: Tensor
     # Ours [K, C_in, C_out], x fastest -> spconv [C_out, kx, ky, kz, C_in].
     layer.weight.data = weight.reshape(kernel, kernel, kernel, c_in, c_out).permute(4, 2, 1, 0, 3).contiguous()
     return layer
-
-
-def spconv_input(coords: Tensor, feats: Tensor):
-    import spconv.pytorch as spconv
-
-    # spconv wants indices >= 0; shifting by an even amount keeps its stride-2 cells equal to ours.
-    shifted = coords.clone()
-    shifted[:, 1:] -= torch.div(shifted[:, 1:].min(0).values, 2, rounding_mode="floor") * 2
-    shape = (shifted[:, 1:].max(0).values + 1).tolist()
-    return spconv.SparseConvTensor(feats, shifted, shape, 1)
 
 
 def rows_differing(ours: SparseTensor, theirs_feats: Tensor, theirs_coords: Tensor, stride: int) -> Dict[str, int]:
@@ -153,11 +144,8 @@ def _dataflows_on(device: torch.device):
 
 def _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached, backward, grad, repeats,
                  mine) -> Dict[str, object]:
-    try:
-        import spconv.pytorch.ops as spconv_ops
-    except ImportError:
+    if not spconv_available():
         return {"skipped": "spconv not installed (pip install spconv)"}
-    spconv_ops.get_current_stream = lambda: 0  # its CPU backward asks for a CUDA stream otherwise
     layer = spconv_layer(kernel, stride, c_in, c_out, weight)
     layer.weight.requires_grad_(backward)
     warm = layer(spconv_input(coords, feats.clone()))  # indice_dict of warm holds the subm map

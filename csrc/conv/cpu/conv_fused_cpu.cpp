@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -125,13 +126,88 @@ int64_t padded_cols(int64_t C_out, Isa isa, const at::Tensor& like) {
   return round_up(std::max<int64_t>(C_out, 1), vector_bytes(isa) / int64_t(like.element_size()) * kTileVecs);
 }
 
-constexpr int64_t kForwardGrain = 256;  // pairs per parallel task
 constexpr int64_t kGradTask = 4096;     // pairs per weight-gradient task
 
 // Half and bfloat16 run the float32 kernels on converted operands and round the result once: the
 // sum over offsets stays in float32, as in the gather-GEMM-scatter dataflow.
 bool runs_in_float(const at::Tensor& a, const at::Tensor& b) {
   return at::isReducedFloatingType(a.scalar_type()) && b.scalar_type() == a.scalar_type();
+}
+
+// Output rows in blocks small enough to stay in L2 while every offset adds into them: one pass
+// over the output instead of one per offset. The pairs of offset k whose output row lies in block b
+// are [start[k][b], start[k][b + 1]) of in_idx / out_idx, which are the map's own arrays when each
+// offset's pairs come sorted by output row (forward maps) and otherwise a copy bucketed by block,
+// each bucket keeping the map's order (so every row sums the same terms in the same order).
+struct RowBlocks {
+  int64_t rows = 0, count = 0;
+  std::vector<int64_t> start;  // [K][count + 1]
+  at::Tensor in_idx, out_idx;  // int32 [P]
+  int64_t begin(int64_t k, int64_t b) const { return start[k * (count + 1) + b]; }
+};
+
+constexpr int64_t kBlockBytes = 128 * 1024;  // output bytes per block (a share of L2)
+
+RowBlocks row_blocks(const ConvPairs& pairs, int64_t num_out, int64_t row_bytes, int64_t identity_offset) {
+  RowBlocks blocks;
+  const int64_t threads = at::get_num_threads();
+  blocks.rows = std::max<int64_t>(16, std::min(kBlockBytes / std::max<int64_t>(row_bytes, 1),
+                                               (num_out + 4 * threads - 1) / (4 * threads)));
+  blocks.count = (num_out + blocks.rows - 1) / blocks.rows;
+  const int64_t K = pairs.K, stride = blocks.count + 1, R = blocks.rows;
+  const int64_t* ptr = pairs.ptr();
+  const int32_t* out = pairs.out_idx.data_ptr<int32_t>();
+  std::vector<char> sorted(K, 1);
+  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      bool ascending = true;  // a local: threads writing neighbouring chars would share a cache line
+      for (int64_t p = ptr[k] + 1; p < ptr[k + 1]; ++p) ascending &= out[p - 1] <= out[p];
+      sorted[k] = ascending;
+    }
+  });
+  const bool all_sorted = std::all_of(sorted.begin(), sorted.end(), [](char c) { return c != 0; });
+  blocks.start.assign(K * stride, 0);
+  if (all_sorted) {
+    blocks.in_idx = pairs.in_idx, blocks.out_idx = pairs.out_idx;
+  } else {
+    blocks.in_idx = at::empty_like(pairs.in_idx), blocks.out_idx = at::empty_like(pairs.out_idx);
+  }
+  const int32_t* in = pairs.in_idx.data_ptr<int32_t>();
+  int32_t* bin = blocks.in_idx.data_ptr<int32_t>();
+  int32_t* bout = blocks.out_idx.data_ptr<int32_t>();
+  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      int64_t* start = blocks.start.data() + k * stride;
+      if (k == identity_offset) {
+        std::fill(start, start + stride, ptr[k]);  // runs separately, as an assignment
+      } else if (all_sorted) {
+        for (int64_t b = 0; b <= blocks.count; ++b) {
+          start[b] = std::lower_bound(out + ptr[k], out + ptr[k + 1], int32_t(std::min(b * R, num_out))) - out;
+        }
+      } else {  // counting sort of the offset's pairs by block, stable
+        std::vector<int64_t> fill(stride, 0);
+        for (int64_t p = ptr[k]; p < ptr[k + 1]; ++p) ++fill[out[p] / R + 1];
+        fill[0] = ptr[k];
+        for (int64_t b = 1; b < stride; ++b) fill[b] += fill[b - 1];
+        std::copy(fill.begin(), fill.end(), start);
+        for (int64_t p = ptr[k]; p < ptr[k + 1]; ++p) {
+          const int64_t q = fill[out[p] / R]++;
+          bin[q] = in[p], bout[q] = out[p];
+        }
+      }
+    }
+  });
+  return blocks;
+}
+
+// Runs fn(b) for every block b, blocks handed out one at a time to whichever thread is free (each
+// block is computed by one thread start to end, so the result does not depend on the schedule).
+template <typename Fn>
+void for_each_block(int64_t count, const Fn& fn) {
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), count), 1, [&](int64_t, int64_t) {
+    for (int64_t b = next++; b < count; b = next++) fn(b);
+  });
 }
 
 at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& offset_ptr,
@@ -149,31 +225,31 @@ at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, co
   const int64_t ldw = padded_cols(C_out, isa, weight);
   at::Tensor packed = at::zeros({pairs.K, C_in, ldw}, weight.options());  // [K, C_in, ldw]
   packed.narrow(2, 0, C_out).copy_(weight);
-  // The identity offset assigns every row first, so only maps without one need zeros.
-  at::Tensor out = identity_offset >= 0 ? at::empty({num_out, C_out}, weight.options())
-                                        : at::zeros({num_out, C_out}, weight.options());
+  // Every block assigns its rows first (the identity offset, or zeros), so no zero fill here.
+  at::Tensor out = at::empty({num_out, C_out}, weight.options());
   if (num_out == 0 || C_out == 0) return out;
+  const RowBlocks blocks = row_blocks(pairs, num_out, C_out * int64_t(weight.element_size()), identity_offset);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_fused_cpu", [&] {
     const FusedKernels<scalar_t> kernels = fused_kernels<scalar_t>(isa);
     const scalar_t* feats = pairs.feats.data_ptr<scalar_t>();
     const scalar_t* w = packed.data_ptr<scalar_t>();
-    const int32_t* in_idx = pairs.in_idx.data_ptr<int32_t>();
-    const int32_t* out_idx = pairs.out_idx.data_ptr<int32_t>();
+    const int32_t* in_idx = blocks.in_idx.data_ptr<int32_t>();
+    const int32_t* out_idx = blocks.out_idx.data_ptr<int32_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
-    const int64_t* ptr = pairs.ptr();
-    if (identity_offset >= 0) {
-      at::parallel_for(0, num_out, kForwardGrain, [&](int64_t begin, int64_t end) {
-        kernels.forward_assign(feats, C_in, nullptr, nullptr, begin, end,
-                               w + identity_offset * C_in * ldw, ldw, o, C_out);
-      });
-    }
-    // Offsets run one after another: rows repeat across offsets, never within one.
-    for (int64_t k = 0; k < pairs.K; ++k) {
-      if (k == identity_offset || ptr[k] == ptr[k + 1]) continue;
-      at::parallel_for(ptr[k], ptr[k + 1], kForwardGrain, [&](int64_t begin, int64_t end) {
+    // Per row: the identity offset (or zero) first, then the other offsets in ascending order.
+    for_each_block(blocks.count, [&](int64_t b) {
+      const int64_t r0 = b * blocks.rows, r1 = std::min(num_out, r0 + blocks.rows);
+      if (identity_offset >= 0) {
+        kernels.forward_assign(feats, C_in, nullptr, nullptr, r0, r1, w + identity_offset * C_in * ldw, ldw, o, C_out);
+      } else {
+        std::memset(o + r0 * C_out, 0, (r1 - r0) * C_out * sizeof(scalar_t));
+      }
+      for (int64_t k = 0; k < pairs.K; ++k) {
+        const int64_t begin = blocks.begin(k, b), end = blocks.begin(k, b + 1);
+        if (begin == end) continue;
         kernels.forward_add(feats, C_in, in_idx, out_idx, begin, end, w + k * C_in * ldw, ldw, o, C_out);
-      });
-    }
+      }
+    });
   });
   return out;
 }
