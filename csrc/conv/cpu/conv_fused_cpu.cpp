@@ -36,7 +36,10 @@ constexpr int64_t kPrefetchOffsets = 3;  // how many offsets ahead the implicit 
 #pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
 namespace fused_avx512 {
 constexpr int kVectorBytes = 64;
+constexpr int kMaxTileVecs = 4, kAccumulators = 24;  // of 32 vector registers
+#define POINTSPARSE_MAX_TILE_VECS 4
 #include "conv_fused_kernels.inc"
+#undef POINTSPARSE_MAX_TILE_VECS
 }  // namespace fused_avx512
 #pragma GCC pop_options
 
@@ -44,7 +47,10 @@ constexpr int kVectorBytes = 64;
 #pragma GCC target("avx2,fma")
 namespace fused_avx2 {
 constexpr int kVectorBytes = 32;
+constexpr int kMaxTileVecs = 2, kAccumulators = 12;  // of 16 vector registers
+#define POINTSPARSE_MAX_TILE_VECS 2
 #include "conv_fused_kernels.inc"
+#undef POINTSPARSE_MAX_TILE_VECS
 }  // namespace fused_avx2
 #pragma GCC pop_options
 
@@ -52,7 +58,10 @@ constexpr int kVectorBytes = 32;
 
 namespace fused_baseline {
 constexpr int kVectorBytes = 16;
+constexpr int kMaxTileVecs = 2, kAccumulators = 12;  // of 16 vector registers
+#define POINTSPARSE_MAX_TILE_VECS 2
 #include "conv_fused_kernels.inc"
+#undef POINTSPARSE_MAX_TILE_VECS
 }  // namespace fused_baseline
 
 namespace {
@@ -122,8 +131,16 @@ FusedKernels<T> fused_kernels(Isa isa) {
 }
 
 // Output columns padded to whole register tiles (the packed weight and gradient buffers).
-int64_t padded_cols(int64_t C_out, Isa isa, const at::Tensor& like) {
+// A row length of a multiple of 512 bytes would put the rows a tile walks down (one per input
+// channel) into a few L1 sets, which then evict each other: one vector more spreads them.
+// (The weight gradient's tiles run over every padded column: it takes the plain rounding.)
+int64_t tile_cols_of(int64_t C_out, Isa isa, const at::Tensor& like) {
   return round_up(std::max<int64_t>(C_out, 1), vector_bytes(isa) / int64_t(like.element_size()) * kTileVecs);
+}
+
+int64_t padded_cols(int64_t C_out, Isa isa, const at::Tensor& like) {
+  const int64_t cols = tile_cols_of(C_out, isa, like);
+  return cols * like.element_size() % 512 == 0 ? cols + vector_bytes(isa) / like.element_size() : cols;
 }
 
 constexpr int64_t kGradTask = 4096;     // pairs per weight-gradient task
@@ -272,7 +289,7 @@ at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor
   const int64_t C_in = pairs.feats.size(1), C_out = grad_out.size(1), K = pairs.K;
   const Isa isa = cpu_isa();
   const int64_t ldi = round_up(std::max<int64_t>(C_in, 1), kTileRows);
-  const int64_t ldw = padded_cols(C_out, isa, grad_out);
+  const int64_t ldw = tile_cols_of(C_out, isa, grad_out);
   // Tasks of at most kGradTask pairs of one offset, so the cores share equal work however the
   // offsets' pair counts vary; each task sums into its own slice, reduced per offset below.
   std::vector<GradTask> tasks;
