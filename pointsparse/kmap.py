@@ -209,6 +209,10 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     submanifold = step == (1, 1, 1)
     out_stride = _mul(tensor_stride, step)
     tiling = not submanifold and _kernel_tiles_stride(size, step, dil)
+    if submanifold and size == (1, 1, 1):  # every row is its own one neighbour: nothing to search
+        rows = torch.arange(coords.shape[0], dtype=torch.int32, device=coords.device)
+        return KernelMap(rows[:, None], torch.tensor([0, coords.shape[0]]), rows, rows, coords, out_stride,
+                         coords.shape[0])
     if submanifold:
         out_coords = coords
     elif tiling and out_coords is None:
