@@ -31,7 +31,10 @@ def default_data_root() -> Path:
 
 
 def _train(args) -> int:
+    from .memory import retain_freed_memory
     from .training import TrainConfig, train
+
+    retain_freed_memory()  # large feature tensors would page-fault afresh on every step otherwise
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:

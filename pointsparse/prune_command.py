@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader
 from . import pruning
 from .datasets import IGNORE_INDEX, SemanticKITTI, VoxelConfig, collate
 from .nn import SparseConv3d
-from .training import _progress, evaluate, evaluation_set, load_model, save_atomic, split_arg
+from .checkpoint import save as save_checkpoint
+from .training import _progress, evaluate, evaluation_set, load_model, split_arg
 
 METHODS = ("magnitude", "permute", "learned")
 
@@ -141,7 +142,7 @@ def run(args) -> int:
         print(f"{row['model']:<20}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%{row['parameters']:>10}"
               f"{row['nonzeros']:>11}{row['checkpoint_bytes']:>12}{row['compressed_bytes']:>12}")
     out = Path(args.out)
-    save_atomic({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)
+    save_checkpoint({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)
     out.with_suffix(".json").write_text(json.dumps({**report, "rows": rows}, indent=2) + "\n")
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0

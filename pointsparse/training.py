@@ -1,7 +1,6 @@
 """Training, evaluation and prediction of segmentation models on SemanticKITTI-layout data."""
 
 import math
-import os
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -14,6 +13,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
+from .checkpoint import load as load_checkpoint, rng_state, save as save_checkpoint, set_rng_state
 from .datasets import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SemanticKITTI, VoxelConfig, collate, train_to_raw
 from .metrics import ConfusionMatrix
 from .models import build_model
@@ -73,17 +73,10 @@ def rank() -> int:
     return dist.get_rank() if distributed() else 0
 
 
-def save_atomic(obj: Dict, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def load_model(checkpoint: Path, device: str) -> Tuple[nn.Module, Dict]:
-    """The model of a checkpoint and the training config it was made with."""
-    state = torch.load(checkpoint, map_location=device, weights_only=False)
+    """The model of a checkpoint and the training config it was made with (loaded safely:
+    :func:`pointsparse.checkpoint.load`)."""
+    state = load_checkpoint(checkpoint, map_location=device)
     config = state["config"]
     model = build_model(config["model"], num_classes=NUM_CLASSES, in_channels=4, cr=config["cr"]).to(device)
     model.load_state_dict(state["model"])
@@ -145,14 +138,12 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
     checkpoint = Path(config.out_dir) / "last.pt"
     start_epoch = 0
     if resume and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
+        state = load_checkpoint(checkpoint, map_location=device)
         (model.module if distributed() else model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["torch_rng"])
-        np.random.set_state(state["numpy_rng"])
-        random.setstate(state["python_rng"])
+        set_rng_state(state["rng"])
         start_epoch = state["epoch"] + 1
     if config.tune:
         # The loop re-seeds the loader's shuffling every epoch, so this batch changes nothing after.
@@ -188,13 +179,11 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
         matrix = evaluate(model, val_loader, device)
         if rank() == 0:
             print(f"epoch {epoch + 1} validation\n{matrix.table(CLASS_NAMES)}", flush=True)
-            save_atomic({
+            save_checkpoint({
                 "config": asdict(config), "epoch": epoch,
                 "model": (model.module if distributed() else model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "torch_rng": torch.get_rng_state(),
-                "numpy_rng": np.random.get_state(), "python_rng": random.getstate(),
-                "miou": matrix.miou(),
+                "scaler": scaler.state_dict(), "rng": rng_state(), "miou": float(matrix.miou()),
             }, checkpoint)
     return matrix
 

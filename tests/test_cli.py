@@ -22,7 +22,7 @@ def root(tmp_path_factory):
 
 
 def weights(path):
-    return torch.load(path, weights_only=False)["model"]
+    return torch.load(path, weights_only=True)["model"]
 
 
 def test_train_eval_predict(root, tmp_path, capsys):
@@ -71,7 +71,7 @@ def _train_one_epoch_of_two(root, out):
             main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "2", *TINY])
     finally:
         training.evaluate = original
-    return torch.load(out / "last.pt", weights_only=False)
+    return torch.load(out / "last.pt", weights_only=True)
 
 
 def _ddp_worker(rank, world, port, root, out):
@@ -86,7 +86,7 @@ def test_two_process_ddp_step_on_cpu(root, tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(2, port, root, tmp_path / "ddp"), nprocs=2, join=True)
-    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=False)
+    state = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and "miou" in state
 
 

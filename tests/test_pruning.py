@@ -91,7 +91,7 @@ def test_a_fresh_model_loads_a_pruned_checkpoint_and_compressed_storage_round_tr
     assert [r.name for r in report if not r.pruned] == ["stem.0.0", "stem.1.0"]
     path = tmp_path / "pruned.pt"
     torch.save(pruning.compress_state_dict(model.state_dict()), path)
-    blob = torch.load(path, weights_only=False)
+    blob = torch.load(path, weights_only=True)
     state = pruning.decompress_state_dict(blob)
     assert set(state) == set(model.state_dict())
     for key, value in model.state_dict().items():

@@ -14,7 +14,9 @@ package places), to each conv layer's forward, input gradient or weight gradient
 placed by forward hooks here; backward nodes matched to forward ops by sequence number), or to
 batch norm, activation, concatenation, residual additions, loss, head, optimiser and other ops; the
 step's wall time not covered by any event is Python and dispatch overhead. Minor page faults and
-system time per step (``getrusage``) show what fresh allocations cost.
+system time per step (``getrusage``) show what fresh allocations cost; by default freed memory
+stays in the process for both engines (:func:`pointsparse.memory.retain_freed_memory`),
+``--glibc-default-malloc`` measures them with malloc as it comes.
 """
 
 import argparse
@@ -30,6 +32,7 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
+from ..memory import retain_freed_memory
 from ..models import MODELS, build_model
 from ..nn import SparseConv3d
 from ..quantize import sparse_quantize
@@ -65,6 +68,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (spconv's CPU package only on the CPU)")
     parser.add_argument("--no-spconv", action="store_true", help="skip the spconv baseline")
     parser.add_argument("--no-breakdown", action="store_true", help="skip the profiled step")
+    parser.add_argument("--glibc-default-malloc", action="store_true",
+                        help="leave malloc as it is (by default freed memory stays in the process: "
+                             "pointsparse.memory.retain_freed_memory, for both engines)")
     parser.add_argument("--out", default="bench_results/minkunet.json")
 
 
@@ -258,12 +264,13 @@ def print_breakdown(train: Dict[str, object], inference: Dict[str, object]) -> N
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     check_device(args.device)
+    retained = False if args.glibc_default_malloc else retain_freed_memory()
     coords, feats = load_batch(args.scan, args.voxel_size, args.batch_size, args.device)
     labels = torch.randint(0, 19, (coords.shape[0],), generator=torch.Generator().manual_seed(0)).to(args.device)
     env = environment()
     print(f"{args.model} cr {args.cr} on {coords.shape[0]} voxels ({args.batch_size} x {args.scan} at "
           f"{args.voxel_size} m), {args.device}; {env['device']}, {torch.get_num_threads()} threads, "
-          f"torch {env['torch']}")
+          f"torch {env['torch']}; freed memory {'retained' if retained else 'returned to the system (glibc default)'}")
     runs = engines(args, coords, feats)
     timings = time_engines(runs, labels, args.repeats, args.warmup)
     header = f"{'engine':<14}{'train s':>10}{'best':>8}{'infer s':>10}{'best':>8}{'faults/step':>13}{'sys s':>8}"
@@ -274,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
               f"{tr['minor_faults']:>13.0f}{tr['sys_s']:>8.3f}")
     record: Dict[str, object] = {"env": env, "model": args.model, "cr": args.cr, "scan": args.scan,
                                  "voxels": int(coords.shape[0]), "batch_size": args.batch_size,
-                                 "device": args.device, "repeats": args.repeats, "timings": timings}
+                                 "device": args.device, "repeats": args.repeats, "retain_freed_memory": retained,
+                                 "timings": timings}
     if "spconv" in timings:
         ratios = {kind: timings["spconv"][kind]["median_s"] / timings["pointsparse"][kind]["median_s"]
                   for kind in ("train", "inference")}
