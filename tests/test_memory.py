@@ -1,7 +1,6 @@
 """retain_freed_memory: a large block freed and allocated again costs no new page faults."""
 
 import platform
-import resource
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ def faults():
 for _ in range(3):  # warm-up: the heap settles after the first blocks
     torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # 64 MiB: above glibc's largest mmap threshold
 before = faults()
-for _ in range(5):
+for _ in range(10):
     torch.empty(64 << 20, dtype=torch.uint8).fill_(1)
 print(faults() - before)
 """
@@ -31,6 +30,9 @@ def _faults(mode: str) -> int:
 @pytest.mark.skipif(platform.system() != "Linux" or not platform.libc_ver()[0] == "glibc",
                     reason="mallopt is glibc's")
 def test_freed_large_blocks_are_reused_without_page_faults():
-    pages = 5 * (64 << 20) // resource.getpagesize()
-    assert _faults("default") > pages // 2  # glibc maps each 64 MiB block afresh: every page faults
-    assert _faults("retain") < pages // 20
+    # glibc maps each 64 MiB block afresh, so its pages fault every time (in 2 MiB pages at the least,
+    # where transparent huge pages are on); retained, the heap serves the same pages again.
+    # (The heap may still move once or twice after the warm-up: at most two blocks' pages.)
+    default, retained = _faults("default"), _faults("retain")
+    assert default >= 10 * (64 << 20) // (2 << 20)
+    assert retained <= 2 * (64 << 20) // 4096 and retained < default / 4
