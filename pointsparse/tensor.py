@@ -133,6 +133,5 @@ def kernel_map(x: SparseTensor, kernel_size: IntOrTriple = 3, stride: IntOrTripl
                config: ConvConfig = ConvConfig()) -> KernelMap:
     """The kernel map of a conv applied to ``x``, from ``x.cache`` or built into it
     (semantics in :mod:`pointsparse.kmap`)."""
-    with torch.autograd.profiler.record_function("pointsparse::kernel_map"):  # bench minkunet's breakdown
-        return cached_kernel_map(x.cache, x.coords, x.stride, kernel_size, stride, dilation,
-                                 transposed, config)
+    return cached_kernel_map(x.cache, x.coords, x.stride, kernel_size, stride, dilation,
+                             transposed, config)

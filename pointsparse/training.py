@@ -183,7 +183,7 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
                 "config": asdict(config), "epoch": epoch,
                 "model": (model.module if distributed() else model).state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(), "rng": rng_state(), "miou": float(matrix.miou()),
+                "scaler": scaler.state_dict(), "rng": rng_state(), "miou": matrix.miou(),
             }, checkpoint)
     return matrix
 

@@ -52,6 +52,12 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str
     return {"median_ms": statistics.median(samples), "best_ms": min(samples)}
 
 
+def ratios_against(reference: Dict[str, Dict[str, float]], record: Dict[str, Dict[str, float]],
+                   parts=("forward", "forward_backward")) -> Dict[str, float]:
+    """Per timed part, the reference's median over the record's (above 1: the record is faster)."""
+    return {p: reference[p]["median_ms"] / record[p]["median_ms"] for p in parts}
+
+
 def load_voxels(scan: str, voxel_size: float, device: str) -> torch.Tensor:
     """int32 [N, 4] voxel coordinates (batch 0) of a KITTI-format .bin scan (float32 x, y, z, r)."""
     path = Path(scan)

@@ -18,7 +18,7 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow
 from ..grouping import ConvGrouping, Grouping, GroupingConfig, symmetric_order
 from ..tensor import SparseTensor, kernel_map
-from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, check_device, environment, load_voxels, ratios_against, time_ms, write_json
 
 WIDTHS = {1: 32, 2: 64, 4: 128, 8: 256}  # tensor stride: MinkUNet channels there
 
@@ -91,8 +91,7 @@ def run_layer(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, 
     separate = rows["separate"]
     for name, record in rows.items():
         if isinstance(record, dict) and "forward" in record:
-            record["ratio_vs_separate"] = {
-                p: separate[p]["median_ms"] / record[p]["median_ms"] for p in ("forward", "forward_backward")}
+            record["ratio_vs_separate"] = ratios_against(separate, record)
     return rows
 
 

@@ -19,7 +19,7 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow
 from ..implicit import ImplicitGemmConfig, implicit_gemm_work
 from ..tensor import SparseTensor, kernel_map
-from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, check_device, environment, load_voxels, ratios_against, time_ms, write_json
 from .grouping import layers as grouping_layers
 
 TILES = (16, 32, 64, 128)
@@ -78,8 +78,7 @@ def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, re
         rows[name] = {"forward": time_ms(forward, repeats), "forward_backward": time_ms(forward_backward, repeats)}
     reference = rows[REFERENCE]
     for record in rows.values():
-        record["ratio_vs_implicit_sorted"] = {
-            p: reference[p]["median_ms"] / record[p]["median_ms"] for p in ("forward", "forward_backward")}
+        record["ratio_vs_implicit_sorted"] = ratios_against(reference, record)
     return rows
 
 
