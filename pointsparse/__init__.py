@@ -4,7 +4,7 @@ import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
 from . import dataflows, functional, nn, ops, pruning
-from .config import ConvConfig, Dataflow, KernelMapAlgo
+from .config import ConvConfig, Dataflow, KernelMapAlgo, OutputRule
 from .grouping import ConvGrouping, Grouping, GroupingConfig, GroupingPlan, plan_grouping
 from .implicit import ImplicitGemmConfig, ImplicitGemmWork, implicit_gemm_work
 from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cached_kernel_map
@@ -27,6 +27,7 @@ __all__ = [
     "KernelMapAlgo",
     "KernelMapCache",
     "KernelMapKey",
+    "OutputRule",
     "SparseTensor",
     "build_kernel_map",
     "dataflows",

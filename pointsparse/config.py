@@ -15,6 +15,18 @@ class KernelMapAlgo(enum.Enum):
     SORT = "sort"  # sorted packed keys, merged (CPU) or binary-searched (CUDA) per offset
 
 
+class OutputRule(enum.Enum):
+    """Which cells a convolution outputs (a semantic choice, unlike the rest of this module)."""
+
+    # The occupied cells: the input cells at stride 1 (submanifold); at stride s one output per
+    # occupied coarse cell, floor(c / s) (MinkowskiEngine; TorchSparse's downsample_mode="minkowski").
+    OCCUPIED = "occupied"
+    # Every cell of the output grid the kernel reaches from an input: at stride 1 the set grows by
+    # the kernel (a regular, not submanifold, conv); at stride s every coarse cell whose window holds
+    # an input (spconv's SparseConv3d; TorchSparse's default downsample_mode="spconv"). Takes padding.
+    REACHED = "reached"
+
+
 class Dataflow(enum.Enum):
     """How the per-offset products ``out[out_idx_k] += feats[in_idx_k] @ W[k]`` are computed; every
     dataflow gives the same result up to rounding. Which devices and dtypes each runs on is recorded

@@ -9,21 +9,28 @@ import torch
 from torch import Tensor
 
 from . import dataflows
-from .config import ConvConfig
+from .config import ConvConfig, OutputRule
+from .kmap import output_cache
 from .offsets import IntOrTriple, as_triple
 from .tensor import SparseTensor, check_same_coords, kernel_map
 
 
 def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bias: Optional[Tensor] = None,
            stride: IntOrTriple = 1, dilation: IntOrTriple = 1, transposed: bool = False,
-           config: Optional[ConvConfig] = None) -> SparseTensor:
+           outputs: OutputRule = OutputRule.OCCUPIED, padding: Optional[IntOrTriple] = None,
+           generative: bool = False, config: Optional[ConvConfig] = None) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` (feats ``[N, C_in]``) with ``weight [K, C_in, C_out]``.
 
     ``K`` is the volume of ``kernel_size`` and rows of ``weight`` follow
     :func:`~pointsparse.offsets.kernel_offsets`. Stride 1 is submanifold (outputs at the input
     coordinates); stride s outputs tensor stride ``x.stride * s``; ``transposed`` with stride s
     returns from tensor stride ``t * s`` to the coordinates of the finer tensor at stride t (found
-    in ``x.cache``). ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
+    in ``x.cache``). ``outputs`` chooses which cells come out (:class:`~pointsparse.config.OutputRule`:
+    the occupied ones, MinkowskiEngine's rule, or every reached one, spconv's; a transposed conv
+    inverts the strided conv of the same rule); ``padding`` (``REACHED`` only) shifts the kernel as
+    in spconv, ``None`` meaning the anchoring of :func:`~pointsparse.offsets.kernel_offsets`;
+    ``generative`` (transposed only) outputs every finer cell the kernel reaches instead of
+    returning to known coordinates. ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
     (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere; see
     :mod:`pointsparse.dataflows`) and ``config.grouping`` how gather-GEMM-scatter batches offsets.
     Arguments after ``weight`` are keyword-only. Under ``torch.autocast``
@@ -33,18 +40,24 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
     _check_conv_inputs(x, weight, bias, size)
     spec = dataflows.resolve(config.dataflow, x.feats.device, x.feats.dtype)
-    kmap = kernel_map(x, size, step, dilation, transposed, config)
+    kmap = kernel_map(x, size, step, dilation, transposed, config, outputs=outputs, padding=padding,
+                      generative=generative)
     if kmap.num_in != x.feats.shape[0]:
         raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
-    feats = spec.run(x.feats, weight, kmap, identity_offset(size, step, transposed), config)  # [N_out, C_out]
+    identity = identity_offset(size, step, transposed) if outputs is OutputRule.OCCUPIED else -1
+    feats = spec.run(x.feats, weight, kmap, identity, config)                      # [N_out, C_out]
     if bias is not None:
         feats = feats + bias.to(feats.dtype)  # under autocast the conv returns the autocast dtype
-    return SparseTensor(feats, kmap.out_coords, kmap.out_stride, x.cache)
+    out_range = kmap.out_range
+    if out_range is None and x.spatial_range is not None and not transposed and outputs is OutputRule.OCCUPIED:
+        out_range = tuple(-(-n // s) for n, s in zip(x.spatial_range, step))  # cells floor(c / s) reaches
+    return SparseTensor(feats, kmap.out_coords, kmap.out_stride, output_cache(x.cache, kmap), spatial_range=out_range)
 
 
 def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: bool) -> int:
     """The offset whose pairs are i -> i for every row (the centre of a submanifold odd kernel),
-    computed as one GEMM without gather or scatter; -1 when there is none."""
+    computed as one GEMM without gather or scatter; -1 when there is none (and for any conv with
+    ``OutputRule.REACHED``, whose outputs are not its inputs)."""
     size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
     if transposed or step != (1, 1, 1) or not all(k % 2 for k in size):
         return -1

@@ -4,28 +4,34 @@ A :class:`KernelMap` holds one map in every layout the dataflows use. Maps are b
 (tensor stride, kernel size, stride, dilation, transposed) and cached in the
 :class:`KernelMapCache` owned by a sparse tensor and shared with the tensors derived from it.
 
-Output coordinates (MinkowskiEngine semantics):
+Output coordinates, by :class:`~pointsparse.config.OutputRule` (MinkowskiEngine semantics are the
+default, ``OCCUPIED``):
   * stride 1 (submanifold): the input coordinates;
   * stride s on a tensor of stride t: unique ``floor(c / (t*s)) * (t*s)`` per batch, in order of first
     occurrence, at tensor stride ``t*s``;
+  * ``REACHED`` (spconv), stride s >= 1: every multiple o of ``t*s`` with an input at ``o + d_k * t``
+    for some k, sorted by (batch, x, y, z); offsets may carry a padding, and with a spatial range
+    outputs outside the conv arithmetic's output range are dropped;
   * transposed, stride s on a tensor of stride ``t*s``: the coordinates of the finer tensor at stride
-    t, with the strided map from t reused with input and output swapped.
+    t, with the strided map from t (of the same rule) reused with input and output swapped;
+  * transposed and generative: every fine cell ``o + d_k * t`` an input o reaches, sorted.
 Output row o takes input row i through offset k when ``coords_in[i] = coords_out[o] + d_k * t``,
-``d_k`` being row k of :func:`~pointsparse.offsets.kernel_offsets` (dilation included).
+``d_k`` being row k of :func:`~pointsparse.offsets.kernel_offsets` (dilation and padding included);
+for transposed maps input and output swap roles in that relation.
 """
 
 from functools import cached_property
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Set, Tuple
 
 import torch
 from torch import Tensor
 
 from . import ops
-from .config import ConvConfig, KernelMapAlgo
+from .config import ConvConfig, KernelMapAlgo, OutputRule
 from .grouping import GroupingConfig, GroupingPlan, plan_grouping
 from .implicit import ImplicitGemmConfig, Reordering, reorder_rows
-from .offsets import IntOrTriple, as_triple, kernel_offsets
+from .offsets import IntOrTriple, as_triple, default_padding, kernel_offsets
 
 Triple = Tuple[int, int, int]
 
@@ -46,6 +52,8 @@ class KernelMap:
     out_coords: Tensor  # int32 [N_out, 4]
     out_stride: Triple  # tensor stride of the output
     num_in: int         # rows of the input the map reads (in_idx < num_in)
+    # Spatial range of the output, cells per axis at out_stride, when the input had one.
+    out_range: Optional[Triple] = None
     # Plans of this map: grouping plans by (GroupingConfig, identity offset), implicit-GEMM
     # reorderings by (ImplicitGemmConfig, transposed); see grouping_plan and reordering.
     plans: Dict[tuple, object] = field(default_factory=dict, compare=False, repr=False)
@@ -114,15 +122,16 @@ class KernelMap:
         return self.offset_ptr.diff()
 
     @staticmethod
-    def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple, num_in: int) -> "KernelMap":
+    def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple, num_in: int,
+                       out_range: Optional[Triple] = None) -> "KernelMap":
         offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
         # The host sizes one GEMM per offset from offset_ptr, so it lives on the CPU.
-        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride, num_in)
+        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride, num_in, out_range)
 
-    def transposed(self, out_coords: Tensor, out_stride: Triple) -> "KernelMap":
+    def transposed(self, out_coords: Tensor, out_stride: Triple, out_range: Optional[Triple] = None) -> "KernelMap":
         """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
         neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0])  # [N_in, K]
-        return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out)
+        return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out, out_range)
 
 
 def check_kernel_map(kmap: KernelMap) -> None:
@@ -158,11 +167,78 @@ def check_kernel_map(kmap: KernelMap) -> None:
 
 @dataclass(frozen=True)
 class KernelMapKey:
+    """What a map depends on besides the input coordinates. Built by :meth:`of`, which normalises
+    the fields a conv kind ignores, so that equal maps share one key."""
+
     tensor_stride: Triple
     kernel_size: Triple
     stride: Triple
     dilation: Triple
     transposed: bool
+    outputs: OutputRule = OutputRule.OCCUPIED
+    padding: Optional[Triple] = None        # None: the anchoring of kernel_offsets
+    spatial_range: Optional[Triple] = None  # of the input; only REACHED and generative maps clip to it
+    generative: bool = False
+
+    @staticmethod
+    def of(tensor_stride: Triple, kernel_size: IntOrTriple, stride: IntOrTriple = 1,
+           dilation: IntOrTriple = 1, transposed: bool = False, outputs: OutputRule = OutputRule.OCCUPIED,
+           padding: Optional[IntOrTriple] = None, spatial_range: Optional[Triple] = None,
+           generative: bool = False) -> "KernelMapKey":
+        size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+        dil = as_triple(dilation, "dilation")
+        if not isinstance(outputs, OutputRule):
+            raise TypeError(f"outputs must be an OutputRule, got {outputs!r}")
+        if generative and not transposed:
+            raise ValueError("a generative conv is a transposed conv: pass transposed=True")
+        pad = None if padding is None else as_triple(padding, "padding", minimum=0)
+        if pad == default_padding(size, dil):
+            pad = None
+        if generative:
+            outputs = OutputRule.REACHED
+        if (outputs is OutputRule.REACHED and _kernel_tiles_stride(size, step, dil) and pad is None
+                and spatial_range is None):
+            outputs = OutputRule.OCCUPIED  # the windows partition space: both rules give the same cells
+        if outputs is OutputRule.OCCUPIED:
+            if pad is not None:
+                raise ValueError(f"padding {pad} needs outputs=OutputRule.REACHED (spconv's rule); the "
+                                 f"occupied-cell rule anchors kernels as kernel_offsets does (padding "
+                                 f"{default_padding(size, dil)})")
+            spatial_range = None  # it bounds no occupied cell
+        elif spatial_range is not None:
+            spatial_range = as_triple(tuple(spatial_range), "spatial_range", minimum=0)
+        return KernelMapKey(tensor_stride, size, step, dil, transposed, outputs, pad, spatial_range, generative)
+
+    @property
+    def offsets(self) -> Tensor:
+        """int32 ``[K, 3]`` in coordinate units of the finer side (the input, or the output of a
+        transposed conv)."""
+        fine = self.fine_stride
+        return kernel_offsets(self.kernel_size, self.dilation, self.padding) * torch.tensor(fine, dtype=torch.int32)
+
+    @property
+    def fine_stride(self) -> Triple:
+        if not self.transposed:
+            return self.tensor_stride
+        if any(t % s for t, s in zip(self.tensor_stride, self.stride)):
+            raise ValueError(f"transposed conv with stride {self.stride} needs a tensor stride divisible by "
+                             f"it, got tensor stride {self.tensor_stride}")
+        return tuple(t // s for t, s in zip(self.tensor_stride, self.stride))
+
+    def out_range(self, fine_range: Optional[Triple] = None) -> Optional[Triple]:
+        """The output's spatial range, from the input's (or, for a transposed conv that inverts a
+        strided one, the finer tensor's ``fine_range``); None when unknown."""
+        if self.transposed and not self.generative:
+            return fine_range
+        if self.spatial_range is None:
+            return None
+        pad = self.padding or default_padding(self.kernel_size, self.dilation)
+        span = [d * (k - 1) for k, d in zip(self.kernel_size, self.dilation)]
+        if self.generative:
+            return tuple(max(0, (n - 1) * s - 2 * p + w + 1)
+                         for n, s, p, w in zip(self.spatial_range, self.stride, pad, span))
+        return tuple(max(0, (n + 2 * p - w - 1) // s + 1)
+                     for n, s, p, w in zip(self.spatial_range, self.stride, pad, span))
 
 
 @dataclass
@@ -170,11 +246,29 @@ class KernelMapCache:
     """Maps and coordinates of one family of tensors; owned by tensors, never global.
 
     ``coords[t]`` holds the coordinates at tensor stride t, so that a strided conv reuses the
-    coarser coordinates already made and a transposed conv finds the finer ones it returns to.
+    coarser coordinates already made and a transposed conv finds the finer ones it returns to;
+    ``ranges[t]`` their spatial range where known. A family holds one coordinate set per stride:
+    a conv whose outputs differ from the family's at that stride starts a new family
+    (:func:`output_cache`).
     """
 
     kmaps: Dict[KernelMapKey, KernelMap] = field(default_factory=dict)
     coords: Dict[Triple, Tensor] = field(default_factory=dict)
+    ranges: Dict[Triple, Optional[Triple]] = field(default_factory=dict)
+    # Strides whose coordinates a REACHED or generative map made: an occupied-cell strided conv
+    # must not take them as its outputs.
+    reached: Set[Triple] = field(default_factory=set)
+
+
+def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:
+    """The family of a conv's output: the input's when it holds the output coordinates at the
+    output stride (a map's own outputs are registered there when the stride was new), else a new
+    family (a generative conv, or rules mixed at one stride)."""
+    known = cache.coords.get(kmap.out_stride)
+    if known is kmap.out_coords or (known is not None and known.shape == kmap.out_coords.shape
+                                    and bool(torch.equal(known, kmap.out_coords))):
+        return cache
+    return KernelMapCache()
 
 
 def _mul(a: Triple, b: Triple) -> Triple:
@@ -238,41 +332,103 @@ def _kernel_tiles_stride(size: Triple, step: Triple, dilation: Triple) -> bool:
 
 def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Triple,
                       kernel_size: IntOrTriple, stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
-                      transposed: bool = False, config: ConvConfig = ConvConfig()) -> KernelMap:
-    """The map of a conv on ``coords`` at ``tensor_stride``, from ``cache`` or built into it."""
-    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
-    dil = as_triple(dilation, "dilation")
-    key = KernelMapKey(tensor_stride, size, step, dil, transposed)
+                      transposed: bool = False, config: ConvConfig = ConvConfig(), *,
+                      outputs: OutputRule = OutputRule.OCCUPIED, padding: Optional[IntOrTriple] = None,
+                      spatial_range: Optional[Triple] = None, generative: bool = False) -> KernelMap:
+    """The map of a conv on ``coords`` at ``tensor_stride``, from ``cache`` or built into it
+    (``outputs``, ``padding``, ``spatial_range`` and ``generative``: see :class:`KernelMapKey`)."""
+    key = KernelMapKey.of(tensor_stride, kernel_size, stride, dilation, transposed, outputs, padding,
+                          spatial_range, generative)
     if key in cache.kmaps:
         return cache.kmaps[key]
     cache.coords.setdefault(tensor_stride, coords)
     # A profiler range around builds only (a cache hit costs nothing): bench minkunet's breakdown.
     with torch.autograd.profiler.record_function("pointsparse::kernel_map"):
-        if transposed:
-            kmap = _transposed_kernel_map(cache, coords, tensor_stride, size, step, dil, config)
+        if key.generative:
+            kmap = build_generative_kernel_map(coords, key, config)
+        elif transposed:
+            kmap = _transposed_kernel_map(cache, coords, key, config)
+        elif key.outputs is OutputRule.REACHED:
+            kmap = build_reached_kernel_map(coords, key, config)
         else:
-            out_stride = _mul(tensor_stride, step)
-            kmap = build_kernel_map(coords, tensor_stride, size, step, dil, config,
-                                    out_coords=cache.coords.get(out_stride))
-            cache.coords.setdefault(out_stride, kmap.out_coords)
+            out_stride = _mul(tensor_stride, key.stride)
+            known = None if out_stride in cache.reached else cache.coords.get(out_stride)
+            kmap = build_kernel_map(coords, tensor_stride, key.kernel_size, key.stride, key.dilation, config,
+                                    out_coords=known)
+        if kmap.out_stride not in cache.coords:
+            cache.coords[kmap.out_stride] = kmap.out_coords
+            cache.ranges[kmap.out_stride] = kmap.out_range
+            if key.outputs is OutputRule.REACHED and not transposed or key.generative:
+                cache.reached.add(kmap.out_stride)
     cache.kmaps[key] = kmap
     return kmap
 
 
-def _transposed_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Triple,
-                           size: Triple, step: Triple, dil: Triple, config: ConvConfig) -> KernelMap:
-    if any(t % s for t, s in zip(tensor_stride, step)):
-        raise ValueError(f"transposed conv with stride {step} needs a tensor stride divisible by it, "
-                         f"got tensor stride {tensor_stride}")
-    fine_stride = tuple(t // s for t, s in zip(tensor_stride, step))
+def reached_cells(coords: Tensor, shifts: Tensor, step: Triple, out_range: Optional[Triple]) -> Tensor:
+    """Unique ``c - shift`` over inputs c and rows of ``shifts [K, 3]`` that are multiples of
+    ``step`` (and, with ``out_range``, inside ``[0, out_range)`` in units of ``step``), sorted by
+    (batch, x, y, z): int32 ``[M, 4]``."""
+    cells = coords[:, None, 1:] - shifts.to(coords.device)[None]                 # [N, K, 3]
+    grid = torch.tensor(step, dtype=torch.int32, device=coords.device)
+    keep = (cells % grid == 0).all(-1)                                              # [N, K]
+    if out_range is not None:
+        index = torch.div(cells, grid, rounding_mode="floor")
+        keep &= ((index >= 0) & (index < torch.tensor(out_range, device=coords.device))).all(-1)
+    batch = coords[:, None, :1].expand(-1, shifts.shape[0], 1)                      # [N, K, 1]
+    candidates = torch.cat([batch, cells], -1)[keep]                                # [M', 4]
+    return _unique_sorted(candidates)
+
+
+def _unique_sorted(coords: Tensor) -> Tensor:
+    """Unique rows of int32 ``[M, 4]``, sorted by (batch, x, y, z), through packed int64 keys."""
+    if coords.shape[0] == 0:
+        return coords
+    lo, hi = coords.min(0).values.tolist(), coords.max(0).values.tolist()
+    if lo[0] < ops.BATCH_RANGE[0] or hi[0] > ops.BATCH_RANGE[1] or min(lo[1:]) < ops.COORD_RANGE[0] \
+            or max(hi[1:]) > ops.COORD_RANGE[1]:
+        raise ValueError(f"output coordinates leave the packable range (batch {ops.BATCH_RANGE}, "
+                         f"x/y/z {ops.COORD_RANGE}): got {lo} .. {hi}")
+    keys = torch.unique(ops.pack_coords(coords.contiguous()))                       # [M], sorted
+    bias, mask = 1 << 17, (1 << 18) - 1
+    return torch.stack([keys >> 54, ((keys >> 36) & mask) - bias, ((keys >> 18) & mask) - bias,
+                        (keys & mask) - bias], 1).int()
+
+
+def build_reached_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig()) -> KernelMap:
+    """Uncached map of the ``REACHED`` rule (spconv's regular and strided conv) for ``key``."""
+    offsets = key.offsets.to(coords.device)                                         # [K, 3]
+    out_stride = _mul(key.tensor_stride, key.stride)
+    out_range = key.out_range()
+    out_coords = reached_cells(coords, offsets, out_stride, out_range)
+    neighbors = build_neighbors(coords, out_coords, offsets, False, config.kmap)
+    return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0], out_range)
+
+
+def build_generative_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig()) -> KernelMap:
+    """Uncached map of a generative transposed conv: outputs every fine cell ``o + d_k * t`` an
+    input o reaches; output c takes input o through offset k when ``c = o + d_k * t``."""
+    fine = key.fine_stride
+    offsets = key.offsets.to(coords.device)                                         # [K, 3]
+    out_range = key.out_range()
+    out_coords = reached_cells(coords, -offsets, fine, out_range)
+    neighbors = build_neighbors(coords, out_coords, -offsets, False, config.kmap)
+    return KernelMap.from_neighbors(neighbors, out_coords, fine, coords.shape[0], out_range)
+
+
+def _transposed_kernel_map(cache: KernelMapCache, coords: Tensor, key: KernelMapKey,
+                           config: ConvConfig) -> KernelMap:
+    fine_stride = key.fine_stride
+    step = key.stride
     fine_coords = cache.coords.get(fine_stride)
     if fine_coords is None:
         raise ValueError(
-            f"transposed conv with stride {step} on a tensor of stride {tensor_stride} needs the "
+            f"transposed conv with stride {step} on a tensor of stride {key.tensor_stride} needs the "
             f"coordinates at stride {fine_stride}, made by the strided conv it inverts; this "
             f"tensor's cache has strides {sorted(cache.coords)}")
-    forward = cached_kernel_map(cache, fine_coords, fine_stride, size, step, dil, False, config)
+    fine_range = cache.ranges.get(fine_stride)
+    forward = cached_kernel_map(cache, fine_coords, fine_stride, key.kernel_size, step, key.dilation, False,
+                                config, outputs=key.outputs, padding=key.padding, spatial_range=fine_range)
     if forward.num_out != coords.shape[0]:
         raise ValueError(f"transposed conv: the tensor has {coords.shape[0]} rows but the strided "
                          f"map it inverts has {forward.num_out} outputs")
-    return forward.transposed(fine_coords, fine_stride)
+    return forward.transposed(fine_coords, fine_stride, fine_range)

@@ -1,7 +1,7 @@
 """Kernel offsets in the one order every weight ``[K, C_in, C_out]`` uses."""
 
 import itertools
-from typing import Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 from torch import Tensor
@@ -19,22 +19,26 @@ def as_triple(value: IntOrTriple, name: str, minimum: int = 1) -> Tuple[int, int
     return triple
 
 
-def _axis_offsets(size: int) -> range:
-    # Odd sizes are centred (-(k//2) .. k//2); even sizes run 0 .. k-1.
-    return range(-(size // 2), size // 2 + 1) if size % 2 else range(size)
+def default_padding(kernel_size: IntOrTriple, dilation: IntOrTriple = 1) -> Tuple[int, int, int]:
+    """The padding, in spconv's and ``torch.nn.Conv3d``'s sense, that our kernel anchoring means:
+    ``(k // 2) * d`` for odd sizes (centred kernels), 0 for even sizes."""
+    size, dil = as_triple(kernel_size, "kernel_size"), as_triple(dilation, "dilation")
+    return tuple((k // 2) * d if k % 2 else 0 for k, d in zip(size, dil))
 
 
-def kernel_offsets(kernel_size: IntOrTriple, dilation: IntOrTriple = 1) -> Tensor:
+def kernel_offsets(kernel_size: IntOrTriple, dilation: IntOrTriple = 1,
+                   padding: Optional[IntOrTriple] = None) -> Tensor:
     """Offsets ``[K, 3]`` int32 of a kernel, in units of the input tensor stride, dilation applied.
 
     Order: x varies fastest, then y, then z (offset ``k = ix + kx * (iy + ky * iz)``), matching the
-    odd-kernel order of TorchSparse and MinkowskiEngine. For odd kernels offset ``K-1-k`` is the
-    negation of offset ``k`` and the centre is ``K // 2``.
+    odd-kernel order of TorchSparse and MinkowskiEngine. Offset ``k`` along an axis is
+    ``m * d - p`` for kernel index m (spconv's and ``torch.nn.Conv3d``'s arithmetic); ``padding`` None
+    is :func:`default_padding`: odd kernels centred, even kernels from 0. With it, for odd kernels
+    offset ``K-1-k`` is the negation of offset ``k`` and the centre is ``K // 2``.
     """
     size = as_triple(kernel_size, "kernel_size")
     dil = as_triple(dilation, "dilation")
-    rows = [
-        (dx * dil[0], dy * dil[1], dz * dil[2])
-        for dz, dy, dx in itertools.product(*(_axis_offsets(s) for s in reversed(size)))
-    ]
+    pad = default_padding(size, dil) if padding is None else as_triple(padding, "padding", minimum=0)
+    axes = [[m * d - p for m in range(k)] for k, d, p in zip(size, dil, pad)]
+    rows = [(dx, dy, dz) for dz, dy, dx in itertools.product(axes[2], axes[1], axes[0])]
     return torch.tensor(rows, dtype=torch.int32)

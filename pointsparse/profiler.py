@@ -79,8 +79,7 @@ def time_layer(layer: LayerInput, strategy: Strategy, repeats: int) -> Timing:
     weight = module.weight.detach()
 
     def conv(feats, w):
-        return F.conv3d(x.with_feats(feats), w, kernel_size=module.kernel_size, stride=module.stride,
-                        dilation=module.dilation, transposed=module.transposed, config=strategy.config).feats
+        return F.conv3d(x.with_feats(feats), w, config=strategy.config, **module.geometry).feats
 
     def forward():
         with torch.no_grad():
@@ -346,8 +345,8 @@ def profile(model: nn.Module, x: SparseTensor, *, model_name: str = "model", rep
                       if families is None or c.family in families]
         if not strategies:
             raise ValueError(f"none of the strategy families {list(families)} runs on {x.feats.device}")
-        kmap = kernel_map(layer.x, m.kernel_size, m.stride, m.dilation, m.transposed)
-        identity = F.identity_offset(m.kernel_size, m.stride, m.transposed)
+        kmap = kernel_map(layer.x, **m.geometry)
+        identity = m.identity_offset
         report = LayerReport(layer.name, list(layer.x.stride), list(m.kernel_size), list(m.stride), m.transposed,
                              m.in_channels, m.out_channels, layer.x.coords.shape[0], kmap.num_out,
                              kmap.pair_counts.tolist())

@@ -5,7 +5,7 @@ from typing import Optional, Sequence, Union
 import torch
 from torch import Tensor
 
-from .config import ConvConfig
+from .config import ConvConfig, OutputRule
 from .kmap import KernelMap, KernelMapCache, Triple, cached_kernel_map
 from .offsets import IntOrTriple, as_triple
 
@@ -37,10 +37,13 @@ class SparseTensor:
     Coordinates are in units of the finest grid and are multiples of the tensor ``stride`` (a 3-tuple).
     They must be unique; duplicates are reported when a kernel map is built. ``cache`` holds kernel
     maps and the coordinates at each tensor stride; tensors derived from this one share it.
+    ``spatial_range`` (optional): cells per axis at this stride, ``coords / stride`` in ``[0, range)``;
+    convolutions with :attr:`OutputRule.REACHED <pointsparse.config.OutputRule>` drop outputs outside
+    the range their arithmetic gives (spconv's ``spatial_shape``, TorchSparse's ``spatial_range``).
     """
 
     def __init__(self, feats: Tensor, coords: Tensor, stride: IntOrTriple = 1,
-                 cache: Optional[KernelMapCache] = None):
+                 cache: Optional[KernelMapCache] = None, *, spatial_range: Optional[Sequence[int]] = None):
         check_coords_tensor(coords)
         if not isinstance(feats, Tensor):
             raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
@@ -54,6 +57,10 @@ class SparseTensor:
         self.stride: Triple = as_triple(stride, "stride")
         self.cache = cache if cache is not None else KernelMapCache()
         self.cache.coords.setdefault(self.stride, coords)
+        self.spatial_range: Optional[Triple] = (
+            None if spatial_range is None else as_triple(tuple(spatial_range), "spatial_range", minimum=0))
+        if self.spatial_range is not None:
+            self.cache.ranges.setdefault(self.stride, self.spatial_range)
 
     @property
     def num_channels(self) -> int:
@@ -64,8 +71,8 @@ class SparseTensor:
         return int(self.coords[:, 0].max()) + 1 if self.coords.shape[0] else 0
 
     def with_feats(self, feats: Tensor) -> "SparseTensor":
-        """Same coordinates, stride and cache, new ``feats [N, C']``."""
-        return SparseTensor(feats, self.coords, self.stride, self.cache)
+        """Same coordinates, stride, cache and spatial range, new ``feats [N, C']``."""
+        return SparseTensor(feats, self.coords, self.stride, self.cache, spatial_range=self.spatial_range)
 
     def to(self, target: Union[torch.device, str, torch.dtype], non_blocking: bool = False) -> "SparseTensor":
         """A dtype converts the features; a device moves both (with a fresh cache on a new device)."""
@@ -75,7 +82,8 @@ class SparseTensor:
         if _same_device(device, self.coords.device):
             return self  # keeps the cache and its kernel maps
         return SparseTensor(self.feats.to(device, non_blocking=non_blocking),
-                            self.coords.to(device, non_blocking=non_blocking), self.stride)
+                            self.coords.to(device, non_blocking=non_blocking), self.stride,
+                            spatial_range=self.spatial_range)
 
     def cpu(self) -> "SparseTensor":
         return self.to("cpu")
@@ -87,7 +95,8 @@ class SparseTensor:
               origin: Sequence[int] = (0, 0, 0)) -> Tensor:
         """Dense ``[B, C, X, Y, Z]`` grid (zeros where empty); voxel c lands at ``(c - origin) / stride``.
 
-        ``spatial_shape`` defaults to the smallest grid holding every voxel.
+        ``spatial_shape`` defaults to the tensor's spatial range, else the smallest grid holding
+        every voxel.
         """
         step = torch.tensor(self.stride, device=self.coords.device)
         offset = self.coords[:, 1:] - torch.tensor(origin, device=self.coords.device)  # [N, 3]
@@ -95,6 +104,8 @@ class SparseTensor:
             raise ValueError(f"coordinates minus origin {tuple(origin)} must be multiples of the "
                              f"tensor stride {self.stride}")
         index = (offset // step).long()                                                 # [N, 3]
+        if spatial_shape is None and self.spatial_range is not None and tuple(origin) == (0, 0, 0):
+            spatial_shape = self.spatial_range
         if spatial_shape is None:
             spatial_shape = (index.max(0).values + 1).tolist() if index.shape[0] else [0, 0, 0]
         shape = as_triple(tuple(spatial_shape), "spatial_shape", minimum=0)
@@ -130,8 +141,10 @@ def _same_device(requested: torch.device, current: torch.device) -> bool:
 
 def kernel_map(x: SparseTensor, kernel_size: IntOrTriple = 3, stride: IntOrTriple = 1,
                dilation: IntOrTriple = 1, transposed: bool = False,
-               config: ConvConfig = ConvConfig()) -> KernelMap:
+               config: ConvConfig = ConvConfig(), *, outputs: OutputRule = OutputRule.OCCUPIED,
+               padding: Optional[IntOrTriple] = None, generative: bool = False) -> KernelMap:
     """The kernel map of a conv applied to ``x``, from ``x.cache`` or built into it
     (semantics in :mod:`pointsparse.kmap`)."""
-    return cached_kernel_map(x.cache, x.coords, x.stride, kernel_size, stride, dilation,
-                             transposed, config)
+    return cached_kernel_map(x.cache, x.coords, x.stride, kernel_size, stride, dilation, transposed, config,
+                             outputs=outputs, padding=padding, spatial_range=x.spatial_range,
+                             generative=generative)

@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .config import ConvConfig, Dataflow
+from .config import ConvConfig, Dataflow, OutputRule
 from .grouping import ConvGrouping
 from .profiler import LayerInput, capture_conv_inputs, time_layer
 from .strategies import candidates, config_from_dict, config_to_dict
@@ -38,8 +38,10 @@ def default_cache_path() -> Path:
 
 def signature(layer: LayerInput) -> str:
     m, x = layer.module, layer.x
+    rule = "" if m.outputs is OutputRule.OCCUPIED else f" {m.outputs.value} p{list(m.padding or [])}"
+    rule += " generative" if m.generative else ""
     return (f"ts{list(x.stride)} k{list(m.kernel_size)} s{list(m.stride)} d{list(m.dilation)} "
-            f"t{int(m.transposed)} c{m.in_channels}->{m.out_channels} {x.feats.device.type} {x.feats.dtype}")
+            f"t{int(m.transposed)}{rule} c{m.in_channels}->{m.out_channels} {x.feats.device.type} {x.feats.dtype}")
 
 
 def environment_key(device: torch.device) -> str:

@@ -1,13 +1,14 @@
 """SparseConv3d: a module owning the weight of one sparse convolution."""
 
 import math
-from typing import Mapping, Optional, Union
+from typing import Dict, Mapping, Optional, Union
 
 import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from ..config import ConvConfig
+from ..config import ConvConfig, OutputRule
+from ..kmap import KernelMapKey
 from ..offsets import IntOrTriple, as_triple
 from ..tensor import SparseTensor
 
@@ -16,12 +17,19 @@ class SparseConv3d(nn.Module):
     """Sparse 3-D convolution; ``weight [K, in_channels, out_channels]`` in ``kernel_offsets`` order.
 
     Stride 1 is submanifold; stride s > 1 downsamples to tensor stride ``t * s``; ``transposed``
-    with stride s upsamples back to the finer tensor's coordinates (see :func:`functional.conv3d`).
+    with stride s upsamples back to the finer tensor's coordinates; ``outputs=OutputRule.REACHED``
+    outputs every cell the kernel reaches (spconv's rule, with ``padding``), ``generative`` makes a
+    transposed conv create the finer cells (see :func:`functional.conv3d`).
+
+    Arguments after ``stride`` are keyword-only: TorchSparse and spconv take ``padding`` fifth,
+    so a positional call written for them fails here instead of silently meaning something else.
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: IntOrTriple = 3,
-                 stride: IntOrTriple = 1, dilation: IntOrTriple = 1, bias: bool = False,
-                 transposed: bool = False, config: Optional[ConvConfig] = None):
+                 stride: IntOrTriple = 1, *, dilation: IntOrTriple = 1, bias: bool = False,
+                 transposed: bool = False, outputs: OutputRule = OutputRule.OCCUPIED,
+                 padding: Optional[IntOrTriple] = None, generative: bool = False,
+                 config: Optional[ConvConfig] = None):
         super().__init__()
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"channels must be positive, got {in_channels} -> {out_channels}")
@@ -30,6 +38,11 @@ class SparseConv3d(nn.Module):
         self.stride = as_triple(stride, "stride")
         self.dilation = as_triple(dilation, "dilation")
         self.transposed = transposed
+        self.outputs, self.generative = outputs, generative
+        self.padding = None if padding is None else as_triple(padding, "padding", minimum=0)
+        # Checks the combination now rather than at the first forward.
+        KernelMapKey.of((1, 1, 1), self.kernel_size, self.stride, self.dilation, transposed, outputs,
+                        self.padding, None, generative)
         self.config = config or ConvConfig()
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))  # [K, C_in, C_out]
@@ -66,13 +79,27 @@ class SparseConv3d(nn.Module):
             self.weight.mul_(mask)
         self.weight_mask, self.channel_order = mask, order
 
+    @property
+    def geometry(self) -> Dict[str, object]:
+        """The keyword arguments of :func:`functional.conv3d` and :func:`pointsparse.kernel_map`
+        that fix this layer's kernel map."""
+        return dict(kernel_size=self.kernel_size, stride=self.stride, dilation=self.dilation,
+                    transposed=self.transposed, outputs=self.outputs, padding=self.padding,
+                    generative=self.generative)
+
+    @property
+    def identity_offset(self) -> int:
+        """The offset computed as one GEMM (see :func:`functional.identity_offset`), or -1."""
+        if self.outputs is not OutputRule.OCCUPIED:
+            return -1
+        return F.identity_offset(self.kernel_size, self.stride, self.transposed)
+
     def forward(self, x: SparseTensor) -> SparseTensor:
         if self.mask_learner is not None:
             weight = self.mask_learner(self.weight)
         else:
             weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
-        return F.conv3d(x, weight, kernel_size=self.kernel_size, bias=self.bias, stride=self.stride,
-                        dilation=self.dilation, transposed=self.transposed, config=self.config)
+        return F.conv3d(x, weight, bias=self.bias, config=self.config, **self.geometry)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A pruned checkpoint loads into a dense layer: its mask buffers are created first.
@@ -82,9 +109,14 @@ class SparseConv3d(nn.Module):
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+        text = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
                 f"stride={self.stride}, dilation={self.dilation}, bias={self.bias is not None}, "
                 f"transposed={self.transposed}")
+        if self.outputs is not OutputRule.OCCUPIED:
+            text += f", outputs={self.outputs}"
+        if self.padding is not None:
+            text += f", padding={self.padding}"
+        return text + (", generative=True" if self.generative else "")
 
 
 def set_conv_configs(model: nn.Module, config: Union[ConvConfig, Mapping[str, ConvConfig], None]) -> None:
