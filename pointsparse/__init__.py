@@ -3,7 +3,7 @@
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
-from . import dataflows, functional, nn, ops, pruning
+from . import dataflows, functional, nn, ops, point_voxel, pruning
 from .config import ConvConfig, Dataflow, KernelMapAlgo, OutputRule
 from .grouping import ConvGrouping, Grouping, GroupingConfig, GroupingPlan, plan_grouping
 from .implicit import ImplicitGemmConfig, ImplicitGemmWork, implicit_gemm_work
@@ -38,6 +38,7 @@ __all__ = [
     "kernel_offsets",
     "nn",
     "plan_grouping",
+    "point_voxel",
     "pruning",
     "ops",
     "profile",
