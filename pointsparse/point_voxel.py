@@ -44,16 +44,22 @@ def voxel_rows(points: Tensor, x: SparseTensor) -> Tensor:
     return hash_query(_cells(points, x.stride), x.coords)
 
 
-def voxelize(feats: Tensor, rows: Tensor, num_voxels: int) -> Tensor:
+def voxelize(feats: Tensor, rows: Tensor, num_voxels: int, counts: Optional[Tensor] = None) -> Tensor:
     """Mean of ``feats [P, C]`` per voxel row ``rows [P]`` (-1: the point is dropped): ``[V, C]``,
-    zero for voxels no point reaches. Differentiable in ``feats``."""
+    zero for voxels no point reaches. ``counts [V]``: points per voxel when already known
+    (:func:`point_counts`). Differentiable in ``feats``."""
     if rows.shape != feats.shape[:1]:
         raise ValueError(f"rows must have shape [P={feats.shape[0]}], got {tuple(rows.shape)}")
     keep = rows >= 0
     index = rows[keep].long()
     sums = feats.new_zeros((num_voxels, feats.shape[1])).index_add(0, index, feats[keep])   # [V, C]
-    counts = torch.bincount(index, minlength=num_voxels).clamp(min=1).to(feats.dtype)        # [V]
-    return sums / counts[:, None]
+    counts = point_counts(rows, num_voxels) if counts is None else counts
+    return sums / counts.clamp(min=1).to(feats.dtype)[:, None]
+
+
+def point_counts(rows: Tensor, num_voxels: int) -> Tensor:
+    """int64 ``[V]``: how many of ``rows [P]`` (-1 ignored) fall in each voxel."""
+    return torch.bincount(rows[rows >= 0].long(), minlength=num_voxels)
 
 
 def points_to_voxels(points: Tensor, feats: Tensor, x: SparseTensor) -> SparseTensor:
@@ -75,10 +81,17 @@ def trilinear_weights(points: Tensor, x: SparseTensor) -> Tuple[Tensor, Tensor]:
     corners = kernel_offsets(2).to(points.device)                                     # [8, 3]
     anchor = torch.cat([points[:, :1], base * step], 1).int()                         # [P, 4]
     rows = hash_query(anchor, x.coords, corners * torch.tensor(x.stride, dtype=torch.int32, device=points.device))
-    pick = corners.to(points.dtype)                                                   # [8, 3]
-    weights = (pick[None] * frac[:, None] + (1 - pick[None]) * (1 - frac[:, None])).prod(-1)  # [P, 8]
+    return rows, corner_weights(frac, corners, rows)
+
+
+def corner_weights(frac: Tensor, corners: Tensor, rows: Tensor) -> Tensor:
+    """Trilinear weights ``[P, J]`` of the cell corners ``corners [J, 3]`` (0/1 per axis) for
+    positions ``frac [P, 3]`` inside the cell, zero where ``rows [P, J]`` is -1, renormalised over
+    the rest (all zero when no corner is present)."""
+    pick = corners.to(device=frac.device, dtype=frac.dtype)                          # [J, 3]
+    weights = (pick[None] * frac[:, None] + (1 - pick[None]) * (1 - frac[:, None])).prod(-1)  # [P, J]
     weights = weights.masked_fill(rows < 0, 0)
-    return rows, weights / (weights.sum(1, keepdim=True) + 1e-8)
+    return weights / (weights.sum(1, keepdim=True) + 1e-8)
 
 
 def interpolate(feats: Tensor, rows: Tensor, weights: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from .. import functional as F
 from ..config import ConvConfig, Dataflow, KernelMapAlgo
+from ..convert import from_pointsparse_weight
 from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
 from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
@@ -62,8 +63,7 @@ def spconv_layer(kernel: int, stride: int, c_in: int, c_out: int, weight: Tensor
         layer = spconv.SubMConv3d(c_in, c_out, kernel, bias=False, indice_key="bench", algo=spconv.ConvAlgo.Native)
     else:
         layer = spconv.SparseConv3d(c_in, c_out, kernel, stride, bias=False, algo=spconv.ConvAlgo.Native)
-    # Ours [K, C_in, C_out], x fastest -> spconv [C_out, kx, ky, kz, C_in].
-    layer.weight.data = weight.reshape(kernel, kernel, kernel, c_in, c_out).permute(4, 2, 1, 0, 3).contiguous()
+    layer.weight.data = from_pointsparse_weight(weight, "spconv", (kernel,) * 3)  # [C_out, kx, ky, kz, C_in]
     return layer
 
 

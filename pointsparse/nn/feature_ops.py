@@ -1,4 +1,9 @@
-"""Modules that act on features only: normalisation, activations and global pooling."""
+"""Modules that act on features only: normalisation, activations and global pooling.
+
+Each subclasses the dense torch module it applies to ``feats [N, C]``, so its parameters and
+buffers carry the dense module's names (``bn.weight``, not ``bn.module.weight``), as in
+TorchSparse and spconv, and their checkpoints load without renaming.
+"""
 
 from torch import Tensor, nn
 
@@ -6,32 +11,29 @@ from .. import functional as F
 from ..tensor import SparseTensor
 
 
-class _OnFeats(nn.Module):
-    """Applies a dense module to ``feats [N, C]``, keeping coordinates, stride and cache."""
-
-    def __init__(self, module: nn.Module):
-        super().__init__()
-        self.module = module
+class _OnFeats:
+    """Mixin: the dense module's forward applied to ``feats``, coordinates, stride and cache kept."""
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return x.with_feats(self.module(x.feats))
+        return x.with_feats(super().forward(x.feats))
 
 
-class BatchNorm(_OnFeats):
+class BatchNorm(_OnFeats, nn.BatchNorm1d):
     """Batch normalisation over all voxels of the batch (``torch.nn.BatchNorm1d`` on feats)."""
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__(nn.BatchNorm1d(num_features, eps=eps, momentum=momentum))
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before this class subclassed BatchNorm1d nest it under "module.".
+        for key in [k for k in state_dict if k.startswith(prefix + "module.")]:
+            state_dict[prefix + key[len(prefix + "module."):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class ReLU(_OnFeats):
-    def __init__(self, inplace: bool = False):
-        super().__init__(nn.ReLU(inplace=inplace))
+class ReLU(_OnFeats, nn.ReLU):
+    pass
 
 
-class LeakyReLU(_OnFeats):
-    def __init__(self, negative_slope: float = 0.01, inplace: bool = False):
-        super().__init__(nn.LeakyReLU(negative_slope, inplace=inplace))
+class LeakyReLU(_OnFeats, nn.LeakyReLU):
+    pass
 
 
 class GlobalAvgPool(nn.Module):
