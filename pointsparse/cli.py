@@ -1,5 +1,6 @@
-"""``pointsparse`` command line: train, eval, predict, generate (synthetic SemanticKITTI data) and
-profile (every conv layer under every strategy) and prune (2:4 weight pruning)."""
+"""``pointsparse`` command line: train, eval, predict, generate (synthetic SemanticKITTI data),
+profile (every conv layer under every strategy), prune (2:4 weight pruning) and convert
+(checkpoints between pointsparse, TorchSparse, MinkowskiEngine and spconv)."""
 
 import argparse
 import os
@@ -135,6 +136,19 @@ def _prune(args) -> int:
     return run(args)
 
 
+def _convert(args) -> int:
+    from .convert import convert_checkpoint
+    from .models import build_model
+
+    model = None
+    if args.model:
+        model = build_model(args.model, num_classes=args.num_classes, in_channels=args.in_channels, cr=args.cr)
+    counts = convert_checkpoint(args.input, args.output, args.source, args.target, model, args.axes)
+    print(f"converted {counts['conv_weights']} conv weights ({counts['tensors']} tensors) from {args.source} "
+          f"to {args.target}: wrote {args.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pointsparse")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -201,6 +215,23 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--workers", type=int, default=2)
     prune.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     prune.set_defaults(run=_prune)
+
+    from .convert import FORMATS
+
+    conv = sub.add_parser("convert", help="convert a checkpoint between pointsparse, TorchSparse, MinkowskiEngine "
+                                          "and spconv layouts")
+    conv.add_argument("input")
+    conv.add_argument("output")
+    conv.add_argument("--from", dest="source", required=True, choices=FORMATS)
+    conv.add_argument("--to", dest="target", required=True, choices=FORMATS)
+    conv.add_argument("--model", help="a registered pointsparse model whose convs give kernel sizes and strides "
+                                      "(needed for kernels whose volume is not a cube)")
+    conv.add_argument("--cr", type=float, default=1.0)
+    conv.add_argument("--num-classes", type=int, default=19)
+    conv.add_argument("--in-channels", type=int, default=4)
+    conv.add_argument("--axes", default="xyz", choices=("xyz", "zyx"),
+                      help="spconv index axes as pointsparse's x, y, z (xyz) or reversed (zyx, OpenPCDet)")
+    conv.set_defaults(run=_convert)
 
     prof = sub.add_parser("profile", help="time every conv layer of a model under every strategy")
     prof.add_argument("--scan", help="a KITTI-format .bin scan (default: a synthetic scan)")
