@@ -42,11 +42,20 @@ build:
 	@ls pointsparse/_C*.so >/dev/null 2>&1 || rm -f $(BUILD_STAMP)
 	@$(MAKE) --no-print-directory $(BUILD_STAMP)
 
-test: build
-	$(PY) -m pytest -q
+# Optional packages the tests use for real where they install (skipped otherwise): open3d (point-cloud
+# files; on Debian it also needs libusb-1.0-0) and spconv's CPU package (the compatibility layer is
+# checked against it).
+EXTRAS_STAMP := $(VENV)/.extras-installed
+$(EXTRAS_STAMP): $(PACKAGES_STAMP)
+	-$(PIP) install -q open3d
+	-$(PIP) install -q spconv
+	touch $@
+
+test: build $(EXTRAS_STAMP)
+	$(PY) -m pytest -q -p no:dash
 
 test-quick: build
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -p no:dash -m "not slow"
 
 bench: build
 	$(PY) -m pointsparse.bench kmap --scan ../shared/data/semantickitti/sequences/00/velodyne/000000.bin

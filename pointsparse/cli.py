@@ -68,9 +68,16 @@ def _eval(args) -> int:
 
 
 def _predict(args) -> int:
-    from .training import load_model, predict
+    from .training import load_model, predict, predict_scan
 
     model, config = load_model(Path(args.checkpoint), args.device)
+    if args.scan:
+        scan = Path(args.scan)
+        out = Path(args.out)
+        target = out if out.suffix else out / (scan.stem + ".label")
+        pred = predict_scan(model, config, scan, target, args.device)
+        print(f"wrote {len(pred)} point predictions to {target}")
+        return 0
     root = args.data_root or config["data_root"]
     count = predict(model, config, root, args.split, Path(args.out), args.device, args.ply)
     print(f"wrote {count} prediction files under {args.out}/sequences/*/predictions")
@@ -186,7 +193,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
         cmd.add_argument("--workers", type=int, default=2)
         if name == "predict":
-            cmd.add_argument("--out", default="predictions")
+            cmd.add_argument("--scan", help="one point-cloud file (.bin, .pcd, .ply) instead of a data root")
+            cmd.add_argument("--out", default="predictions",
+                             help="folder (a data root's predictions, or <scan>.label for --scan) or, with "
+                                  "--scan, a file: .label (raw ids) or .ply / .pcd (coloured, needs open3d)")
             cmd.add_argument("--ply", action="store_true", help="also write coloured .ply (needs open3d)")
         cmd.set_defaults(run=run)
 

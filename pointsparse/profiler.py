@@ -22,7 +22,7 @@ from torch import nn
 from . import functional as F
 from .bench.common import environment, time_ms
 from .nn import SparseConv3d
-from .quantize import sparse_quantize
+from .pointclouds import voxelize_scan
 from .strategies import Strategy, candidates, check_families, config_from_dict, config_to_dict, work_of
 from .tensor import SparseTensor, kernel_map
 
@@ -325,9 +325,7 @@ def compare_end_to_end(model: nn.Module, x: SparseTensor, report: "ProfileReport
 
 def scan_input(points: np.ndarray, voxel_size: float, device: str) -> SparseTensor:
     """Voxels of one KITTI-format scan (float32 [N, 4]) with (x, y, z, remission) features."""
-    xyz, index = sparse_quantize(points[:, :3], voxel_size, return_index=True)
-    coords = torch.cat([torch.zeros(len(xyz), 1, dtype=torch.int32), torch.as_tensor(xyz).int()], 1)
-    return SparseTensor(torch.as_tensor(points[index]).float(), coords).to(device)
+    return voxelize_scan(points, voxel_size, device)[0]
 
 
 def profile(model: nn.Module, x: SparseTensor, *, model_name: str = "model", repeats: int = 5,

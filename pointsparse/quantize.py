@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from . import ops
+from .interop import as_torch, is_cupy, like
 from .tensor import SparseTensor
 
 ArrayLike = Union[np.ndarray, Tensor]
@@ -21,12 +22,12 @@ def sparse_quantize(points: ArrayLike, voxel_size: Union[float, Sequence[float]]
     Returns ``coords`` int32 ``[M, 3]`` sorted by (x, y, z); with ``return_index`` also ``index``
     ``[M]`` (first point of each voxel: ``coords == voxels_of_points[index]``); with
     ``return_inverse`` also ``inverse`` ``[N]`` (voxel of each point: ``coords[inverse]``). Outputs
-    are numpy arrays for numpy input and tensors (on the input's device) for tensor input.
+    are numpy arrays for numpy input, tensors (on the input's device) for tensor input and cupy arrays
+    (on its GPU, through DLPack without a copy of the input) for cupy input.
     """
-    as_numpy = isinstance(points, np.ndarray)
-    pts = torch.from_numpy(points) if as_numpy else points
-    if not isinstance(pts, Tensor):
-        raise TypeError(f"points must be a numpy array or torch.Tensor, got {type(points).__name__}")
+    if not isinstance(points, (np.ndarray, Tensor)) and not is_cupy(points):
+        raise TypeError(f"points must be a numpy array, torch.Tensor or cupy array, got {type(points).__name__}")
+    pts = as_torch(points)
     if pts.dim() != 2 or pts.shape[1] != 3:
         raise ValueError(f"points must have shape [N, 3], got {tuple(pts.shape)}")
     size = torch.as_tensor(voxel_size, dtype=torch.float64, device=pts.device).expand(3)
@@ -48,8 +49,7 @@ def sparse_quantize(points: ArrayLike, voxel_size: Union[float, Sequence[float]]
         outputs.append(index)
     if return_inverse:
         outputs.append(inverse)
-    if as_numpy:
-        outputs = [t.numpy() for t in outputs]
+    outputs = [like(t, points) for t in outputs]
     return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 

@@ -2,10 +2,12 @@
 
 from typing import Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .config import ConvConfig, OutputRule
+from .interop import as_torch, is_cupy
 from .kmap import KernelMap, KernelMapCache, Triple, cached_kernel_map
 from .offsets import IntOrTriple, as_triple
 
@@ -31,9 +33,16 @@ def check_same_coords(tensors: Sequence["SparseTensor"], what: str) -> None:
             raise ValueError(f"{what} needs tensors at equal coordinates and stride")
 
 
+def _array_in(value, name: str):
+    """numpy and cupy arrays as tensors (cupy zero-copy through DLPack, on its GPU); others unchanged
+    for the type checks to report."""
+    return as_torch(value) if isinstance(value, np.ndarray) or is_cupy(value) else value
+
+
 class SparseTensor:
     """Features ``feats [N, C]`` at coordinates ``coords`` int32 ``[N, 4]`` = (batch, x, y, z).
 
+    ``feats`` and ``coords`` may be numpy or cupy arrays (viewed as tensors without a copy).
     Coordinates are in units of the finest grid and are multiples of the tensor ``stride`` (a 3-tuple).
     They must be unique; duplicates are reported when a kernel map is built. ``cache`` holds kernel
     maps and the coordinates at each tensor stride; tensors derived from this one share it.
@@ -44,6 +53,7 @@ class SparseTensor:
 
     def __init__(self, feats: Tensor, coords: Tensor, stride: IntOrTriple = 1,
                  cache: Optional[KernelMapCache] = None, *, spatial_range: Optional[Sequence[int]] = None):
+        feats, coords = _array_in(feats, "feats"), _array_in(coords, "coords")
         check_coords_tensor(coords)
         if not isinstance(feats, Tensor):
             raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")

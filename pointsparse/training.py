@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from .checkpoint import load as load_checkpoint, rng_state, save as save_checkpoint, set_rng_state
-from .datasets import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SemanticKITTI, VoxelConfig, collate, train_to_raw
+from .datasets import CLASS_NAMES, IGNORE_INDEX, NUM_CLASSES, SemanticKITTI, VoxelConfig, collate
 from .metrics import ConfusionMatrix
 from .models import build_model
 from .tuner import tune
@@ -190,7 +190,11 @@ def train(config: TrainConfig, resume: bool = False) -> ConfusionMatrix:
 
 def predict(model: nn.Module, config: Dict, data_root: str, split: str, out_root: Path,
             device: str = "cpu", write_ply: bool = False) -> int:
-    """Writes ``out_root/sequences/XX/predictions/NNNNNN.label`` (raw ids) for every scan of split."""
+    """Writes ``out_root/sequences/XX/predictions/NNNNNN.label`` (raw ids) for every scan of split
+    (and a coloured ``.ply`` beside each with ``write_ply``, through Open3D)."""
+    from .datasets import read_points
+    from .pointclouds import write_prediction
+
     model.eval()
     dataset = evaluation_set(data_root, split, config["voxel_size"])
     written = 0
@@ -201,21 +205,23 @@ def predict(model: nn.Module, config: Dict, data_root: str, split: str, out_root
             pred = model(batch["input"].to(device)).argmax(1).cpu()[item["inverse"]].numpy()
             scan = Path(item["scan"])
             target = out_root / "sequences" / scan.parent.parent.name / "predictions" / (scan.stem + ".label")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            train_to_raw(pred).tofile(target)
+            write_prediction(target, None, pred)
             if write_ply:
-                _write_ply(scan, pred, target.with_suffix(".ply"))
+                write_prediction(target.with_suffix(".ply"), read_points(scan), pred)
             written += 1
     return written
 
 
-def _write_ply(scan: Path, pred: np.ndarray, target: Path) -> None:
-    import open3d as o3d  # optional extra
+def predict_scan(model: nn.Module, config: Dict, source, out_path: Path, device: str = "cpu") -> np.ndarray:
+    """Per-point training-class predictions of one point cloud (a ``.bin``, ``.pcd`` or ``.ply`` file,
+    an Open3D cloud or an array; :func:`pointsparse.pointclouds.read_point_cloud`), written to
+    ``out_path`` (``.label`` raw ids, or a coloured cloud by suffix) and returned."""
+    from .pointclouds import read_point_cloud, voxelize_scan, write_prediction
 
-    from .datasets import read_points
-    from .datasets.colors import class_colors
-
-    cloud = o3d.geometry.PointCloud()
-    cloud.points = o3d.utility.Vector3dVector(read_points(scan)[:, :3].astype(np.float64))
-    cloud.colors = o3d.utility.Vector3dVector(class_colors()[pred])
-    o3d.io.write_point_cloud(str(target), cloud)
+    model.eval()
+    points = read_point_cloud(source)
+    x, inverse = voxelize_scan(points, config["voxel_size"], device)
+    with torch.no_grad():
+        pred = model(x).argmax(1).cpu()[inverse].numpy()
+    write_prediction(out_path, points, pred)
+    return pred

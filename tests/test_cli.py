@@ -90,24 +90,38 @@ def test_two_process_ddp_step_on_cpu(root, tmp_path):
     assert state["epoch"] == 0 and "miou" in state
 
 
-def test_predict_writes_coloured_ply_through_open3d(root, tmp_path, monkeypatch):
-    """open3d is an optional extra: a stand-in module records what predict hands it."""
-    import sys
-    import types
-
-    written = {}
-
-    class PointCloud:
-        points = colors = None
-
-    fake = types.SimpleNamespace(
-        geometry=types.SimpleNamespace(PointCloud=PointCloud),
-        utility=types.SimpleNamespace(Vector3dVector=np.asarray),
-        io=types.SimpleNamespace(write_point_cloud=lambda path, cloud: written.update({path: cloud})))
-    monkeypatch.setitem(sys.modules, "open3d", fake)
+def test_predict_writes_coloured_ply_through_open3d(root, tmp_path):
+    o3d = pytest.importorskip("open3d")  # the optional extra, used for real where it installs
     out = tmp_path / "run"
     main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "1", *TINY])
     main(["predict", str(out / "last.pt"), "--split", "8", "--out", str(tmp_path / "pred"), "--ply"])
-    (path, cloud), = written.items()
-    assert path.endswith("000000.ply")
-    assert cloud.points.shape == cloud.colors.shape and cloud.colors.max() <= 1.0
+    ply, = (tmp_path / "pred").rglob("*.ply")
+    cloud = o3d.io.read_point_cloud(str(ply))
+    points = np.fromfile(root / "sequences" / "08" / "velodyne" / "000000.bin", dtype=np.float32).reshape(-1, 4)
+    assert np.asarray(cloud.points).shape == (points.shape[0], 3)
+    assert np.asarray(cloud.colors).shape == (points.shape[0], 3) and np.asarray(cloud.colors).max() <= 1.0
+
+
+def test_predict_one_scan_file_in_each_format(root, tmp_path, capsys):
+    o3d = pytest.importorskip("open3d")
+    out = tmp_path / "run"
+    main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "1", *TINY])
+    scan = root / "sequences" / "08" / "velodyne" / "000000.bin"
+    points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
+    assert main(["predict", str(out / "last.pt"), "--scan", str(scan), "--out", str(tmp_path / "one")]) == 0
+    labels = np.fromfile(tmp_path / "one" / "000000.label", dtype=np.uint32)
+    assert labels.shape == (points.shape[0],)
+    # The same scan as a .pcd with intensity, predicted into a coloured .ply: the same labels.
+    cloud = o3d.t.geometry.PointCloud()
+    cloud.point.positions = o3d.core.Tensor(points[:, :3])
+    cloud.point.intensity = o3d.core.Tensor(points[:, 3:])
+    o3d.t.io.write_point_cloud(str(tmp_path / "scan.pcd"), cloud)
+    assert main(["predict", str(out / "last.pt"), "--scan", str(tmp_path / "scan.pcd"),
+                 "--out", str(tmp_path / "scan_pred.ply")]) == 0
+    coloured = o3d.io.read_point_cloud(str(tmp_path / "scan_pred.ply"))
+    from pointsparse.datasets import raw_to_train
+    from pointsparse.datasets.colors import class_colors
+
+    want = class_colors()[raw_to_train(labels)]
+    np.testing.assert_allclose(np.asarray(coloured.colors), want, atol=1 / 255)
+    assert "wrote" in capsys.readouterr().out
