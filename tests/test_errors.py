@@ -87,7 +87,8 @@ def test_sparse_tensor_rejects_bad_construction():
     with pytest.raises(ValueError, match=r"\[N, C\]"):
         SparseTensor(torch.randn(3, 3), coords)
     with pytest.raises(TypeError, match="torch.Tensor"):
-        SparseTensor(np.zeros((2, 3)), coords)
+        SparseTensor([[0.0] * 3] * 2, coords)
+    assert SparseTensor(np.zeros((2, 3)), coords).feats.dtype == torch.float64  # numpy arrays are viewed
     with pytest.raises(ValueError, match="stride"):
         SparseTensor(torch.randn(2, 3), coords, stride=0)
 
