@@ -360,3 +360,21 @@ def test_one_hot_weights_round_trip_through_every_format():
     assert from_pointsparse_weight(torch.zeros(1, 2, 3), "minkowski", 1).shape == (2, 3)
     nested = convert_state_dict({"bn.running_mean": torch.ones(3)}, "pointsparse", "minkowski")
     assert list(nested) == ["bn.bn.running_mean"]
+
+
+def test_backend_hash_table_answers_spvnas_queries():
+    """SPVNAS 2.1 queries TorchSparse's GPUHashTable directly: values are row + 1 of the target at
+    each query (times stride, plus each kernel offset), 0 where absent."""
+    feats, coords = scan(seed=9, points=200, span=6)
+    target = coords
+    queries = torch.cat([coords[:50], coords[:10] + torch.tensor([0, 7, 0, 0], dtype=torch.int32)])
+    table = torchsparse.backend.GPUHashTable(torch.zeros(2 * len(target), dtype=torch.int64),
+                                             torch.zeros(2 * len(target), dtype=torch.int32))
+    table.insert_coords(target[:, [1, 2, 3, 0]])
+    for size in (1, 2, 3):
+        found = table.lookup_coords(queries[:, [1, 2, 3, 0]], torch.tensor((size,) * 3, dtype=torch.int32),
+                                    torch.tensor((1, 1, 1), dtype=torch.int32), size ** 3)[: len(queries)] - 1
+        offsets = get_kernel_offsets(size)
+        want = F.sphashquery(F.sphash(queries, offsets), F.sphash(target)).t()
+        assert torch.equal(found.long(), want), size
+    assert bool((found[:50, 13] == torch.arange(50)).all()) and bool((found[50:, 13] == -1).all())

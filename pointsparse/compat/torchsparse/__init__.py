@@ -11,17 +11,18 @@ Code written for TorchSparse runs after::
 
 Coordinates follow TorchSparse 2.1: (batch, x, y, z) cell indices of the tensor stride
 (``floor(c / s)``); conversion to pointsparse's multiples of the stride happens inside. TorchSparse
-``state_dict`` s load unchanged. Not provided: ``torchsparse.backend`` (TorchSparse's compiled
-CUDA internals, e.g. ``GPUHashTable``); use the ``nn.functional`` helpers instead.
+``state_dict`` s load unchanged. Of ``torchsparse.backend`` (TorchSparse's compiled internals) only
+what model code calls directly is provided: ``GPUHashTable`` (on every device) and the hash
+functions.
 """
 
 import warnings
 
-from . import backends, nn, utils
+from . import backend, backends, nn, utils
 from .tensor import PointTensor, SparseTensor
 
 __version__ = "2.1.0+pointsparse"
-__all__ = ["PointTensor", "SparseTensor", "backends", "cat", "generative_add", "install", "nn", "tune", "utils"]
+__all__ = ["PointTensor", "SparseTensor", "backend", "backends", "cat", "generative_add", "install", "nn", "tune", "utils"]
 
 
 def cat(inputs):
@@ -61,7 +62,7 @@ def install(replace: bool = False) -> None:
     this = sys.modules[__name__]
     functional = nn.functional
     aliases = {"torchsparse": this, "torchsparse.tensor": sys.modules[__name__ + ".tensor"],
-               "torchsparse.operators": this, "torchsparse.backends": backends,
+               "torchsparse.operators": this, "torchsparse.backends": backends, "torchsparse.backend": backend,
                "torchsparse.nn": nn, "torchsparse.nn.modules": nn, "torchsparse.nn.utils": nn.utils,
                "torchsparse.nn.functional": functional, "torchsparse.utils": utils}
     for sub in ("conv", "devoxelize", "voxelize", "hash", "query", "count", "pooling", "activation"):
