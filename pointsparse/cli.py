@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--learn-lr", type=float, default=0.05)
     prune.add_argument("--finetune-epochs", type=int, default=0, help="SR-STE recovery epochs of the chosen method")
     prune.add_argument("--finetune-lr", type=float, default=0.01)
+    prune.add_argument("--distill", type=float, default=0.0,
+                       help="weight in [0, 1] of distillation from the dense model's logits (learned masks, SR-STE)")
+    prune.add_argument("--distill-temperature", type=float, default=2.0)
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--sensitivity-budget", type=float,
                        help="prune only the least sensitive layers, their mIoU drops summing to at most this")

@@ -3,6 +3,8 @@
 Every method runs from the dense checkpoint on the same data: magnitude, channel permutation and
 learned masks (frozen weights, mask logits trained on the training split with the task loss);
 ``--finetune-epochs`` then recovers the chosen one with SR-STE (weights trained, masks recomputed).
+``--distill A`` trains both on a mix of the task loss and the dense model's soft predictions
+(weight A of the distillation term, temperature ``--distill-temperature``).
 ``--sensitivity-budget B`` first prunes one layer at a time, prints and plots each layer's mIoU drop,
 and prunes only the least sensitive layers whose drops add up to at most B points. The
 report compares them with the dense model: validation mIoU (official, over all 19 classes, and over
@@ -15,7 +17,7 @@ import copy
 import io
 import json
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,12 +45,30 @@ def _counts(model: nn.Module) -> Dict[str, int]:
     return {"parameters": params, "nonzeros": params - zeros}
 
 
+def task_loss(teacher: Optional[nn.Module], alpha: float, temperature: float) -> Callable:
+    """``loss(model, inputs, labels)``: cross entropy, or with a ``teacher`` (the dense model, in eval
+    mode) :func:`pruning.distillation_loss` from its logits on the same inputs."""
+    cross_entropy = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    def loss(model: nn.Module, inputs, labels: torch.Tensor) -> torch.Tensor:
+        logits = model(inputs)
+        if teacher is None:
+            return cross_entropy(logits.float(), labels)
+        with torch.no_grad():
+            reference = teacher(inputs)
+        return pruning.distillation_loss(logits, reference, labels, alpha=alpha, temperature=temperature,
+                                         ignore_index=IGNORE_INDEX)
+
+    return loss
+
+
 def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, lr: float,
-                include: Sequence[str] = ("*",)) -> None:
-    """Trains the mask logits of ``model`` (weights frozen) for ``steps`` batches, then hardens them."""
+                include: Sequence[str] = ("*",), loss: Optional[Callable] = None) -> None:
+    """Trains the mask logits of ``model`` (weights frozen) for ``steps`` batches with ``loss``
+    (:func:`task_loss`; cross entropy by default), then hardens them."""
     logits = pruning.attach_learned_masks(model, include=include)
     optimizer = torch.optim.Adam(logits, lr=lr)
-    loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    loss = loss or task_loss(None, 0.0, 1.0)
     model.train()
     batches = iter(loader)
     for _ in _progress(range(steps), desc="learning masks"):
@@ -58,7 +78,7 @@ def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, l
             batches = iter(loader)
             batch = next(batches)
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(batch["input"].to(device)).float(), batch["labels"].to(device)).backward()
+        loss(model, batch["input"].to(device), batch["labels"].to(device)).backward()
         optimizer.step()
     pruning.finalize_learned_masks(model)
 
@@ -117,10 +137,13 @@ def run(args) -> int:
                      "compressed_bytes": _bytes(pruning.compress_state_dict(state))})
 
     record("dense", dense)
+    teacher = copy.deepcopy(dense).eval() if args.distill > 0 else None
+    loss = task_loss(teacher, args.distill, args.distill_temperature)
+    report["distill"] = {"alpha": args.distill, "temperature": args.distill_temperature}
     for method in METHODS:
         model = copy.deepcopy(dense)
         if method == "learned":
-            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr, include)
+            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr, include, loss)
         else:
             pruning.prune_model(model, method, include=include)
         record(method, model)
@@ -131,10 +154,9 @@ def run(args) -> int:
         for param in chosen.parameters():
             param.requires_grad_(True)
         optimizer = torch.optim.SGD(chosen.parameters(), lr=args.finetune_lr, momentum=0.9, weight_decay=1e-4)
-        loss_fn = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
         batches = ((batch["input"].to(args.device), batch["labels"].to(args.device))
                    for _ in range(args.finetune_epochs) for batch in _progress(train, desc="SR-STE fine-tuning"))
-        pruning.srste_finetune(chosen, batches, lambda logits, labels: loss_fn(logits.float(), labels), optimizer)
+        pruning.srste_finetune(chosen, batches, loss, optimizer)
         record(f"{args.method} + SR-STE", chosen)
     print(f"{'model':<20}{'mIoU':>8}{'mIoU present':>14}{'params':>10}{'non-zeros':>11}{'ckpt bytes':>12}"
           f"{'compressed':>12}")

@@ -308,7 +308,8 @@ class SrSte(nn.Module):
 
 def srste_finetune(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Optimizer) -> None:
     """Fine-tunes a pruned model with SR-STE: every pruned layer recomputes its mask from its weights
-    each step; ``batches`` yields ``(input, target)``; at the end each layer keeps the magnitude
+    each step; ``batches`` yields ``(input, target)`` and ``loss_fn(model, input, target)`` gives the
+    loss (so it may consult a teacher on the same input); at the end each layer keeps the magnitude
     mask of its final weights (``set_weight_mask``)."""
     layers = [m for m in model.modules() if isinstance(m, SparseConv3d) and m.weight_mask is not None]
     for layer in layers:
@@ -317,7 +318,7 @@ def srste_finetune(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Op
     model.train()
     for inputs, target in batches:
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(inputs), target)
+        loss = loss_fn(model, inputs, target)
         penalties = [layer.mask_learner.last_penalty for layer in layers]
         (loss + sum(penalties)).backward()
         optimizer.step()
@@ -325,6 +326,24 @@ def srste_finetune(model: nn.Module, batches, loss_fn, optimizer: torch.optim.Op
         order = layer.mask_learner.channel_order
         layer.mask_learner = None
         layer.set_weight_mask(magnitude_mask(layer.weight.detach(), order), order)
+
+
+def distillation_loss(logits: Tensor, teacher_logits: Tensor, labels: Tensor, *, alpha: float = 0.5,
+                      temperature: float = 2.0, ignore_index: int = -100) -> Tensor:
+    """``alpha * T^2 * KL(teacher || student)`` at temperature ``T`` over every row (the dense
+    model's soft predictions need no labels) plus ``(1 - alpha)`` times the cross entropy against
+    ``labels``. ``logits``, ``teacher_logits``: ``[N, classes]``; ``labels``: ``[N]``."""
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be positive, got {temperature}")
+    student = nn.functional.log_softmax(logits.float() / temperature, dim=1)
+    teacher = nn.functional.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    soft = nn.functional.kl_div(student, teacher, log_target=True, reduction="batchmean") * temperature ** 2
+    if alpha == 1.0:
+        return soft
+    hard = nn.functional.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
+    return alpha * soft + (1 - alpha) * hard
 
 
 @dataclass

@@ -171,10 +171,11 @@ def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
     out = tmp_path / "pruned.pt"
     assert main(["prune", str(run / "last.pt"), "--method", "permute", "--out", str(out), "--split", "8",
                  "--train-split", "0", "--learn-steps", "2", "--batch-size", "1", "--workers", "0",
-                 "--finetune-epochs", "1"]) == 0
+                 "--finetune-epochs", "1", "--distill", "0.5"]) == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("dense", "magnitude", "permute", "learned", "permute + SR-STE"))
     report = json.loads(out.with_suffix(".json").read_text())
+    assert report["distill"] == {"alpha": 0.5, "temperature": 2.0}
     rows = {row["model"]: row for row in report["rows"]}
     assert rows["dense"]["nonzeros"] == rows["dense"]["parameters"]
     for method in ("magnitude", "permute", "learned", "permute + SR-STE"):
@@ -211,7 +212,7 @@ def test_srste_updates_every_weight_and_ends_2to4():
 
     optimizer.step = recording_step
     batches = [(x, target)] * 4
-    pruning.srste_finetune(model, batches, lambda out, t: (out.feats - t).square().mean(), optimizer)
+    pruning.srste_finetune(model, batches, lambda m, inputs, t: (m(inputs).feats - t).square().mean(), optimizer)
     # Straight-through: the pruned weights get gradients, so a mask can change.
     assert len(pruned_grads) == 4 and all(g > 0 for g in pruned_grads)
     assert not torch.equal(first.weight.detach(), before)
@@ -225,3 +226,24 @@ def test_choose_layers_spends_the_budget_on_the_least_sensitive():
     layers = [pruning.LayerSensitivity(n, d) for n, d in (("a", 0.5), ("b", -0.1), ("c", 2.0), ("d", 0.3))]
     assert pruning.choose_layers(layers, 0.8) == ["a", "b", "d"]
     assert pruning.choose_layers(layers, 0.0) == ["b"]
+
+
+def test_distillation_loss_mixes_soft_teacher_targets_and_labels():
+    torch.manual_seed(0)
+    logits = torch.randn(30, 5, requires_grad=True)
+    teacher = torch.randn(30, 5)
+    labels = torch.randint(0, 5, (30,))
+    labels[:3] = -100
+    ce = torch.nn.functional.cross_entropy(logits, labels, ignore_index=-100)
+    torch.testing.assert_close(pruning.distillation_loss(logits, teacher, labels, alpha=0.0), ce)
+    # Matching the teacher exactly costs nothing in the soft term; its gradient pulls towards it.
+    assert float(pruning.distillation_loss(teacher.clone(), teacher, labels, alpha=1.0)) < 1e-6
+    soft = pruning.distillation_loss(logits, teacher, labels, alpha=1.0, temperature=3.0)
+    p, q = torch.softmax(teacher / 3, 1), torch.log_softmax(logits / 3, 1)
+    torch.testing.assert_close(soft, 9 * (p * (p.log() - q)).sum(1).mean())
+    mixed = pruning.distillation_loss(logits, teacher, labels, alpha=0.25, temperature=3.0)
+    torch.testing.assert_close(mixed, 0.25 * soft + 0.75 * ce)
+    mixed.backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+    with pytest.raises(ValueError, match="alpha"):
+        pruning.distillation_loss(logits, teacher, labels, alpha=1.5)
