@@ -46,11 +46,22 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
         raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
     identity = identity_offset(size, step, transposed) if outputs is OutputRule.OCCUPIED else -1
     feats = spec.run(x.feats, weight, kmap, identity, config)                      # [N_out, C_out]
+    return conv_output(x, kmap, feats, bias)
+
+
+def conv_output(x: SparseTensor, kmap, feats: Tensor, bias: Optional[Tensor] = None) -> SparseTensor:
+    """The output tensor of a conv of ``x`` over ``kmap`` whose products gave ``feats [N_out, C_out]``:
+    bias added, the map's coordinates and stride, the spatial range, and the family (see
+    :func:`~pointsparse.kmap.output_cache`)."""
     if bias is not None:
         feats = feats + bias.to(feats.dtype)  # under autocast the conv returns the autocast dtype
     out_range = kmap.out_range
-    if out_range is None and x.spatial_range is not None and not transposed and outputs is OutputRule.OCCUPIED:
+    if out_range is None and x.spatial_range is not None and kmap.num_in == x.coords.shape[0] \
+            and kmap.out_stride != x.stride and all(o % t == 0 for o, t in zip(kmap.out_stride, x.stride)):
+        step = tuple(o // t for o, t in zip(kmap.out_stride, x.stride))      # a strided occupied-cell conv
         out_range = tuple(-(-n // s) for n, s in zip(x.spatial_range, step))  # cells floor(c / s) reaches
+    elif out_range is None and kmap.out_stride == x.stride:
+        out_range = x.spatial_range                                           # submanifold
     return SparseTensor(feats, kmap.out_coords, kmap.out_stride, output_cache(x.cache, kmap), spatial_range=out_range)
 
 

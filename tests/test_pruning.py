@@ -1,6 +1,7 @@
 """2:4 pruning of SparseConv3d: masks and their validator, magnitude and channel-permutation
 methods, masked execution through training steps and save/load, compressed storage."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -247,3 +248,71 @@ def test_distillation_loss_mixes_soft_teacher_targets_and_labels():
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="alpha"):
         pruning.distillation_loss(logits, teacher, labels, alpha=1.5)
+
+
+def pruned_pair(device, c_in=64, c_out=32, seed=0):
+    torch.manual_seed(seed)
+    x = random_tensor(num_points=300, channels=c_in, span=8, seed=seed, dtype=torch.float32, device=device)
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(c_in, c_out, 3, bias=True), ps.nn.ReLU(),
+                                ps.nn.SparseConv3d(c_out, c_out, 2, 2)).to(device)
+    pruning.prune_model(model, "permute", include=["*"], exclude=[])
+    return model.eval(), x
+
+
+def test_semi_structured_execution_plan_equals_the_masked_layer_on_the_cpu():
+    """The per-offset product with permuted gathers, sparse above min_pairs and dense below,
+    checked with a dense stand-in for the compressed weights (sparse tensor cores need a GPU)."""
+    from pointsparse import semi_structured
+
+    model, x = pruned_pair("cpu")
+    with torch.no_grad():
+        want = model(x)
+        skipped = semi_structured.enable_sparse_kernels(model, torch.float64, compress=lambda w: w, min_pairs=50)
+        assert skipped == [] and model[0].semi_structured is not None
+        got = model(x.to(torch.float64))
+    torch.testing.assert_close(got.feats, want.feats.double(), rtol=1e-5, atol=1e-5)
+    assert got.coords is want.coords or torch.equal(got.coords, want.coords)
+    # Training, or gradients on, runs the ordinary dataflow.
+    y = model(x)
+    assert y.feats.requires_grad and y.feats.dtype == torch.float32
+    semi_structured.disable_sparse_kernels(model)
+    assert model[0].semi_structured is None
+
+
+def test_semi_structured_eligibility_follows_the_backend_shapes():
+    from torch.sparse import semi_structured as ss
+
+    from pointsparse import semi_structured
+
+    cutlass = ss.SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS
+    model, _ = pruned_pair("cpu", c_in=64, c_out=32)
+    assert semi_structured.ineligible_reason(model[0], torch.float16, cutlass) is None
+    assert "C_in 32" in semi_structured.ineligible_reason(model[2], torch.float16, cutlass)
+    assert "dtype" in semi_structured.ineligible_reason(model[0], torch.float64, cutlass)
+    assert semi_structured.ineligible_reason(ps.nn.SparseConv3d(64, 32, 3), torch.float16, cutlass) == "not pruned"
+    skipped = dict(semi_structured.enable_sparse_kernels(model))
+    assert "no sparse tensor cores" in skipped["0"] or not torch.cuda.is_available()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 0),
+                    reason="sparse tensor cores need a CUDA device of compute capability 8.0 or newer")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_semi_structured_cuda_equals_masked_dense(dtype):
+    from pointsparse import semi_structured
+
+    model, x = pruned_pair("cuda", c_in=128, c_out=64)
+    with torch.no_grad(), torch.autocast("cuda", dtype=dtype):
+        want = model(x)
+        skipped = semi_structured.enable_sparse_kernels(model, dtype, min_pairs=64)
+        assert [name for name, _ in skipped] == []
+        got = model(x)
+    torch.testing.assert_close(got.feats.float(), want.feats.float(), rtol=2e-2, atol=2e-2)
+
+
+def test_sparse24_bench_says_when_there_are_no_sparse_tensor_cores(tmp_path, capsys):
+    from pointsparse.bench.__main__ import main
+
+    scan = tmp_path / "scan.bin"
+    np.random.default_rng(0).uniform(0, 5, (500, 4)).astype(np.float32).tofile(scan)
+    assert main(["sparse24", "--scan", str(scan), "--out", str(tmp_path / "s.json")]) == 0
+    assert "no sparse tensor cores" in capsys.readouterr().out

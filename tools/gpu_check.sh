@@ -70,6 +70,10 @@ step grouping-bench 180 "$PYTHON" -m pointsparse.bench grouping --scan "$SCAN" -
   --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/grouping_$DEVICE.json"
 step implicit-bench 180 "$PYTHON" -m pointsparse.bench implicit --scan "$SCAN" --device "$DEVICE" \
   --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/implicit_$DEVICE.json"
+if [[ $MODE == cuda ]]; then
+  step sparse24-bench 120 "$PYTHON" -m pointsparse.bench sparse24 --scan "$SCAN" --device cuda \
+    --out "$OUT/sparse24_cuda.json"
+fi
 step profile 180 "$PYTHON" -m pointsparse profile --scan "$SCAN" --device "$DEVICE" --model minkunet18 \
   --cr "$PROFILE_CR" --quick --repeats 3 "${QUICK[@]}" --out "$OUT/profile_$DEVICE"
 

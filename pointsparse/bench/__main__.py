@@ -3,10 +3,11 @@
 import argparse
 import sys
 
-from . import conv, grouping, implicit, kmap, minkunet
+from . import conv, grouping, implicit, kmap, minkunet, sparse24
 
 
-SUITES = {"conv": conv, "grouping": grouping, "implicit": implicit, "kmap": kmap, "minkunet": minkunet}
+SUITES = {"conv": conv, "grouping": grouping, "implicit": implicit, "kmap": kmap, "minkunet": minkunet,
+          "sparse24": sparse24}
 
 
 def main(argv=None) -> int:

@@ -10,7 +10,7 @@ from .. import functional as F
 from ..config import ConvConfig, OutputRule
 from ..kmap import KernelMapKey
 from ..offsets import IntOrTriple, as_triple
-from ..tensor import SparseTensor
+from ..tensor import SparseTensor, kernel_map
 
 
 class SparseConv3d(nn.Module):
@@ -54,6 +54,8 @@ class SparseConv3d(nn.Module):
         # While masks are learned or recomputed (pointsparse.pruning: learned masks, SR-STE): a module
         # that maps the weight to the masked weight in use; replaced by weight_mask when finalised.
         self.mask_learner: Optional[nn.Module] = None
+        # Compressed weights for inference on sparse tensor cores (pointsparse.semi_structured).
+        self.semi_structured = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -95,11 +97,22 @@ class SparseConv3d(nn.Module):
         return F.identity_offset(self.kernel_size, self.stride, self.transposed)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
+        if self.semi_structured is not None and not self.training and not torch.is_grad_enabled():
+            return self._forward_semi_structured(x)
         if self.mask_learner is not None:
             weight = self.mask_learner(self.weight)
         else:
             weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
         return F.conv3d(x, weight, bias=self.bias, config=self.config, **self.geometry)
+
+    def _forward_semi_structured(self, x: SparseTensor) -> SparseTensor:
+        """Inference on sparse tensor cores (:mod:`pointsparse.semi_structured`): the result in the
+        compressed weights' dtype under autocast, else in the input's."""
+        kmap = kernel_map(x, config=self.config, **self.geometry)
+        feats = self.semi_structured.run(x.feats, kmap)                         # [N_out, C_out]
+        if not torch.is_autocast_enabled(x.feats.device.type):
+            feats = feats.to(x.feats.dtype)
+        return F.conv_output(x, kmap, feats, self.bias)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # A pruned checkpoint loads into a dense layer: its mask buffers are created first.
