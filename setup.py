@@ -88,7 +88,8 @@ setup(
     version="0.1.0",
     description="Point-cloud sparse convolution engine for PyTorch (CPU and CUDA)",
     packages=["pointsparse", "pointsparse.ops", "pointsparse.nn", "pointsparse.bench", "pointsparse.models",
-              "pointsparse.datasets"],
+              "pointsparse.datasets", "pointsparse.compat", "pointsparse.compat.torchsparse",
+              "pointsparse.compat.torchsparse.nn", "pointsparse.compat.spconv"],
     package_dir={
         "pointsparse": "pointsparse",
         "pointsparse.models": "models",
@@ -99,6 +100,6 @@ setup(
     entry_points={"console_scripts": ["pointsparse = pointsparse.cli:main"]},
     python_requires=">=3.10",
     install_requires=["torch", "numpy", "tqdm", "matplotlib"],
-    extras_require={"test": ["pytest", "hypothesis"], "open3d": ["open3d"]},
+    extras_require={"test": ["pytest", "hypothesis"], "open3d": ["open3d"], "spconv": ["spconv"]},
     zip_safe=False,
 )
