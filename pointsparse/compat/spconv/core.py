@@ -139,7 +139,8 @@ class SparseConvTensor:
         indices = y.coords
         if y.stride != (1, 1, 1):
             indices = y.coords // torch.tensor((1, *y.stride), dtype=torch.int32, device=y.coords.device)
-        out = SparseConvTensor(y.feats, indices, list(y.spatial_range), self.batch_size, self.grid, self.voxel_num,
+        shape = list(y.spatial_range) if y.spatial_range is not None else self.spatial_shape
+        out = SparseConvTensor(y.feats, indices, shape, self.batch_size, self.grid, self.voxel_num,
                                self.indice_dict, self.benchmark)
         out.benchmark_record = self.benchmark_record
         out._stride, out._cache, out._native_coords = y.stride, y.cache, (indices, y.coords)
