@@ -10,7 +10,7 @@ from torch import nn
 
 import pointsparse as ps
 import pointsparse.compat.spconv as spconv
-from pointsparse.convert import conv_geometry, convert_state_dict
+from pointsparse.convert import convert_state_dict
 
 from test_conv import random_tensor
 
