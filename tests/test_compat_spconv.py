@@ -12,6 +12,7 @@ import pointsparse as ps
 import pointsparse.compat.spconv as spconv
 from pointsparse.convert import convert_state_dict
 
+from conftest import DEVICES
 from test_conv import random_tensor
 
 REACHED = ps.OutputRule.REACHED
@@ -106,21 +107,23 @@ def randomise(model, seed):
                 p.data.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * 0.3)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("train", [False, True])
-def test_spconv_style_backbone_matches_the_native_model(train):
+def test_spconv_style_backbone_matches_the_native_model(train, device):
     torch.manual_seed(0)
     theirs = backbone(spconv).double()
     randomise(theirs, 1)
     ours = NativeBackbone().double()
     ours.load_state_dict(state_for_native(theirs.state_dict()))
-    theirs.train(train), ours.train(train)
-    feats, coords = voxels()
+    theirs.train(train).to(device), ours.train(train).to(device)
+    feats, coords = (t.to(device) for t in voxels())
     a, b = feats.clone().requires_grad_(), feats.clone().requires_grad_()
     out_t, up_t = theirs(spconv.SparseConvTensor(a, coords, SHAPE, 2))
     out_o, up_o = ours(ps.SparseTensor(b, coords, spatial_range=SHAPE))
     assert torch.equal(up_t.indices, coords)                     # back at the input's indices, in order
     assert out_t.spatial_shape == [2, 4, 3] and list(out_o.spatial_range) == [2, 4, 3]
-    assert torch.equal(out_t.indices[:, 1:] * torch.tensor(out_o.stride, dtype=torch.int32), out_o.coords[:, 1:])
+    stride = torch.tensor(out_o.stride, dtype=torch.int32, device=device)
+    assert torch.equal(out_t.indices[:, 1:] * stride, out_o.coords[:, 1:])
     torch.testing.assert_close(out_t.features, out_o.feats)
     torch.testing.assert_close(up_t.features, up_o.feats)
     (out_t.features.sum() + up_t.features.pow(2).sum()).backward()

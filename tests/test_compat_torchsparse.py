@@ -22,6 +22,7 @@ from torchsparse.nn.utils import get_kernel_offsets  # noqa: E402
 from torchsparse.utils.collate import sparse_collate  # noqa: E402
 from torchsparse.utils.quantize import sparse_quantize  # noqa: E402
 
+from conftest import DEVICES  # noqa: E402
 from test_conv import random_tensor  # noqa: E402
 
 
@@ -125,19 +126,20 @@ def randomise_batch_norms(model: nn.Module, seed: int) -> None:
             m.running_var.copy_(torch.rand(m.num_features, generator=gen, dtype=m.running_var.dtype) + 0.5)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("train", [False, True])
-def test_minkunet_in_torchsparse_style_matches_the_native_model(train):
+def test_minkunet_in_torchsparse_style_matches_the_native_model(train, device):
     torch.manual_seed(0)
     theirs = TSMinkUNet().double()
     randomise_batch_norms(theirs, 1)
     ours = MinkUNet().double()
     ours.load_state_dict(convert_state_dict(theirs.state_dict(), "torchsparse", "pointsparse", *conv_geometry(ours)))
-    theirs.train(train), ours.train(train)
-    feats, coords = scan()
+    theirs.train(train).to(device), ours.train(train).to(device)
+    feats, coords = (t.to(device) for t in scan())
     out_theirs = theirs(SparseTensor(feats.clone().requires_grad_(), coords))
     out_ours = ours(ps.SparseTensor(feats.clone().requires_grad_(), coords))
     torch.testing.assert_close(out_theirs, out_ours)
-    probe = torch.randn(out_ours.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    probe = torch.randn(out_ours.shape, dtype=torch.float64, generator=torch.Generator().manual_seed(3)).to(device)
     (out_theirs * probe).sum().backward()
     (out_ours * probe).sum().backward()
     grads = convert_state_dict({n: p.grad for n, p in theirs.named_parameters()}, "torchsparse", "pointsparse",
@@ -145,7 +147,7 @@ def test_minkunet_in_torchsparse_style_matches_the_native_model(train):
     for name, p in ours.named_parameters():
         torch.testing.assert_close(grads[name], p.grad, msg=name)
     # And back: our weights in TorchSparse's layout load into the TorchSparse-style model unchanged.
-    again = TSMinkUNet().double()
+    again = TSMinkUNet().double().to(device)
     again.load_state_dict(convert_state_dict(ours.state_dict(), "pointsparse", "torchsparse", *conv_geometry(ours)))
     for (name, a), b in zip(again.state_dict().items(), theirs.state_dict().values()):
         torch.testing.assert_close(a, b, msg=name)
