@@ -44,6 +44,14 @@ TORCH_LIBRARY(pointsparse, m) {
   // neighbors int32 [N_out, K] -> bitmask int32 [N_out, ceil(K / 32)]; bit k % 32 of word k / 32
   // is set where neighbour k exists.
   m.def("kmap_bitmask(Tensor neighbors) -> Tensor");
+  // Batch norm + ReLU over features x [N, C] (CPU, float32 / float64; see csrc/norm/cpu):
+  // per-channel (mean, biased variance) [C]; y = relu?(x * scale + shift) in one pass; and the
+  // gradients (dx [N, C], dweight [C], dbias [C]) of relu?((x - mean) * invstd * weight + bias)
+  // with batch statistics, the ReLU mask recomputed from x.
+  m.def("channel_moments(Tensor x) -> (Tensor mean, Tensor var)");
+  m.def("affine_relu(Tensor x, Tensor scale, Tensor shift, bool relu) -> Tensor");
+  m.def("batch_norm_relu_backward(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
+        "Tensor bias, bool relu) -> (Tensor dx, Tensor dweight, Tensor dbias)");
   // Gather-GEMM-scatter convolution over per-offset pairs:
   // feats [N_in, C_in], weight [K, C_in, C_out], offset_ptr int64 [K + 1] on the CPU, in_idx and
   // out_idx int32 [P] -> out [num_out, C_out] = sum_k scatter(out_idx_k, feats[in_idx_k] @ weight[k]).

@@ -19,9 +19,12 @@ WIDTHS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
 
 
 class ConvBNReLU(nn.Sequential):
+    """Conv, then batch norm with a fused ReLU (the state-dict keys of conv, BN, ReLU: the ReLU has
+    none)."""
+
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, transposed: bool = False):
         super().__init__(spnn.SparseConv3d(c_in, c_out, kernel_size, stride, transposed=transposed),
-                         spnn.BatchNorm(c_out), spnn.ReLU(inplace=True))
+                         spnn.BatchNormReLU(c_out))
 
 
 class ResidualBlock(nn.Module):

@@ -47,7 +47,7 @@ BLOCKS = {"minkunet18": (2, 2, 2, 2), "minkunet34": (2, 3, 4, 6)}
 OP_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("optimiser", ("Optimizer.", "sgd", "_foreach")),
     ("loss", ("nll_loss", "log_softmax", "cross_entropy")),
-    ("batch norm", ("batch_norm",)),
+    ("batch norm", ("batch_norm", "channel_moments", "affine_relu", "BatchNormReLU")),  # fused BN+ReLU included
     ("activation", ("relu", "threshold", "clamp_min")),
     ("concatenation", ("aten::cat", "CatBackward")),
     ("head (linear)", ("addmm", "AddmmBackward", "aten::mm", "aten::linear")),

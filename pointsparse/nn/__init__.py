@@ -1,6 +1,6 @@
 """Modules over SparseTensor; each owns its parameters and calls one functional op."""
 
 from .conv import SparseConv3d, set_conv_configs
-from .feature_ops import BatchNorm, GlobalAvgPool, GlobalMaxPool, LeakyReLU, ReLU
+from .feature_ops import BatchNorm, BatchNormReLU, GlobalAvgPool, GlobalMaxPool, LeakyReLU, ReLU
 
-__all__ = ["BatchNorm", "GlobalAvgPool", "GlobalMaxPool", "LeakyReLU", "ReLU", "SparseConv3d", "set_conv_configs"]
+__all__ = ["BatchNorm", "BatchNormReLU", "GlobalAvgPool", "GlobalMaxPool", "LeakyReLU", "ReLU", "SparseConv3d", "set_conv_configs"]

@@ -1,0 +1,90 @@
+"""Batch norm with an optional fused ReLU over features ``[N, C]``: typed wrappers of the CPU ops
+``channel_moments``, ``affine_relu`` and ``batch_norm_relu_backward``, their fake kernels, and
+:func:`batch_norm_relu`, which runs them on the CPU (float32 / float64) and torch's own kernels
+elsewhere.
+
+On the CPU the training forward is two passes over ``[N, C]`` (statistics; normalise + ReLU) and the
+backward two (reductions; input gradient), the ReLU's mask recomputed from ``x``; torch's batch norm
+followed by a ReLU makes about seven. Sums run in double over fixed row blocks: the result does not
+depend on the thread count.
+"""
+
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as TF
+from torch import Tensor
+
+_ops = torch.ops.pointsparse
+
+
+def channel_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
+    """Per-channel mean and biased variance ``[C]`` of ``x [N, C]``."""
+    return _ops.channel_moments(x)
+
+
+def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, relu: bool) -> Tensor:
+    """``relu?(x * scale + shift)`` per channel, ``[N, C]``, in one pass."""
+    return _ops.affine_relu(x, scale, shift, relu)
+
+
+@torch.library.register_fake("pointsparse::channel_moments")
+def _moments_fake(x):
+    return x.new_empty(x.shape[1:]), x.new_empty(x.shape[1:])
+
+
+@torch.library.register_fake("pointsparse::affine_relu")
+def _affine_fake(x, scale, shift, relu):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("pointsparse::batch_norm_relu_backward")
+def _backward_fake(grad, x, mean, invstd, weight, bias, relu):
+    return torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
+
+
+class _BatchNormReLU(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool):
+        mean, var = channel_moments(x)
+        invstd = torch.rsqrt(var + eps)
+        scale = weight * invstd
+        y = affine_relu(x, scale, bias - mean * scale, relu)
+        ctx.save_for_backward(x, mean, invstd, weight, bias)
+        ctx.relu = relu
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, _grad_mean, _grad_var):
+        x, mean, invstd, weight, bias = ctx.saved_tensors
+        dx, dweight, dbias = _ops.batch_norm_relu_backward(grad.contiguous(), x, mean, invstd, weight, bias, ctx.relu)
+        return dx, dweight, dbias, None, None
+
+
+def fused_on(x: Tensor) -> bool:
+    """Whether :func:`batch_norm_relu` runs the fused CPU kernels for ``x``."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 2
+            and x.shape[0] > 0 and not torch.is_autocast_enabled("cpu"))
+
+
+def batch_norm_relu(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Tensor,
+                    bias: Tensor, training: bool, momentum: float, eps: float, relu: bool) -> Tensor:
+    """``torch.nn.functional.batch_norm`` (same arguments: batch statistics when ``training``, running
+    statistics updated with ``momentum`` when given) followed by a ReLU when ``relu``; fused on the
+    CPU for float32 / float64 features ``[N, C]`` with an affine weight and bias, torch's kernels
+    otherwise."""
+    if not fused_on(x) or weight is None or bias is None or (not training and running_mean is None):
+        y = TF.batch_norm(x, running_mean, running_var, weight, bias, training or running_mean is None, momentum, eps)
+        return torch.relu(y) if relu else y
+    x = x.contiguous()
+    if not training:
+        scale = weight * torch.rsqrt(running_var + eps)
+        return affine_relu(x, scale.to(x.dtype), (bias - running_mean * scale).to(x.dtype), relu)
+    y, mean, var = _BatchNormReLU.apply(x, weight, bias, eps, relu)
+    if running_mean is not None:
+        with torch.no_grad():
+            n = x.shape[0]
+            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+            running_var.mul_(1 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
+    return y

@@ -1,0 +1,132 @@
+"""Batch norm with a fused ReLU against torch's BatchNorm1d (+ ReLU): outputs, gradients, running
+statistics, eval mode, determinism across thread counts, and the paths it leaves to torch."""
+
+import pytest
+import torch
+
+import pointsparse as ps
+from pointsparse.ops import norm
+
+from conftest import DEVICES
+
+
+def features(n=3000, c=20, dtype=torch.float64, seed=0, device="cpu"):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, c, generator=gen, dtype=dtype) * 3 + 2          # a large mean tests the variance
+    coords = torch.cat([torch.zeros(n, 1, dtype=torch.int32), torch.arange(n, dtype=torch.int32)[:, None].repeat(1, 3)], 1)
+    return x.to(device), coords.to(device)
+
+
+def pair(c, relu, momentum, dtype, device, seed=1):
+    ours = (ps.nn.BatchNormReLU(c, momentum=momentum) if relu else ps.nn.BatchNorm(c, momentum=momentum))
+    ref = torch.nn.BatchNorm1d(c, momentum=momentum)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        ref.weight.copy_(torch.randn(c, generator=gen))
+        ref.bias.copy_(torch.randn(c, generator=gen))
+    ours.load_state_dict(ref.state_dict())
+    return ours.to(device, dtype), ref.to(device, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_matches_torch_batch_norm_then_relu(device, dtype, relu, momentum):
+    ours, ref = pair(20, relu, momentum, dtype, device)
+    x, coords = features(dtype=dtype, device=device)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    for step in range(3):  # running statistics accumulate over steps (momentum None: cumulative)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        ya = ours(ps.SparseTensor(a, coords)).feats
+        yb = ref(b)
+        yb = torch.relu(yb) if relu else yb
+        torch.testing.assert_close(ya, yb, **tol)
+        probe = torch.randn(ya.shape, generator=torch.Generator().manual_seed(step), dtype=dtype).to(device)
+        ya.backward(probe)
+        yb.backward(probe)
+        torch.testing.assert_close(a.grad, b.grad, **tol)
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
+        torch.testing.assert_close(ours.bias.grad, ref.bias.grad, **tol)
+        ours.zero_grad(), ref.zero_grad()
+        x = x * 0.5 + 1
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
+    torch.testing.assert_close(ours.running_var, ref.running_var, **tol)
+    assert int(ours.num_batches_tracked) == int(ref.num_batches_tracked) == 3
+    ours.eval(), ref.eval()
+    with torch.no_grad():
+        want = ref(x)
+        torch.testing.assert_close(ours(ps.SparseTensor(x, coords)).feats, torch.relu(want) if relu else want, **tol)
+
+
+def test_gradcheck_of_the_fused_function():
+    x, _ = features(n=40, c=6)
+    weight = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(6, dtype=torch.float64, requires_grad=True)
+    for relu in (False, True):
+        assert torch.autograd.gradcheck(
+            lambda f, w, b: norm.batch_norm_relu(f, None, None, w, b, True, 0.1, 1e-5, relu),
+            (x.clone().requires_grad_(), weight, bias))
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    x, coords = features(n=20000, c=24, dtype=torch.float32)
+    probe = torch.randn(x.shape)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            layer = ps.nn.BatchNormReLU(24)
+            a = x.clone().requires_grad_()
+            y = layer(ps.SparseTensor(a, coords)).feats
+            y.backward(probe)
+            results.append((y, a.grad, layer.weight.grad, layer.running_var))
+    finally:
+        torch.set_num_threads(threads)
+    for other in results[1:]:
+        for got, want in zip(other, results[0]):
+            assert torch.equal(got, want)
+
+
+def test_other_dtypes_and_autocast_run_torchs_kernels():
+    x, coords = features(n=500, c=8, dtype=torch.bfloat16)
+    layer = ps.nn.BatchNormReLU(8).to(torch.bfloat16)
+    assert not norm.fused_on(x)
+    y = layer(ps.SparseTensor(x, coords)).feats
+    assert y.dtype == torch.bfloat16 and bool((y >= 0).all())
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not norm.fused_on(x.float())
+
+
+def test_a_norm_then_relu_checkpoint_loads_into_the_fused_module():
+    separate = torch.nn.Sequential(ps.nn.SparseConv3d(4, 8, 3), ps.nn.BatchNorm(8), ps.nn.ReLU(True))
+    fused = torch.nn.Sequential(ps.nn.SparseConv3d(4, 8, 3), ps.nn.BatchNormReLU(8))
+    fused.load_state_dict(separate.state_dict())
+    x, coords = features(n=200, c=4, dtype=torch.float32)
+    x = ps.SparseTensor(x, coords)
+    separate.eval(), fused.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x).feats, separate(x).feats)
+
+
+def test_bad_inputs_raise_clear_errors():
+    x = torch.randn(10, 4)
+    with pytest.raises(ValueError, match=r"\[C = 4\]"):
+        norm.affine_relu(x, torch.ones(3), torch.zeros(4), True)
+    with pytest.raises(TypeError, match="float32 or float64"):
+        norm.channel_moments(x.half())
+    with pytest.raises(ValueError, match="at least one row"):
+        norm.channel_moments(torch.empty(0, 4))
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_opcheck_of_the_norm_ops(relu):
+    x = torch.randn(30, 5)
+    w, b = torch.randn(5), torch.randn(5)
+    mean, var = norm.channel_moments(x)
+    ops = torch.ops.pointsparse
+    torch.library.opcheck(ops.channel_moments.default, (x,))
+    torch.library.opcheck(ops.affine_relu.default, (x, w, b, relu))
+    torch.library.opcheck(ops.batch_norm_relu_backward.default, (torch.randn(30, 5), x, mean, torch.rsqrt(var + 1e-5),
+                                                                 w, b, relu))
