@@ -57,6 +57,14 @@ def test_matches_torch_batch_norm_then_relu(device, dtype, relu, momentum):
     with torch.no_grad():
         want = ref(x)
         torch.testing.assert_close(ours(ps.SparseTensor(x, coords)).feats, torch.relu(want) if relu else want, **tol)
+    # Eval mode with gradients (frozen statistics, e.g. fine-tuning): gradients as torch's.
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = ours(ps.SparseTensor(a, coords)).feats, ref(b)
+    yb = torch.relu(yb) if relu else yb
+    (ya * ya).sum().backward()
+    (yb * yb).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, **tol)
+    torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **tol)
 
 
 def test_gradcheck_of_the_fused_function():

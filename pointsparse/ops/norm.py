@@ -43,6 +43,23 @@ def _backward_fake(grad, x, mean, invstd, weight, bias, relu):
     return torch.empty_like(x), weight.new_empty(weight.shape), bias.new_empty(bias.shape)
 
 
+def _affine_setup(ctx, inputs, output) -> None:
+    x, scale, shift, relu = inputs
+    ctx.save_for_backward(x, scale, shift)  # not the output: an in-place op after it may change it
+    ctx.relu = relu
+
+
+def _affine_backward(ctx, grad: Tensor):
+    x, scale, shift = ctx.saved_tensors
+    g = grad * (x * scale + shift > 0) if ctx.relu else grad        # [N, C]
+    return g * scale, (g * x).sum(0), g.sum(0), None
+
+
+# Eval-mode batch norm is affine_relu with frozen statistics; gradients through it (fine-tuning
+# with frozen statistics) flow to x, scale and shift.
+torch.library.register_autograd("pointsparse::affine_relu", _affine_backward, setup_context=_affine_setup)
+
+
 class _BatchNormReLU(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float, relu: bool):
