@@ -2,8 +2,8 @@
 // as few passes over [N, C] as the maths allows: statistics (one read), normalise + ReLU (one read,
 // one write), and in the backward the two reductions (one read of grad and x) and the input
 // gradient (one read of each, one write). The ReLU is never a pass of its own: its mask is
-// recomputed from x. Sums run in double over fixed blocks of rows, added in block order: results
-// do not depend on the thread count.
+// recomputed from x. Sums run over fixed blocks of rows (in the features' dtype within a block, in
+// double across blocks, added in block order): results do not depend on the thread count.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
