@@ -380,18 +380,8 @@ def reached_cells(coords: Tensor, shifts: Tensor, step: Triple, out_range: Optio
 
 
 def _unique_sorted(coords: Tensor) -> Tensor:
-    """Unique rows of int32 ``[M, 4]``, sorted by (batch, x, y, z), through packed int64 keys."""
-    if coords.shape[0] == 0:
-        return coords
-    lo, hi = coords.min(0).values.tolist(), coords.max(0).values.tolist()
-    if lo[0] < ops.BATCH_RANGE[0] or hi[0] > ops.BATCH_RANGE[1] or min(lo[1:]) < ops.COORD_RANGE[0] \
-            or max(hi[1:]) > ops.COORD_RANGE[1]:
-        raise ValueError(f"output coordinates leave the packable range (batch {ops.BATCH_RANGE}, "
-                         f"x/y/z {ops.COORD_RANGE}): got {lo} .. {hi}")
-    keys = torch.unique(ops.pack_coords(coords.contiguous()))                       # [M], sorted
-    bias, mask = 1 << 17, (1 << 18) - 1
-    return torch.stack([keys >> 54, ((keys >> 36) & mask) - bias, ((keys >> 18) & mask) - bias,
-                        (keys & mask) - bias], 1).int()
+    """Unique rows of int32 ``[M, 4]``, sorted by (batch, x, y, z)."""
+    return coords if coords.shape[0] == 0 else coords[ops.unique_coords(coords)[0]]
 
 
 def build_reached_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig()) -> KernelMap:

@@ -41,9 +41,7 @@ def sparse_quantize(points: ArrayLike, voxel_size: Union[float, Sequence[float]]
         raise ValueError(f"voxel coordinates must be in [{low}, {high}]; got "
                          f"[{int(voxels.min())}, {int(voxels.max())}]: use a larger voxel_size")
     coords = torch.cat([voxels.new_zeros((voxels.shape[0], 1)), voxels], 1).int()     # [N, 4]
-    keys, inverse = torch.unique(ops.pack_coords(coords), sorted=True, return_inverse=True)
-    index = torch.full((keys.shape[0],), coords.shape[0], dtype=torch.int64, device=pts.device)
-    index.scatter_reduce_(0, inverse, torch.arange(coords.shape[0], device=pts.device), "amin")
+    index, inverse = ops.unique_coords(coords)
     outputs = [coords[index, 1:]]
     if return_index:
         outputs.append(index)

@@ -18,12 +18,14 @@ from .kmap import (
     downsample_coords_hash,
     downsample_coords_sort,
     downsample_tiling,
+    first_occurrence,
     kmap_bitmask,
     kmap_csr,
     kmap_reorder,
     kmap_tiling,
     kmap_transpose,
     pack_coords,
+    unique_coords,
 )
 
 __all__ = [
@@ -42,10 +44,12 @@ __all__ = [
     "downsample_coords_hash",
     "downsample_coords_sort",
     "downsample_tiling",
+    "first_occurrence",
     "kmap_bitmask",
     "kmap_csr",
     "kmap_reorder",
     "kmap_tiling",
     "kmap_transpose",
     "pack_coords",
+    "unique_coords",
 ]

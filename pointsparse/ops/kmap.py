@@ -21,6 +21,22 @@ def pack_coords(coords: Tensor) -> Tensor:
     return _ops.pack_coords(coords)
 
 
+def first_occurrence(inverse: Tensor, count: int) -> Tensor:
+    """int64 ``[count]``: for each value u of a ``torch.unique`` inverse ``[N]``, the first position
+    i with ``inverse[i] == u``."""
+    index = torch.full((count,), inverse.shape[0], dtype=torch.int64, device=inverse.device)
+    positions = torch.arange(inverse.shape[0], device=inverse.device)
+    return index.scatter_reduce_(0, inverse, positions, "amin")
+
+
+def unique_coords(coords: Tensor) -> Tuple[Tensor, Tensor]:
+    """The distinct rows of coords int32 ``[N, 4]`` in key order (lexicographic (b, x, y, z)):
+    ``index`` int64 ``[M]``, the first row holding each, and ``inverse`` int64 ``[N]``, the distinct
+    row of each (``coords[index][inverse] == coords``)."""
+    keys, inverse = torch.unique(pack_coords(coords.contiguous()), sorted=True, return_inverse=True)
+    return first_occurrence(inverse, keys.shape[0]), inverse
+
+
 def downsample_coords_hash(coords: Tensor, factor: Sequence[int]) -> Tensor:
     """Unique ``floor(c / factor) * factor`` of coords int32 ``[N, 4]`` per batch, as int32 ``[M, 4]``
     in order of first occurrence; deduplicated with a hash table. ``factor``: 3 ints > 0."""

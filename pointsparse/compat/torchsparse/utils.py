@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 
 from ...interop import as_torch, like
+from ...ops import first_occurrence
 from .tensor import (SparseTensor, TensorCache, TensorCacheMode, clear_global_tensor_cache,
                      get_global_tensor_cache, get_tensor_cache_mode, make_ntuple, set_global_tensor_cache,
                      set_tensor_cache_mode)
@@ -43,8 +44,7 @@ def sparse_quantize(coords, voxel_size: Union[float, Sequence[float]] = 1, *, re
         raise ValueError(f"voxel_size must be positive, got {voxel_size}")
     cells = torch.floor(data.double() / size).int()                                   # [N, D]
     unique, inverse = torch.unique(cells, dim=0, return_inverse=True)
-    index = torch.full((unique.shape[0],), cells.shape[0], dtype=torch.int64, device=data.device)
-    index.scatter_reduce_(0, inverse, torch.arange(cells.shape[0], device=data.device), "amin")
+    index = first_occurrence(inverse, unique.shape[0])
     outputs = [like(unique, coords)]
     if return_index:
         outputs.append(like(index, coords))
