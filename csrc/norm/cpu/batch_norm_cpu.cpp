@@ -11,6 +11,7 @@
 
 #include <cstring>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace pointsparse {
@@ -168,6 +169,14 @@ typename Lanes<scalar_t>::vec relu_gated(typename Lanes<scalar_t>::vec g, typena
   }
 }
 
+// xhat = (x - mean) * invstd and the gradient through the ReLU, g * [xhat * w + b > 0]: the part
+// both backward passes share, for vectors (T = Lanes::vec) and for the scalar tail (T = scalar_t).
+template <bool Relu, typename scalar_t, typename T>
+std::pair<T, T> normalised_and_gated(T g, T x, T mu, T is, T w, T b) {
+  const T xhat = (x - mu) * is;
+  return {xhat, relu_gated<Relu, scalar_t>(g, xhat * w + b)};
+}
+
 template <bool Relu, typename scalar_t>
 void backward_sums_row(int64_t C, const scalar_t* g, const scalar_t* x, const scalar_t* mu, const scalar_t* is,
                        const scalar_t* w, const scalar_t* b, scalar_t* sg, scalar_t* sgx) {
@@ -175,14 +184,13 @@ void backward_sums_row(int64_t C, const scalar_t* g, const scalar_t* x, const sc
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
   int64_t c = 0;
   for (; c + L <= C; c += L) {
-    const V xhat = (load<V>(x + c) - load<V>(mu + c)) * load<V>(is + c);
-    const V gm = relu_gated<Relu, scalar_t>(load<V>(g + c), xhat * load<V>(w + c) + load<V>(b + c));
+    const auto [xhat, gm] = normalised_and_gated<Relu, scalar_t>(load<V>(g + c), load<V>(x + c), load<V>(mu + c),
+                                                                 load<V>(is + c), load<V>(w + c), load<V>(b + c));
     store(sg + c, load<V>(sg + c) + gm);
     store(sgx + c, load<V>(sgx + c) + gm * xhat);
   }
   for (; c < C; ++c) {
-    const scalar_t xhat = (x[c] - mu[c]) * is[c];
-    const scalar_t gm = relu_gated<Relu>(g[c], xhat * w[c] + b[c]);
+    const auto [xhat, gm] = normalised_and_gated<Relu, scalar_t>(g[c], x[c], mu[c], is[c], w[c], b[c]);
     sg[c] += gm;
     sgx[c] += gm * xhat;
   }
@@ -196,13 +204,13 @@ void backward_input_row(int64_t C, const scalar_t* g, const scalar_t* x, const s
   constexpr int64_t L = sizeof(V) / sizeof(scalar_t);
   int64_t c = 0;
   for (; c + L <= C; c += L) {
-    const V xhat = (load<V>(x + c) - load<V>(mu + c)) * load<V>(is + c);
-    const V gm = relu_gated<Relu, scalar_t>(load<V>(g + c), xhat * load<V>(w + c) + load<V>(b + c));
+    const auto [xhat, gm] = normalised_and_gated<Relu, scalar_t>(load<V>(g + c), load<V>(x + c), load<V>(mu + c),
+                                                                 load<V>(is + c), load<V>(w + c), load<V>(b + c));
     store(dx + c, load<V>(factor + c) * (gm - load<V>(mean_g + c) - xhat * load<V>(mean_gx + c)));
   }
   for (; c < C; ++c) {
-    const scalar_t xhat = (x[c] - mu[c]) * is[c];
-    dx[c] = factor[c] * (relu_gated<Relu>(g[c], xhat * w[c] + b[c]) - mean_g[c] - xhat * mean_gx[c]);
+    const auto [xhat, gm] = normalised_and_gated<Relu, scalar_t>(g[c], x[c], mu[c], is[c], w[c], b[c]);
+    dx[c] = factor[c] * (gm - mean_g[c] - xhat * mean_gx[c]);
   }
 }
 
