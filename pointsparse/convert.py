@@ -40,10 +40,6 @@ Triple = Tuple[int, int, int]
 _BN_FIELDS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def _triple(value, name: str) -> Triple:
-    return as_triple(value if isinstance(value, int) else tuple(value), name)
-
-
 def _check_format(fmt: str) -> None:
     if fmt not in FORMATS:
         raise ValueError(f"unknown checkpoint format {fmt!r}; choose from {FORMATS}")
@@ -57,7 +53,7 @@ def _check_axes(axes: str) -> None:
 def torchsparse_offset_order(kernel_size: Sequence[int]) -> Tensor:
     """int64 ``[K]``: row of TorchSparse's kernel holding each of our offsets (identity for odd
     volumes; for even volumes TorchSparse lists offsets z fastest, we list them x fastest)."""
-    kx, ky, kz = _triple(kernel_size, "kernel_size")
+    kx, ky, kz = as_triple(kernel_size, "kernel_size")
     ours = torch.arange(kx * ky * kz)
     if (kx * ky * kz) % 2 == 1:
         return ours
@@ -69,7 +65,7 @@ def to_pointsparse_weight(weight: Tensor, fmt: str, kernel_size: Sequence[int], 
     """A conv weight of format ``fmt`` as ours, ``[K, C_in, C_out]``. ``kernel_size``: ours (x, y, z)."""
     _check_format(fmt)
     _check_axes(axes)
-    size = _triple(kernel_size, "kernel_size")
+    size = as_triple(kernel_size, "kernel_size")
     volume = math.prod(size)
     if fmt in ("torchsparse", "minkowski") and weight.dim() == 2:
         weight = weight[None]                                                  # 1x1x1: [1, C_in, C_out]
@@ -95,14 +91,14 @@ def from_pointsparse_weight(weight: Tensor, fmt: str, kernel_size: Sequence[int]
     :func:`to_pointsparse_weight`); ``stride`` decides whether a 1x1x1 kernel is stored 2-D."""
     _check_format(fmt)
     _check_axes(axes)
-    size = _triple(kernel_size, "kernel_size")
+    size = as_triple(kernel_size, "kernel_size")
     volume = math.prod(size)
     if weight.dim() != 3 or weight.shape[0] != volume:
         raise ValueError(f"a pointsparse kernel of size {size} must be [{volume}, C_in, C_out], got {tuple(weight.shape)}")
     if fmt == "pointsparse":
         return weight
     if fmt in ("torchsparse", "minkowski"):
-        if volume == 1 and _triple(stride, "stride") == (1, 1, 1):
+        if volume == 1 and as_triple(stride, "stride") == (1, 1, 1):
             return weight[0]
         if fmt == "minkowski":
             return weight

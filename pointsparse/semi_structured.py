@@ -102,8 +102,10 @@ def enable_sparse_kernels(model: nn.Module, dtype: torch.dtype = torch.float16, 
     for name, module in model.named_modules():
         if not isinstance(module, SparseConv3d) or module.weight_mask is None:
             continue
-        reason = None if compress is not None and module.weight_mask is not None and not module.transposed \
-            else ineligible_reason(module, dtype)
+        if compress is not None:  # a stand-in compression takes any shape the layer has
+            reason = "transposed" if module.transposed else None
+        else:
+            reason = ineligible_reason(module, dtype)
         if reason is None and compress is None and not available(module.weight.device):
             reason = "no sparse tensor cores on " + str(module.weight.device)
         if reason is not None:
