@@ -213,6 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--out", required=True, help="pruned checkpoint (the JSON report goes next to it)")
     prune.add_argument("--data-root", help="default: the data root the checkpoint was trained on")
     prune.add_argument("--split", default="val", help="evaluation split")
+    prune.add_argument("--eval-data-root", help="data root of the evaluation split (default: --data-root), e.g. more "
+                       "held-out scans from `pointsparse generate`")
     prune.add_argument("--train-split", default="train", help="split the learned masks train on")
     prune.add_argument("--learn-steps", type=int, default=200, help="batches of mask learning")
     prune.add_argument("--learn-lr", type=float, default=0.05)
@@ -221,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--distill", type=float, default=0.0,
                        help="weight in [0, 1] of distillation from the dense model's logits (learned masks, SR-STE)")
     prune.add_argument("--distill-temperature", type=float, default=2.0)
+    prune.add_argument("--recalibrate", type=int, default=20,
+                       help="batches of whole training scans on which every model's batch-norm statistics are re-estimated (0: off)")
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--sensitivity-budget", type=float,
                        help="prune only the least sensitive layers, their mIoU drops summing to at most this")

@@ -6,15 +6,19 @@ learned masks (frozen weights, mask logits trained on the training split with th
 ``--distill A`` trains both on a mix of the task loss and the dense model's soft predictions
 (weight A of the distillation term, temperature ``--distill-temperature``).
 ``--sensitivity-budget B`` first prunes one layer at a time, prints and plots each layer's mIoU drop,
-and prunes only the least sensitive layers whose drops add up to at most B points. The
-report compares them with the dense model: validation mIoU (official, over all 19 classes, and over
-the classes present), parameters, non-zeros, and checkpoint bytes dense, as saved (masks included,
+and prunes only the least sensitive layers whose drops add up to at most B points. Every
+model, the dense one included, then has its batch-norm statistics re-estimated on ``--recalibrate``
+batches of whole training scans (:func:`pruning.recalibrate_batch_norm`; the learned masks need it
+most, since their statistics saw Gumbel samples, not the final masks). The report compares them:
+validation mIoU (official, over all 19 classes, and over the classes present; the latter also before
+recalibration), parameters, non-zeros, and checkpoint bytes dense, as saved (masks included,
 loadable by ``pointsparse eval`` unchanged) and compressed (:func:`pruning.compress_state_dict`).
 The chosen method's model is written to ``--out``, the report next to it as JSON.
 """
 
 import copy
 import io
+import itertools
 import json
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
@@ -110,15 +114,19 @@ def run(args) -> int:
     torch.manual_seed(args.seed)  # Gumbel samples and the training order: one run, one result
     dense, config = load_model(checkpoint, args.device)
     root = args.data_root or config["data_root"]
-    val = DataLoader(evaluation_set(root, args.split, config["voxel_size"]), 1, collate_fn=collate,
+    val = DataLoader(evaluation_set(args.eval_data_root or root, args.split, config["voxel_size"]), 1, collate_fn=collate,
                      num_workers=args.workers)
     train = DataLoader(SemanticKITTI(root, split_arg(args.train_split),
                                      VoxelConfig(config["voxel_size"], config.get("max_voxels"), augment=True)),
                        args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.workers)
+    calibration = DataLoader(evaluation_set(root, args.train_split, config["voxel_size"]), args.batch_size,
+                             shuffle=True, collate_fn=collate, num_workers=args.workers)
     rows: List[Dict[str, object]] = []
     chosen = None
     include: Sequence[str] = ("*",)
-    report: Dict[str, object] = {"checkpoint": str(checkpoint), "split": args.split, "method": args.method}
+    report: Dict[str, object] = {"checkpoint": str(checkpoint), "eval_data_root": args.eval_data_root or root,
+                                 "split": args.split, "method": args.method,
+                                 "recalibrate_batches": args.recalibrate}
     if args.sensitivity_budget is not None:
         layers = pruning.sensitivity(dense, lambda m: 100 * evaluate(m, val, args.device).miou(present_only=True))
         include = pruning.choose_layers(layers, args.sensitivity_budget)
@@ -130,10 +138,15 @@ def run(args) -> int:
         plot_sensitivity(layers, include, Path(args.out).with_suffix(".sensitivity.png"))
 
     def record(name: str, model: nn.Module) -> None:
+        """Evaluates ``model``, recalibrates its batch norm in place, evaluates again, adds a row."""
+        uncalibrated = evaluate(model, val, args.device).miou(present_only=True)
+        if args.recalibrate > 0:
+            batches = itertools.islice(calibration, args.recalibrate)
+            pruning.recalibrate_batch_norm(model, (batch["input"].to(args.device) for batch in batches))
         matrix = evaluate(model, val, args.device)
         state = model.state_dict()
         rows.append({"model": name, "miou": matrix.miou(), "miou_present": matrix.miou(present_only=True),
-                     **_counts(model), "checkpoint_bytes": _bytes(state),
+                     "miou_present_uncalibrated": uncalibrated, **_counts(model), "checkpoint_bytes": _bytes(state),
                      "compressed_bytes": _bytes(pruning.compress_state_dict(state))})
 
     record("dense", dense)
@@ -158,11 +171,15 @@ def run(args) -> int:
                    for _ in range(args.finetune_epochs) for batch in _progress(train, desc="SR-STE fine-tuning"))
         pruning.srste_finetune(chosen, batches, loss, optimizer)
         record(f"{args.method} + SR-STE", chosen)
-    print(f"{'model':<20}{'mIoU':>8}{'mIoU present':>14}{'params':>10}{'non-zeros':>11}{'ckpt bytes':>12}"
-          f"{'compressed':>12}")
+    print(f"{'model':<20}{'mIoU':>8}{'mIoU present':>14}{'uncalibrated':>14}{'params':>10}{'non-zeros':>11}"
+          f"{'ckpt bytes':>12}{'compressed':>12}")
     for row in rows:
-        print(f"{row['model']:<20}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%{row['parameters']:>10}"
+        print(f"{row['model']:<20}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%"
+              f"{100 * row['miou_present_uncalibrated']:>13.1f}%{row['parameters']:>10}"
               f"{row['nonzeros']:>11}{row['checkpoint_bytes']:>12}{row['compressed_bytes']:>12}")
+    if args.recalibrate > 0:
+        print(f"batch-norm statistics of every model re-estimated on {args.recalibrate} batches of whole "
+              f"'{args.train_split}' scans ('uncalibrated': mIoU present before)")
     out = Path(args.out)
     save_checkpoint({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)
     out.with_suffix(".json").write_text(json.dumps({**report, "rows": rows}, indent=2) + "\n")

@@ -16,7 +16,7 @@ step, and the buffers travel with ``state_dict`` (a fresh model loads a pruned c
 import copy
 import fnmatch
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -274,7 +274,9 @@ def attach_learned_masks(model: nn.Module, *, include: Sequence[str] = ("*",), e
 
 
 def finalize_learned_masks(model: nn.Module) -> List[LayerPruning]:
-    """Replaces every LearnedMask by its hard 2:4 mask (``set_weight_mask``); returns the layers."""
+    """Replaces every LearnedMask by its hard 2:4 mask (``set_weight_mask``); returns the layers.
+    Batch-norm statistics updated while the masks trained describe Gumbel samples: re-estimate them
+    with :func:`recalibrate_batch_norm` before evaluating."""
     report = []
     for name, module in model.named_modules():
         learner = getattr(module, "mask_learner", None) if isinstance(module, SparseConv3d) else None
@@ -344,6 +346,35 @@ def distillation_loss(logits: Tensor, teacher_logits: Tensor, labels: Tensor, *,
         return soft
     hard = nn.functional.cross_entropy(logits.float(), labels, ignore_index=ignore_index)
     return alpha * soft + (1 - alpha) * hard
+
+
+def recalibrate_batch_norm(model: nn.Module, inputs: Iterable) -> int:
+    """Re-estimates every batch norm's running statistics as the plain average over ``inputs``
+    (model inputs, run in training mode without gradients); modes and momenta are restored.
+    Pruning changes every activation the statistics were measured on, and learned masks train
+    under Gumbel samples, which leave statistics of masks that are never used; evaluation needs
+    those of the final model. Returns the number of inputs seen (ValueError if none)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    modes = {m: m.training for m in model.modules()}
+    momenta = {m: m.momentum for m in norms}
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average: every input counts the same
+    seen = 0
+    try:
+        model.train()
+        with torch.no_grad():
+            for batch in inputs:
+                model(batch)
+                seen += 1
+    finally:
+        for module, training in modes.items():
+            module.train(training)
+        for norm, momentum in momenta.items():
+            norm.momentum = momentum
+    if norms and not seen:
+        raise ValueError("recalibrating batch norm needs at least one input")
+    return seen
 
 
 @dataclass

@@ -172,11 +172,15 @@ def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
     out = tmp_path / "pruned.pt"
     assert main(["prune", str(run / "last.pt"), "--method", "permute", "--out", str(out), "--split", "8",
                  "--train-split", "0", "--learn-steps", "2", "--batch-size", "1", "--workers", "0",
-                 "--finetune-epochs", "1", "--distill", "0.5"]) == 0
+                 "--finetune-epochs", "1", "--distill", "0.5", "--recalibrate", "2",
+                 "--eval-data-root", str(root)]) == 0
     printed = capsys.readouterr().out
     assert all(name in printed for name in ("dense", "magnitude", "permute", "learned", "permute + SR-STE"))
+    assert "re-estimated on 2 batches" in printed
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["distill"] == {"alpha": 0.5, "temperature": 2.0}
+    assert report["recalibrate_batches"] == 2 and report["eval_data_root"] == str(root)
+    assert all(0 <= row["miou_present_uncalibrated"] <= 1 for row in report["rows"])
     rows = {row["model"]: row for row in report["rows"]}
     assert rows["dense"]["nonzeros"] == rows["dense"]["parameters"]
     for method in ("magnitude", "permute", "learned", "permute + SR-STE"):
@@ -316,3 +320,54 @@ def test_sparse24_bench_says_when_there_are_no_sparse_tensor_cores(tmp_path, cap
     np.random.default_rng(0).uniform(0, 5, (500, 4)).astype(np.float32).tofile(scan)
     assert main(["sparse24", "--scan", str(scan), "--out", str(tmp_path / "s.json")]) == 0
     assert "no sparse tensor cores" in capsys.readouterr().out
+
+
+def test_recalibrated_batch_norm_statistics_are_the_average_over_the_inputs():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.BatchNorm(8, relu=True),
+                                ps.nn.SparseConv3d(8, 4, 3), ps.nn.BatchNorm(4, momentum=0.3)).eval()
+    inputs = [random_tensor(num_points=n, channels=8, span=8, seed=s, dtype=torch.float32)
+              for n, s in ((150, 1), (90, 2))]
+    norm = model[3]
+    norm.running_mean.fill_(5.0)
+    # What the last batch norm sees, batch by batch: the average of the batch means, and of the
+    # unbiased batch variances, is what a cumulative average (momentum None) ends with.
+    seen = []
+    handle = norm.register_forward_hook(lambda module, args, out: seen.append(args[0].feats.detach().clone()))
+    assert pruning.recalibrate_batch_norm(model, inputs) == 2
+    handle.remove()
+    assert not model.training and norm.momentum == 0.3 and model[1].momentum == 0.1
+    assert all(p.grad is None for p in model.parameters())
+    torch.testing.assert_close(norm.running_mean, torch.stack([x.mean(0) for x in seen]).mean(0))
+    torch.testing.assert_close(norm.running_var, torch.stack([x.var(0) for x in seen]).mean(0))
+    assert int(norm.num_batches_tracked) == 2
+    with pytest.raises(ValueError, match="at least one input"):
+        pruning.recalibrate_batch_norm(model, [])
+    assert not model.training
+
+
+def test_recalibration_restores_what_learned_masks_cost_the_statistics():
+    # Mask learning in training mode leaves running statistics of Gumbel samples; recalibrated on the
+    # same inputs, the finalized model's eval output equals a fresh pruned copy recalibrated alike.
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.BatchNorm(8), ps.nn.ReLU(),
+                                ps.nn.SparseConv3d(8, 4, 3))
+    x = random_tensor(num_points=200, channels=8, span=8, seed=3, dtype=torch.float32)
+    logits = pruning.attach_learned_masks(model, exclude=())
+    model.train()
+    for _ in range(3):
+        model(x).feats.square().mean().backward()
+        with torch.no_grad():
+            for logit in logits:
+                logit -= logit.grad
+                logit.grad = None
+    pruning.finalize_learned_masks(model)
+    twin = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.BatchNorm(8), ps.nn.ReLU(),
+                               ps.nn.SparseConv3d(8, 4, 3))
+    twin.load_state_dict(model.state_dict())
+    twin[1].reset_running_stats()
+    for m in (model, twin):
+        pruning.recalibrate_batch_norm(m, [x])
+    model.eval(), twin.eval()
+    torch.testing.assert_close(model(x).feats, twin(x).feats)
+    torch.testing.assert_close(model[1].running_var, twin[1].running_var)
