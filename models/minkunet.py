@@ -28,17 +28,21 @@ class ConvBNReLU(nn.Sequential):
 
 
 class ResidualBlock(nn.Module):
-    """conv3-BN-ReLU-conv3-BN plus a shortcut (k1 conv + BN when channels change), then ReLU."""
+    """conv3-BN-ReLU-conv3-BN plus a shortcut (k1 conv + BN when channels change), then ReLU; the last
+    batch norm, the addition and the ReLU run as one (:meth:`spnn.BatchNorm.add_relu`)."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
         self.body = nn.Sequential(ConvBNReLU(c_in, c_out), spnn.SparseConv3d(c_out, c_out, 3), spnn.BatchNorm(c_out))
         self.shortcut = (nn.Identity() if c_in == c_out else
                          nn.Sequential(spnn.SparseConv3d(c_in, c_out, 1), spnn.BatchNorm(c_out)))
-        self.relu = spnn.ReLU(inplace=True)
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        return self.relu(self.body(x) + self.shortcut(x))
+        *layers, norm = self.body
+        y = x
+        for layer in layers:
+            y = layer(y)
+        return norm.add_relu(y, self.shortcut(x))
 
 
 def residual_stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:

@@ -1,4 +1,5 @@
-"""Batch norm with a fused ReLU against torch's BatchNorm1d (+ ReLU): outputs, gradients, running
+"""Batch norm with a fused ReLU (and a residual block's fused end) against torch's BatchNorm1d (+ add, ReLU):
+outputs, gradients, running
 statistics, eval mode, determinism across thread counts, and the paths it leaves to torch."""
 
 import pytest
@@ -126,6 +127,13 @@ def test_bad_inputs_raise_clear_errors():
         norm.channel_moments(x.half())
     with pytest.raises(ValueError, match="at least one row"):
         norm.channel_moments(torch.empty(0, 4))
+    with pytest.raises(ValueError, match="residual"):
+        norm.affine_relu(x, torch.ones(4), torch.zeros(4), True, torch.randn(9, 4))
+    with pytest.raises(TypeError, match="residual and x dtypes"):
+        norm.affine_relu(x, torch.ones(4), torch.zeros(4), True, torch.randn(10, 4, dtype=torch.float64))
+    coords = features(n=10, c=4)[1]
+    with pytest.raises(ValueError, match="relu must be off"):
+        ps.nn.BatchNormReLU(4).add_relu(ps.SparseTensor(x, coords), ps.SparseTensor(x, coords))
 
 
 @pytest.mark.parametrize("relu", [False, True])
@@ -136,5 +144,61 @@ def test_opcheck_of_the_norm_ops(relu):
     ops = torch.ops.pointsparse
     torch.library.opcheck(ops.channel_moments.default, (x,))
     torch.library.opcheck(ops.affine_relu.default, (x, w, b, relu))
+    torch.library.opcheck(ops.affine_relu.default, (x, w, b, relu, torch.randn(30, 5)))
     torch.library.opcheck(ops.batch_norm_relu_backward.default, (torch.randn(30, 5), x, mean, torch.rsqrt(var + 1e-5),
                                                                  w, b, relu))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("training", [True, False])
+def test_add_relu_is_a_residual_blocks_end(device, dtype, training):
+    # relu(norm(x) + residual) against torch's BatchNorm1d, the addition and a ReLU: outputs, gradients
+    # of x, the residual and the affine parameters, running statistics; in eval mode on the CPU the one
+    # fused pass (affine_relu with a residual).
+    ours, ref = pair(20, False, 0.1, dtype, device)
+    ours.train(training), ref.train(training)
+    x, coords = features(dtype=dtype, device=device)
+    residual = features(dtype=dtype, device=device, seed=5)[0] - 2
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == torch.float32 else {}
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ra, rb = residual.clone().requires_grad_(), residual.clone().requires_grad_()
+    ya = ours.add_relu(ps.SparseTensor(a, coords), ps.SparseTensor(ra, coords)).feats
+    yb = torch.relu(ref(b) + rb)
+    torch.testing.assert_close(ya, yb, **tol)
+    probe = torch.randn(ya.shape, generator=torch.Generator().manual_seed(3), dtype=dtype).to(device)
+    ya.backward(probe)
+    yb.backward(probe)
+    for got, want in ((a.grad, b.grad), (ra.grad, rb.grad), (ours.weight.grad, ref.weight.grad),
+                      (ours.bias.grad, ref.bias.grad)):
+        torch.testing.assert_close(got, want, **tol)
+    torch.testing.assert_close(ours.running_mean, ref.running_mean, **tol)
+    with pytest.raises(ValueError, match="coordinates"):
+        ours.add_relu(ps.SparseTensor(x, coords), ps.SparseTensor(residual, coords.flip(0)))
+
+
+def test_gradcheck_of_the_residual_affine_relu():
+    x, _ = features(n=40, c=6)
+    scale, shift = torch.randn(6, dtype=torch.float64), torch.randn(6, dtype=torch.float64)
+    residual = torch.randn(40, 6, dtype=torch.float64)
+    inputs = [t.clone().requires_grad_() for t in (x, scale, shift, residual)]
+    assert torch.autograd.gradcheck(lambda f, a, b, r: norm.affine_relu(f, a, b, True, r), inputs)
+
+
+def test_a_minkunet_gives_the_same_logits_with_and_without_the_fused_residual_end():
+    from pointsparse.models import minkunet18
+
+    torch.manual_seed(0)
+    model = minkunet18(cr=0.125).eval()
+    x, coords = features(n=600, c=4, dtype=torch.float32)
+    coords = torch.cat([torch.zeros(600, 1, dtype=torch.int32), torch.randint(0, 12, (600, 3), dtype=torch.int32)], 1)
+    coords = torch.unique(coords, dim=0)
+    x = ps.SparseTensor(torch.randn(coords.shape[0], 4), coords)
+    with torch.no_grad():
+        fused = model(x)
+        norm.fused_on, saved = (lambda f: False), norm.fused_on  # torch's kernels, separate passes
+        try:
+            separate = model(x)
+        finally:
+            norm.fused_on = saved
+    torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)

@@ -5,13 +5,13 @@ buffers carry the dense module's names (``bn.weight``, not ``bn.module.weight``)
 TorchSparse and spconv, and their checkpoints load without renaming.
 """
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from torch import Tensor, nn
 
 from .. import functional as F
-from ..ops.norm import batch_norm_relu
-from ..tensor import SparseTensor
+from ..ops.norm import batch_norm_add_relu, batch_norm_relu
+from ..tensor import SparseTensor, check_same_coords
 
 
 class _OnFeats:
@@ -32,16 +32,31 @@ class BatchNorm(nn.BatchNorm1d):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.relu = relu
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
+    def _statistics(self) -> Tuple[Optional[Tensor], Optional[Tensor], float]:
+        """(running mean, running variance, momentum factor) as the functional batch norm takes them,
+        after counting this batch in training as torch's module does."""
         factor = 0.0 if self.momentum is None else self.momentum
         if self.training and self.track_running_stats and self.num_batches_tracked is not None:
             self.num_batches_tracked.add_(1)
             if self.momentum is None:  # cumulative moving average, as torch's
                 factor = 1.0 / float(self.num_batches_tracked)
         track = not self.training or self.track_running_stats
-        feats = batch_norm_relu(x.feats, self.running_mean if track else None, self.running_var if track else None,
-                                self.weight, self.bias, self.training, factor, self.eps, self.relu)
-        return x.with_feats(feats)
+        return (self.running_mean if track else None), (self.running_var if track else None), factor
+
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        mean, var, factor = self._statistics()
+        return x.with_feats(batch_norm_relu(x.feats, mean, var, self.weight, self.bias, self.training, factor,
+                                            self.eps, self.relu))
+
+    def add_relu(self, x: SparseTensor, residual: SparseTensor) -> SparseTensor:
+        """``relu(norm(x) + residual)``, a residual block's end (this norm's own ``relu`` off): one pass
+        over the features in eval mode on the CPU."""
+        if self.relu:
+            raise ValueError("add_relu adds the residual before the ReLU: the norm's own relu must be off")
+        check_same_coords([x, residual], "+")
+        mean, var, factor = self._statistics()
+        return x.with_feats(batch_norm_add_relu(x.feats, residual.feats, mean, var, self.weight, self.bias,
+                                                self.training, factor, self.eps))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu=True" if self.relu else "")

@@ -1,12 +1,13 @@
-"""Batch norm with an optional fused ReLU over features ``[N, C]``: typed wrappers of the CPU ops
-``channel_moments``, ``affine_relu`` and ``batch_norm_relu_backward``, their fake kernels, and
-:func:`batch_norm_relu`, which runs them on the CPU (float32 / float64) and torch's own kernels
+"""Batch norm with an optional fused ReLU, and a residual block's batch norm + addition + ReLU, over
+features ``[N, C]``: typed wrappers of the CPU ops ``channel_moments``, ``affine_relu`` and
+``batch_norm_relu_backward``, their fake kernels, and :func:`batch_norm_relu` /
+:func:`batch_norm_add_relu`, which run them on the CPU (float32 / float64) and torch's own kernels
 elsewhere.
 
 On the CPU the training forward is two passes over ``[N, C]`` (statistics; normalise + ReLU) and the
 backward two (reductions; input gradient), the ReLU's mask recomputed from ``x``; torch's batch norm
 followed by a ReLU makes about seven. Sums run in double over fixed row blocks: the result does not
-depend on the thread count.
+depend on the thread count. In eval mode a residual block's end is one pass instead of three.
 """
 
 from typing import Optional, Tuple
@@ -23,9 +24,9 @@ def channel_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
     return _ops.channel_moments(x)
 
 
-def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, relu: bool) -> Tensor:
-    """``relu?(x * scale + shift)`` per channel, ``[N, C]``, in one pass."""
-    return _ops.affine_relu(x, scale, shift, relu)
+def affine_relu(x: Tensor, scale: Tensor, shift: Tensor, relu: bool, residual: Optional[Tensor] = None) -> Tensor:
+    """``relu?(x * scale + shift [+ residual])`` per channel, ``[N, C]``, in one pass."""
+    return _ops.affine_relu(x, scale, shift, relu, residual)
 
 
 @torch.library.register_fake("pointsparse::channel_moments")
@@ -34,7 +35,7 @@ def _moments_fake(x):
 
 
 @torch.library.register_fake("pointsparse::affine_relu")
-def _affine_fake(x, scale, shift, relu):
+def _affine_fake(x, scale, shift, relu, residual=None):
     return torch.empty_like(x)
 
 
@@ -44,15 +45,16 @@ def _backward_fake(grad, x, mean, invstd, weight, bias, relu):
 
 
 def _affine_setup(ctx, inputs, output) -> None:
-    x, scale, shift, relu = inputs
-    ctx.save_for_backward(x, scale, shift)  # not the output: an in-place op after it may change it
+    x, scale, shift, relu, residual = inputs
+    ctx.save_for_backward(x, scale, shift, residual)  # not the output: an in-place op after it may change it
     ctx.relu = relu
 
 
 def _affine_backward(ctx, grad: Tensor):
-    x, scale, shift = ctx.saved_tensors
-    g = grad * (x * scale + shift > 0) if ctx.relu else grad        # [N, C]
-    return g * scale, (g * x).sum(0), g.sum(0), None
+    x, scale, shift, residual = ctx.saved_tensors
+    pre = x * scale + shift if residual is None else x * scale + shift + residual
+    g = grad * (pre > 0) if ctx.relu else grad                      # [N, C]
+    return g * scale, (g * x).sum(0), g.sum(0), None, None if residual is None else g
 
 
 # Eval-mode batch norm is affine_relu with frozen statistics; gradients through it (fine-tuning
@@ -105,3 +107,17 @@ def batch_norm_relu(x: Tensor, running_mean: Optional[Tensor], running_var: Opti
             running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
             running_var.mul_(1 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
     return y
+
+
+def batch_norm_add_relu(x: Tensor, residual: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
+                        weight: Tensor, bias: Tensor, training: bool, momentum: float, eps: float) -> Tensor:
+    """``relu(batch_norm(x) + residual)`` (arguments as :func:`batch_norm_relu`): the end of a residual
+    block. In eval mode on the CPU one pass over ``x`` and ``residual``; otherwise the batch norm, then
+    the addition and an in-place ReLU."""
+    if (training or running_mean is None or weight is None or bias is None or not fused_on(x)
+            or residual.dtype != x.dtype or residual.shape != x.shape):
+        y = batch_norm_relu(x, running_mean, running_var, weight, bias, training, momentum, eps, False)
+        return (y + residual).relu_()
+    scale = weight * torch.rsqrt(running_var + eps)
+    return affine_relu(x.contiguous(), scale.to(x.dtype), (bias - running_mean * scale).to(x.dtype), True,
+                       residual.contiguous())

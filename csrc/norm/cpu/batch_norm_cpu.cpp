@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -92,15 +93,24 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& x) {
   return {mean, var};
 }
 
-// y = x * scale + shift per channel, then max(y, 0) when relu: one pass.
-at::Tensor affine_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, bool relu) {
+// y = x * scale + shift per channel (+ residual [N, C] when given), then max(y, 0) when relu: one
+// pass. With a residual it is a residual block's last batch norm, addition and ReLU in eval mode.
+at::Tensor affine_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, bool relu,
+                           const std::optional<at::Tensor>& residual) {
   check_features(x, "x");
   check_channel_vector(scale, x, "scale");
   check_channel_vector(shift, x, "shift");
+  if (residual) {
+    check_features(*residual, "residual");
+    TORCH_CHECK_VALUE(residual->sizes() == x.sizes(), "residual ", residual->sizes(), " and x ", x.sizes(),
+                      " differ");
+    TORCH_CHECK_TYPE(residual->scalar_type() == x.scalar_type(), "residual and x dtypes differ");
+  }
   const int64_t N = x.size(0), C = x.size(1);
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_relu_cpu", [&] {
     const scalar_t* p = x.data_ptr<scalar_t>();
+    const scalar_t* r = residual ? residual->data_ptr<scalar_t>() : nullptr;
     const scalar_t* a = scale.data_ptr<scalar_t>();
     const scalar_t* b = shift.data_ptr<scalar_t>();
     scalar_t* q = y.data_ptr<scalar_t>();
@@ -108,7 +118,14 @@ at::Tensor affine_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const a
       for (int64_t i = begin; i < end; ++i) {
         const scalar_t* __restrict__ row = p + i * C;
         scalar_t* __restrict__ out = q + i * C;
-        if (relu) {
+        if (r) {
+          const scalar_t* __restrict__ res = r + i * C;
+          if (relu) {
+            for (int64_t c = 0; c < C; ++c) out[c] = std::max(row[c] * a[c] + b[c] + res[c], scalar_t(0));
+          } else {
+            for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c] + res[c];
+          }
+        } else if (relu) {
           for (int64_t c = 0; c < C; ++c) out[c] = std::max(row[c] * a[c] + b[c], scalar_t(0));
         } else {
           for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c];
