@@ -6,10 +6,11 @@ learned masks (frozen weights, mask logits trained on the training split with th
 ``--distill A`` trains both on a mix of the task loss and the dense model's soft predictions
 (weight A of the distillation term, temperature ``--distill-temperature``).
 ``--sensitivity-budget B`` first prunes one layer at a time, prints and plots each layer's mIoU drop,
-and prunes only the least sensitive layers whose drops add up to at most B points. Every
-model, the dense one included, then has its batch-norm statistics re-estimated on ``--recalibrate``
-batches of whole training scans (:func:`pruning.recalibrate_batch_norm`; the learned masks need it
-most, since their statistics saw Gumbel samples, not the final masks). The report compares them:
+and prunes only the least sensitive layers whose drops add up to at most B points. Every model scored,
+the dense one and each sensitivity trial included, first has its batch-norm statistics re-estimated
+on the same ``--recalibrate`` batches of whole training scans (:func:`pruning.recalibrate_batch_norm`;
+the learned masks need it most, since their statistics saw Gumbel samples, not the final masks).
+The report compares them:
 validation mIoU (official, over all 19 classes, and over the classes present; the latter also before
 recalibration), parameters, non-zeros, and checkpoint bytes dense, as saved (masks included,
 loadable by ``pointsparse eval`` unchanged) and compressed (:func:`pruning.compress_state_dict`).
@@ -119,8 +120,16 @@ def run(args) -> int:
     train = DataLoader(SemanticKITTI(root, split_arg(args.train_split),
                                      VoxelConfig(config["voxel_size"], config.get("max_voxels"), augment=True)),
                        args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.workers)
-    calibration = DataLoader(evaluation_set(root, args.train_split, config["voxel_size"]), args.batch_size,
-                             shuffle=True, collate_fn=collate, num_workers=args.workers)
+    # The same calibration batches for every model, so that differences between rows are the masks'.
+    calibration = list(itertools.islice(
+        DataLoader(evaluation_set(root, args.train_split, config["voxel_size"]), args.batch_size, shuffle=True,
+                   collate_fn=collate, num_workers=args.workers), max(args.recalibrate, 0)))
+
+    def recalibrated(model: nn.Module) -> nn.Module:
+        if calibration:
+            pruning.recalibrate_batch_norm(model, (batch["input"].to(args.device) for batch in calibration))
+        return model
+
     rows: List[Dict[str, object]] = []
     chosen = None
     include: Sequence[str] = ("*",)
@@ -128,7 +137,8 @@ def run(args) -> int:
                                  "split": args.split, "method": args.method,
                                  "recalibrate_batches": args.recalibrate}
     if args.sensitivity_budget is not None:
-        layers = pruning.sensitivity(dense, lambda m: 100 * evaluate(m, val, args.device).miou(present_only=True))
+        layers = pruning.sensitivity(
+            dense, lambda m: 100 * evaluate(recalibrated(m), val, args.device).miou(present_only=True))
         include = pruning.choose_layers(layers, args.sensitivity_budget)
         print(f"{'layer':<34}{'mIoU drop (points)':>20}")
         for item in layers:
@@ -140,10 +150,7 @@ def run(args) -> int:
     def record(name: str, model: nn.Module) -> None:
         """Evaluates ``model``, recalibrates its batch norm in place, evaluates again, adds a row."""
         uncalibrated = evaluate(model, val, args.device).miou(present_only=True)
-        if args.recalibrate > 0:
-            batches = itertools.islice(calibration, args.recalibrate)
-            pruning.recalibrate_batch_norm(model, (batch["input"].to(args.device) for batch in batches))
-        matrix = evaluate(model, val, args.device)
+        matrix = evaluate(recalibrated(model), val, args.device)
         state = model.state_dict()
         rows.append({"model": name, "miou": matrix.miou(), "miou_present": matrix.miou(present_only=True),
                      "miou_present_uncalibrated": uncalibrated, **_counts(model), "checkpoint_bytes": _bytes(state),
