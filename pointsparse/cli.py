@@ -224,7 +224,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="weight in [0, 1] of distillation from the dense model's logits (learned masks, SR-STE)")
     prune.add_argument("--distill-temperature", type=float, default=2.0)
     prune.add_argument("--recalibrate", type=int, default=20,
-                       help="batches of whole training scans on which every model's batch-norm statistics are re-estimated (0: off)")
+                       help="batches of whole training scans on which every scored model's batch-norm "
+                            "statistics are re-estimated (0: off)")
     prune.add_argument("--seed", type=int, default=0)
     prune.add_argument("--sensitivity-budget", type=float,
                        help="prune only the least sensitive layers, their mIoU drops summing to at most this")

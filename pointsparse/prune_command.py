@@ -115,8 +115,8 @@ def run(args) -> int:
     torch.manual_seed(args.seed)  # Gumbel samples and the training order: one run, one result
     dense, config = load_model(checkpoint, args.device)
     root = args.data_root or config["data_root"]
-    val = DataLoader(evaluation_set(args.eval_data_root or root, args.split, config["voxel_size"]), 1, collate_fn=collate,
-                     num_workers=args.workers)
+    val = DataLoader(evaluation_set(args.eval_data_root or root, args.split, config["voxel_size"]), 1,
+                     collate_fn=collate, num_workers=args.workers)
     train = DataLoader(SemanticKITTI(root, split_arg(args.train_split),
                                      VoxelConfig(config["voxel_size"], config.get("max_voxels"), augment=True)),
                        args.batch_size, shuffle=True, collate_fn=collate, num_workers=args.workers)
@@ -135,7 +135,7 @@ def run(args) -> int:
     include: Sequence[str] = ("*",)
     report: Dict[str, object] = {"checkpoint": str(checkpoint), "eval_data_root": args.eval_data_root or root,
                                  "split": args.split, "method": args.method,
-                                 "recalibrate_batches": args.recalibrate}
+                                 "recalibrate_batches": len(calibration)}
     if args.sensitivity_budget is not None:
         layers = pruning.sensitivity(
             dense, lambda m: 100 * evaluate(recalibrated(m), val, args.device).miou(present_only=True))
@@ -184,8 +184,8 @@ def run(args) -> int:
         print(f"{row['model']:<20}{100 * row['miou']:>7.1f}%{100 * row['miou_present']:>13.1f}%"
               f"{100 * row['miou_present_uncalibrated']:>13.1f}%{row['parameters']:>10}"
               f"{row['nonzeros']:>11}{row['checkpoint_bytes']:>12}{row['compressed_bytes']:>12}")
-    if args.recalibrate > 0:
-        print(f"batch-norm statistics of every model re-estimated on {args.recalibrate} batches of whole "
+    if calibration:
+        print(f"batch-norm statistics of every model re-estimated on {len(calibration)} batches of whole "
               f"'{args.train_split}' scans ('uncalibrated': mIoU present before)")
     out = Path(args.out)
     save_checkpoint({"model": chosen.state_dict(), "config": config, "pruning": {"method": args.method}}, out)
