@@ -218,6 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--train-split", default="train", help="split the learned masks train on")
     prune.add_argument("--learn-steps", type=int, default=200, help="batches of mask learning")
     prune.add_argument("--learn-lr", type=float, default=0.05)
+    prune.add_argument("--learn-temperature", type=float, nargs=2, default=[2.0, 0.1], metavar=("START", "END"),
+                       help="Gumbel-softmax temperature of mask learning, annealed geometrically from START to END")
+    prune.add_argument("--learn-scale", type=float, default=10.0,
+                       help="initial mask logits: this times each 2-of-4 pattern's share of the largest kept magnitude")
     prune.add_argument("--finetune-epochs", type=int, default=0, help="SR-STE recovery epochs of the chosen method")
     prune.add_argument("--finetune-lr", type=float, default=0.01)
     prune.add_argument("--distill", type=float, default=0.0,

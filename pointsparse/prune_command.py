@@ -22,7 +22,7 @@ import io
 import itertools
 import json
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -68,15 +68,19 @@ def task_loss(teacher: Optional[nn.Module], alpha: float, temperature: float) ->
 
 
 def learn_masks(model: nn.Module, loader: DataLoader, device: str, steps: int, lr: float,
-                include: Sequence[str] = ("*",), loss: Optional[Callable] = None) -> None:
+                include: Sequence[str] = ("*",), loss: Optional[Callable] = None,
+                temperature: Tuple[float, float] = (2.0, 0.1), scale: float = 10.0) -> None:
     """Trains the mask logits of ``model`` (weights frozen) for ``steps`` batches with ``loss``
-    (:func:`task_loss`; cross entropy by default), then hardens them."""
-    logits = pruning.attach_learned_masks(model, include=include)
+    (:func:`task_loss`; cross entropy by default), the Gumbel-softmax temperature annealed from
+    ``temperature[0]`` to ``temperature[1]`` (:func:`pruning.annealed_temperature`; logits start at
+    ``scale`` times each pattern's share of the largest kept magnitude), then hardens them."""
+    logits = pruning.attach_learned_masks(model, include=include, scale=scale)
     optimizer = torch.optim.Adam(logits, lr=lr)
     loss = loss or task_loss(None, 0.0, 1.0)
     model.train()
     batches = iter(loader)
-    for _ in _progress(range(steps), desc="learning masks"):
+    for step in _progress(range(steps), desc="learning masks"):
+        pruning.set_mask_temperature(model, pruning.annealed_temperature(step, steps, *temperature))
         try:
             batch = next(batches)
         except StopIteration:
@@ -134,6 +138,8 @@ def run(args) -> int:
     chosen = None
     include: Sequence[str] = ("*",)
     report: Dict[str, object] = {"checkpoint": str(checkpoint), "eval_data_root": args.eval_data_root or root,
+                                 "learn": {"steps": args.learn_steps, "lr": args.learn_lr,
+                                           "temperature": list(args.learn_temperature), "scale": args.learn_scale},
                                  "split": args.split, "method": args.method,
                                  "recalibrate_batches": len(calibration)}
     if args.sensitivity_budget is not None:
@@ -163,7 +169,8 @@ def run(args) -> int:
     for method in METHODS:
         model = copy.deepcopy(dense)
         if method == "learned":
-            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr, include, loss)
+            learn_masks(model, train, args.device, args.learn_steps, args.learn_lr, include, loss,
+                        tuple(args.learn_temperature), args.learn_scale)
         else:
             pruning.prune_model(model, method, include=include)
         record(method, model)

@@ -180,6 +180,7 @@ def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["distill"] == {"alpha": 0.5, "temperature": 2.0}
     assert report["recalibrate_batches"] == 2 and report["eval_data_root"] == str(root)
+    assert report["learn"] == {"steps": 2, "lr": 0.05, "temperature": [2.0, 0.1], "scale": 10.0}
     assert all(0 <= row["miou_present_uncalibrated"] <= 1 for row in report["rows"])
     rows = {row["model"]: row for row in report["rows"]}
     assert rows["dense"]["nonzeros"] == rows["dense"]["parameters"]
@@ -371,3 +372,26 @@ def test_recalibration_restores_what_learned_masks_cost_the_statistics():
     model.eval(), twin.eval()
     torch.testing.assert_close(model(x).feats, twin(x).feats)
     torch.testing.assert_close(model[1].running_var, twin[1].running_var)
+
+
+def test_the_mask_temperature_anneals_geometrically_and_reaches_every_learned_mask():
+    taus = [pruning.annealed_temperature(step, 5, 2.0, 0.125) for step in range(7)]
+    assert taus[:5] == pytest.approx([2.0, 1.0, 0.5, 0.25, 0.125]) and taus[5:] == pytest.approx([0.125] * 2)
+    assert pruning.annealed_temperature(0, 1, 2.0, 0.125) == 2.0
+    with pytest.raises(ValueError, match="positive"):
+        pruning.annealed_temperature(0, 5, 0.0, 0.1)
+    model = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.ReLU(), ps.nn.SparseConv3d(8, 4, 3))
+    pruning.attach_learned_masks(model, exclude=())
+    pruning.set_mask_temperature(model, 0.7)
+    assert [m.mask_learner.tau for m in model if isinstance(m, ps.nn.SparseConv3d)] == [0.7, 0.7]
+    with pytest.raises(ValueError, match="positive"):
+        pruning.set_mask_temperature(model, -1.0)
+    # A hot sample spreads over the patterns; a cold one is nearly one pattern per group.
+    learner = model[0].mask_learner.train()
+    spread = {}
+    for tau in (5.0, 0.01):
+        pruning.set_mask_temperature(model, tau)
+        torch.manual_seed(0)
+        mask = learner.mask().detach()
+        spread[tau] = float((mask * (1 - mask)).mean())  # 0 for a hard mask
+    assert spread[5.0] > 10 * spread[0.01]
