@@ -181,7 +181,7 @@ def test_prune_command_end_to_end_on_a_tiny_data_set(tmp_path, capsys):
     assert report["distill"] == {"alpha": 0.5, "temperature": 2.0}
     assert report["recalibrate_batches"] == 2 and report["eval_data_root"] == str(root)
     assert report["learn"] == {"steps": 2, "lr": 0.05, "temperature": [2.0, 0.1], "scale": 10.0}
-    assert all(0 <= row["miou_present_uncalibrated"] <= 1 for row in report["rows"])
+    assert all(0 <= row["miou_present_uncalibrated"] <= 1 and row["train_loss"] > 0 for row in report["rows"])
     rows = {row["model"]: row for row in report["rows"]}
     assert rows["dense"]["nonzeros"] == rows["dense"]["parameters"]
     for method in ("magnitude", "permute", "learned", "permute + SR-STE"):
