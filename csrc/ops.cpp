@@ -45,9 +45,9 @@ TORCH_LIBRARY(pointsparse, m) {
   // is set where neighbour k exists.
   m.def("kmap_bitmask(Tensor neighbors) -> Tensor");
   // Batch norm + ReLU over features x [N, C] (CPU, float32 / float64; see csrc/norm/cpu):
-  // per-channel (mean, biased variance) [C]; y = relu?(x * scale + shift [+ residual]) in one pass; and the
-  // gradients (dx [N, C], dweight [C], dbias [C]) of relu?((x - mean) * invstd * weight + bias)
-  // with batch statistics, the ReLU mask recomputed from x.
+  // per-channel (mean, biased variance) [C]; y = relu?(x * scale + shift [+ residual [N, C]]) in one
+  // pass; and the gradients (dx [N, C], dweight [C], dbias [C]) of
+  // relu?((x - mean) * invstd * weight + bias) with batch statistics, the ReLU mask recomputed from x.
   m.def("channel_moments(Tensor x) -> (Tensor mean, Tensor var)");
   m.def("affine_relu(Tensor x, Tensor scale, Tensor shift, bool relu, Tensor? residual=None) -> Tensor");
   m.def("batch_norm_relu_backward(Tensor grad, Tensor x, Tensor mean, Tensor invstd, Tensor weight, "
