@@ -73,10 +73,10 @@ def mean_loss(model: nn.Module, batches: Sequence[Dict], device: str) -> Optiona
     learning minimises, on whole training scans, a steadier signal than a few validation scans."""
     if not batches:
         return None
-    cross_entropy = nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    cross_entropy = task_loss(None, 0.0, 1.0)
     model.eval()
     with torch.no_grad():
-        return sum(float(cross_entropy(model(b["input"].to(device)).float(), b["labels"].to(device)))
+        return sum(float(cross_entropy(model, b["input"].to(device), b["labels"].to(device)))
                    for b in batches) / len(batches)
 
 

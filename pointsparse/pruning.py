@@ -372,7 +372,9 @@ def recalibrate_batch_norm(model: nn.Module, inputs: Iterable) -> int:
     (model inputs, run in training mode without gradients); modes and momenta are restored.
     Pruning changes every activation the statistics were measured on, and learned masks train
     under Gumbel samples, which leave statistics of masks that are never used; evaluation needs
-    those of the final model. Returns the number of inputs seen (ValueError if none)."""
+    those of the final model. Returns the number of inputs seen (ValueError if none).
+    (``torch.optim.swa_utils.update_bn`` re-estimates the same way, but restores only the top
+    module's mode and leaves the momenta at None when a forward raises.)"""
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     modes = {m: m.training for m in model.modules()}
     momenta = {m: m.momentum for m in norms}
