@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 from torch import Tensor, nn
 
 from .. import functional as F
-from ..ops.norm import batch_norm_add_relu, batch_norm_relu
+from ..ops.norm import batch_norm_relu
 from ..tensor import SparseTensor, check_same_coords
 
 
@@ -55,8 +55,8 @@ class BatchNorm(nn.BatchNorm1d):
             raise ValueError("add_relu adds the residual before the ReLU: the norm's own relu must be off")
         check_same_coords([x, residual], "+")
         mean, var, factor = self._statistics()
-        return x.with_feats(batch_norm_add_relu(x.feats, residual.feats, mean, var, self.weight, self.bias,
-                                                self.training, factor, self.eps))
+        return x.with_feats(batch_norm_relu(x.feats, mean, var, self.weight, self.bias, self.training, factor,
+                                            self.eps, True, residual.feats))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu=True" if self.relu else "")

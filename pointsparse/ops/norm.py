@@ -1,8 +1,7 @@
-"""Batch norm with an optional fused ReLU, and a residual block's batch norm + addition + ReLU, over
-features ``[N, C]``: typed wrappers of the CPU ops ``channel_moments``, ``affine_relu`` and
-``batch_norm_relu_backward``, their fake kernels, and :func:`batch_norm_relu` /
-:func:`batch_norm_add_relu`, which run them on the CPU (float32 / float64) and torch's own kernels
-elsewhere.
+"""Batch norm with an optional fused ReLU (and a residual block's addition before it) over features
+``[N, C]``: typed wrappers of the CPU ops ``channel_moments``, ``affine_relu`` and
+``batch_norm_relu_backward``, their fake kernels, and :func:`batch_norm_relu`, which runs them on the
+CPU (float32 / float64) and torch's own kernels elsewhere.
 
 On the CPU the training forward is two passes over ``[N, C]`` (statistics; normalise + ReLU) and the
 backward two (reductions; input gradient), the ReLU's mask recomputed from ``x``; torch's batch norm
@@ -88,36 +87,33 @@ def fused_on(x: Tensor) -> bool:
 
 
 def batch_norm_relu(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Tensor,
-                    bias: Tensor, training: bool, momentum: float, eps: float, relu: bool) -> Tensor:
+                    bias: Tensor, training: bool, momentum: float, eps: float, relu: bool,
+                    residual: Optional[Tensor] = None) -> Tensor:
     """``torch.nn.functional.batch_norm`` (same arguments: batch statistics when ``training``, running
-    statistics updated with ``momentum`` when given) followed by a ReLU when ``relu``; fused on the
-    CPU for float32 / float64 features ``[N, C]`` with an affine weight and bias, torch's kernels
-    otherwise."""
-    if not fused_on(x) or weight is None or bias is None or (not training and running_mean is None):
-        y = TF.batch_norm(x, running_mean, running_var, weight, bias, training or running_mean is None, momentum, eps)
-        return torch.relu(y) if relu else y
-    x = x.contiguous()
-    if not training:
+    statistics updated with ``momentum`` when given), plus ``residual [N, C]`` when given (a residual
+    block's end), followed by a ReLU when ``relu``; fused on the CPU for float32 / float64 features
+    ``[N, C]`` with an affine weight and bias (in eval mode the residual too: one pass), torch's
+    kernels otherwise."""
+    fused = fused_on(x) and weight is not None and bias is not None and (training or running_mean is not None)
+    relu_before_residual = relu and residual is None
+    if fused and not training:
         scale = weight * torch.rsqrt(running_var + eps)
-        return affine_relu(x, scale.to(x.dtype), (bias - running_mean * scale).to(x.dtype), relu)
-    y, mean, var = _BatchNormReLU.apply(x, weight, bias, eps, relu)
-    if running_mean is not None:
-        with torch.no_grad():
-            n = x.shape[0]
-            running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
-            running_var.mul_(1 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
-    return y
-
-
-def batch_norm_add_relu(x: Tensor, residual: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor],
-                        weight: Tensor, bias: Tensor, training: bool, momentum: float, eps: float) -> Tensor:
-    """``relu(batch_norm(x) + residual)`` (arguments as :func:`batch_norm_relu`): the end of a residual
-    block. In eval mode on the CPU one pass over ``x`` and ``residual``; otherwise the batch norm, then
-    the addition and an in-place ReLU."""
-    if (training or running_mean is None or weight is None or bias is None or not fused_on(x)
-            or residual.dtype != x.dtype or residual.shape != x.shape):
-        y = batch_norm_relu(x, running_mean, running_var, weight, bias, training, momentum, eps, False)
-        return (y + residual).relu_()
-    scale = weight * torch.rsqrt(running_var + eps)
-    return affine_relu(x.contiguous(), scale.to(x.dtype), (bias - running_mean * scale).to(x.dtype), True,
-                       residual.contiguous())
+        inline = residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)
+        y = affine_relu(x.contiguous(), scale.to(x.dtype), (bias - running_mean * scale).to(x.dtype),
+                        relu and inline, residual.contiguous() if inline and residual is not None else None)
+        if inline:
+            return y
+    elif fused:
+        y, mean, var = _BatchNormReLU.apply(x.contiguous(), weight, bias, eps, relu_before_residual)
+        if running_mean is not None:
+            with torch.no_grad():
+                n = x.shape[0]
+                running_mean.mul_(1 - momentum).add_(mean, alpha=momentum)
+                running_var.mul_(1 - momentum).add_(var * (n / max(n - 1, 1)), alpha=momentum)
+    else:
+        y = TF.batch_norm(x, running_mean, running_var, weight, bias, training or running_mean is None, momentum, eps)
+        y = torch.relu(y) if relu_before_residual else y
+    if residual is None:
+        return y
+    y = y + residual
+    return y.relu_() if relu else y
