@@ -130,17 +130,23 @@ FusedKernels<T> fused_kernels(Isa isa) {
   }
 }
 
-// Output columns padded to whole register tiles (the packed weight and gradient buffers).
-// A row length of a multiple of 512 bytes would put the rows a tile walks down (one per input
-// channel) into a few L1 sets, which then evict each other: one vector more spreads them.
-// (The weight gradient's tiles run over every padded column: it takes the plain rounding.)
+// Output columns padded to whole register tiles (the implicit GEMM's packed weight and the weight
+// gradient's buffers, whose tiles run over every padded column).
 int64_t tile_cols_of(int64_t C_out, Isa isa, const at::Tensor& like) {
   return round_up(std::max<int64_t>(C_out, 1), vector_bytes(isa) / int64_t(like.element_size()) * kTileVecs);
 }
 
-int64_t padded_cols(int64_t C_out, Isa isa, const at::Tensor& like) {
-  const int64_t cols = tile_cols_of(C_out, isa, like);
-  return cols * like.element_size() % 512 == 0 ? cols + vector_bytes(isa) / like.element_size() : cols;
+// The fused forward's weight [K, C_in, ldw]: its tiles read whole vectors, so rows are padded with
+// zeros to a multiple of the vector, and the weight itself serves when C_out already is one (every
+// width of MinkUNet: no copy per call). (Padding rows off multiples of 512 bytes, once thought to
+// spare L1 sets, measured no faster with the current tiles on 128- and 256-channel layers.)
+at::Tensor vector_padded_weight(const at::Tensor& weight, Isa isa) {
+  const int64_t C_out = weight.size(2), lanes = vector_bytes(isa) / int64_t(weight.element_size());
+  const int64_t ldw = round_up(std::max<int64_t>(C_out, 1), lanes);
+  if (ldw == C_out) return weight.contiguous();
+  at::Tensor packed = at::zeros({weight.size(0), weight.size(1), ldw}, weight.options());
+  packed.narrow(2, 0, C_out).copy_(weight);
+  return packed;
 }
 
 constexpr int64_t kGradTask = 4096;     // pairs per weight-gradient task
@@ -239,9 +245,8 @@ at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, co
                                              identity_offset);
   const int64_t C_in = weight.size(1), C_out = weight.size(2);
   const Isa isa = cpu_isa();
-  const int64_t ldw = padded_cols(C_out, isa, weight);
-  at::Tensor packed = at::zeros({pairs.K, C_in, ldw}, weight.options());  // [K, C_in, ldw]
-  packed.narrow(2, 0, C_out).copy_(weight);
+  const at::Tensor packed = vector_padded_weight(weight, isa);  // [K, C_in, ldw]
+  const int64_t ldw = packed.size(2);
   // Every block assigns its rows first (the identity offset, or zeros), so no zero fill here.
   at::Tensor out = at::empty({num_out, C_out}, weight.options());
   if (num_out == 0 || C_out == 0) return out;
@@ -355,7 +360,7 @@ at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight,
   const ImplicitInputs in = check_conv_implicit(feats_, weight, neighbors_, order_, tile_masks_, tile_rows);
   const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
   const Isa isa = cpu_isa();
-  const int64_t ldw = padded_cols(C_out, isa, weight);
+  const int64_t ldw = tile_cols_of(C_out, isa, weight);
   at::Tensor packed = at::zeros({K, C_in, ldw}, weight.options());  // [K, C_in, ldw]
   packed.narrow(2, 0, C_out).copy_(weight);
   at::Tensor out = at::zeros({n_out, C_out}, weight.options());
