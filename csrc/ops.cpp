@@ -96,6 +96,11 @@ TORCH_LIBRARY(pointsparse, m) {
   // (CPU only; results equal conv_gather_scatter / conv_weight_grad up to rounding).
   m.def("conv_fused(Tensor feats, Tensor weight, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, SymInt num_out, int identity_offset) -> Tensor");
+  // conv_fused ending in an eval-mode batch norm: relu?(conv * scale + shift [+ residual]) per
+  // output channel, applied to each block of output rows as soon as it is done (float32 / float64).
+  m.def("conv_fused_affine_relu(Tensor feats, Tensor weight, Tensor offset_ptr, Tensor in_idx, "
+        "Tensor out_idx, SymInt num_out, int identity_offset, Tensor scale, Tensor shift, bool relu, "
+        "Tensor? residual=None) -> Tensor");
   m.def("conv_fused_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int identity_offset) -> Tensor");
 }

@@ -20,16 +20,21 @@ WIDTHS = (32, 32, 64, 128, 256, 256, 128, 96, 96)
 
 class ConvBNReLU(nn.Sequential):
     """Conv, then batch norm with a fused ReLU (the state-dict keys of conv, BN, ReLU: the ReLU has
-    none)."""
+    none); in eval mode the norm and ReLU run inside the conv (:func:`spnn.conv_norm`)."""
 
     def __init__(self, c_in: int, c_out: int, kernel_size: int = 3, stride: int = 1, transposed: bool = False):
         super().__init__(spnn.SparseConv3d(c_in, c_out, kernel_size, stride, transposed=transposed),
                          spnn.BatchNormReLU(c_out))
 
+    def forward(self, x: SparseTensor) -> SparseTensor:
+        conv, norm = self
+        return spnn.conv_norm(conv, norm, x)
+
 
 class ResidualBlock(nn.Module):
     """conv3-BN-ReLU-conv3-BN plus a shortcut (k1 conv + BN when channels change), then ReLU; the last
-    batch norm, the addition and the ReLU run as one (:meth:`spnn.BatchNorm.add_relu`)."""
+    batch norm, the addition and the ReLU run as one (:meth:`spnn.BatchNorm.add_relu`), in eval mode
+    inside the last conv (:func:`spnn.conv_norm`)."""
 
     def __init__(self, c_in: int, c_out: int):
         super().__init__()
@@ -38,11 +43,9 @@ class ResidualBlock(nn.Module):
                          nn.Sequential(spnn.SparseConv3d(c_in, c_out, 1), spnn.BatchNorm(c_out)))
 
     def forward(self, x: SparseTensor) -> SparseTensor:
-        *layers, norm = self.body
-        y = x
-        for layer in layers:
-            y = layer(y)
-        return norm.add_relu(y, self.shortcut(x))
+        first, conv, norm = self.body
+        shortcut = x if isinstance(self.shortcut, nn.Identity) else spnn.conv_norm(*self.shortcut, x)
+        return spnn.conv_norm(conv, norm, first(x), residual=shortcut)
 
 
 def residual_stage(c_in: int, c_out: int, blocks: int) -> nn.Sequential:

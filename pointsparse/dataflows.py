@@ -2,11 +2,13 @@
 
 ``functional.conv3d`` looks the configured dataflow up here; the profiler and the tuner enumerate
 :func:`dataflows_for` a device and dtype. A dataflow's ``run`` takes the features, the weight, the
-kernel map, the identity offset (or -1) and the config, and returns the output features.
+kernel map, the identity offset (or -1) and the config, and returns the output features; a dataflow
+that can end in an eval-mode batch norm itself (:class:`pointsparse.functional.Epilogue`) also has
+``run_epilogue``, which takes the epilogue's scale, shift, ReLU flag and residual features as well.
 """
 
 from dataclasses import dataclass
-from typing import Callable, Dict, FrozenSet, List, Tuple
+from typing import Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -16,6 +18,7 @@ from .config import ConvConfig, Dataflow
 from .kmap import KernelMap
 
 Run = Callable[[Tensor, Tensor, KernelMap, int, ConvConfig], Tensor]
+RunEpilogue = Callable[[Tensor, Tensor, KernelMap, int, ConvConfig, Tensor, Tensor, bool, Optional[Tensor]], Tensor]
 
 _FLOATS = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 
@@ -27,6 +30,7 @@ class DataflowSpec:
     dtypes: FrozenSet[torch.dtype]  # feature dtypes it accepts
     run: Run
     summary: str
+    run_epilogue: Optional[RunEpilogue] = None  # float32 / float64 only
 
     def runs_on(self, device: torch.device, dtype: torch.dtype) -> bool:
         return device.type in self.devices and dtype in self.dtypes
@@ -54,6 +58,12 @@ def _fused(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int,
     return ops.conv_fused(feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out, identity_offset)
 
 
+def _fused_epilogue(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig,
+                    scale: Tensor, shift: Tensor, relu: bool, residual: Optional[Tensor]) -> Tensor:
+    return ops.conv_fused_affine_relu(feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out,
+                                      identity_offset, scale, shift, relu, residual)
+
+
 def _implicit_gemm(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int,
                    config: ConvConfig) -> Tensor:
     forward, backward = _reorderings(kmap, config.implicit)
@@ -74,7 +84,7 @@ REGISTRY: Dict[Dataflow, DataflowSpec] = {
         "gather rows, ATen GEMMs (one per offset, or batched per group of offsets), scatter-add"),
     Dataflow.FUSED: DataflowSpec(
         Dataflow.FUSED, frozenset({"cpu"}), _FLOATS, _fused,
-        "register-blocked tiles multiply rows in place, no gathered copy"),
+        "register-blocked tiles multiply rows in place, no gathered copy", _fused_epilogue),
     Dataflow.IMPLICIT_GEMM: DataflowSpec(
         Dataflow.IMPLICIT_GEMM, frozenset({"cpu", "cuda"}), _FLOATS, _implicit_gemm,
         "output-stationary tiles of mask-sorted rows, offsets skipped per tile, no atomics"),

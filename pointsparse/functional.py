@@ -3,6 +3,7 @@
 Addition of tensors at equal coordinates is ``SparseTensor.__add__`` (``a + b``).
 """
 
+from dataclasses import dataclass
 from typing import Optional, Sequence
 
 import torch
@@ -12,13 +13,44 @@ from . import dataflows
 from .config import ConvConfig, OutputRule
 from .kmap import output_cache
 from .offsets import IntOrTriple, as_triple
-from .tensor import SparseTensor, check_same_coords, kernel_map
+from .tensor import SparseTensor, check_same_coords, kernel_map, same_coords
+
+
+@dataclass(frozen=True)
+class Epilogue:
+    """What a conv's output ``y [N_out, C_out]`` becomes before it is returned:
+    ``relu?(y * scale + shift [+ residual.feats])`` per channel — an eval-mode batch norm (``scale``,
+    ``shift`` ``[C_out]``), a residual block's addition (``residual`` at the conv's output
+    coordinates) and a ReLU. The fused CPU dataflow applies it to each block of output rows while the
+    block is in cache (float32 / float64 without autocast); other dataflows after the conv."""
+
+    scale: Tensor
+    shift: Tensor
+    relu: bool = False
+    residual: Optional[SparseTensor] = None
+
+    def apply(self, y: Tensor) -> Tensor:
+        """The epilogue on finished conv output ``y [N_out, C_out]``."""
+        residual = None if self.residual is None else self.residual.feats
+        if self._fuses_with(y):
+            return torch.ops.pointsparse.affine_relu(y.contiguous(), self.scale, self.shift, self.relu,
+                                                     None if residual is None else residual.contiguous())
+        y = y * self.scale + self.shift if residual is None else y * self.scale + self.shift + residual
+        return torch.relu(y) if self.relu else y
+
+    def _fuses_with(self, feats: Tensor) -> bool:
+        """Whether the CPU kernels (fused conv epilogue, ``affine_relu``) take it with ``feats``."""
+        dtype = feats.dtype
+        return (feats.device.type == "cpu" and dtype in (torch.float32, torch.float64)
+                and not torch.is_autocast_enabled("cpu") and self.scale.dtype == dtype and self.shift.dtype == dtype
+                and (self.residual is None or self.residual.feats.dtype == dtype))
 
 
 def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bias: Optional[Tensor] = None,
            stride: IntOrTriple = 1, dilation: IntOrTriple = 1, transposed: bool = False,
            outputs: OutputRule = OutputRule.OCCUPIED, padding: Optional[IntOrTriple] = None,
-           generative: bool = False, config: Optional[ConvConfig] = None) -> SparseTensor:
+           generative: bool = False, config: Optional[ConvConfig] = None,
+           epilogue: Optional[Epilogue] = None) -> SparseTensor:
     """Sparse 3-D convolution of ``x`` (feats ``[N, C_in]``) with ``weight [K, C_in, C_out]``.
 
     ``K`` is the volume of ``kernel_size`` and rows of ``weight`` follow
@@ -33,7 +65,8 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     returning to known coordinates. ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
     (fused kernels on the CPU by default, gather-GEMM-scatter elsewhere; see
     :mod:`pointsparse.dataflows`) and ``config.grouping`` how gather-GEMM-scatter batches offsets.
-    Arguments after ``weight`` are keyword-only. Under ``torch.autocast``
+    ``epilogue`` (:class:`Epilogue`): an eval-mode batch norm, residual and ReLU the conv ends with,
+    after the bias. Arguments after ``weight`` are keyword-only. Under ``torch.autocast``
     the result has the autocast dtype (float32 accumulation inside).
     """
     config = config or ConvConfig()
@@ -45,8 +78,18 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     if kmap.num_in != x.feats.shape[0]:
         raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
     identity = identity_offset(size, step, transposed) if outputs is OutputRule.OCCUPIED else -1
-    feats = spec.run(x.feats, weight, kmap, identity, config)                      # [N_out, C_out]
-    return conv_output(x, kmap, feats, bias)
+    if epilogue is None:
+        return conv_output(x, kmap, spec.run(x.feats, weight, kmap, identity, config), bias)
+    residual = epilogue.residual
+    if residual is not None and not same_coords(residual, kmap.out_coords, kmap.out_stride):
+        raise ValueError("the epilogue's residual must be at the conv's output coordinates and stride")
+    if spec.run_epilogue is None or not epilogue._fuses_with(x.feats) or weight.dtype != x.feats.dtype:
+        out = conv_output(x, kmap, spec.run(x.feats, weight, kmap, identity, config), bias)
+        return out.with_feats(epilogue.apply(out.feats))
+    shift = epilogue.shift if bias is None else epilogue.shift + bias * epilogue.scale  # (y + b) s + t
+    feats = spec.run_epilogue(x.feats, weight, kmap, identity, config, epilogue.scale, shift, epilogue.relu,
+                              None if residual is None else residual.feats.contiguous())  # [N_out, C_out]
+    return conv_output(x, kmap, feats)
 
 
 def conv_output(x: SparseTensor, kmap, feats: Tensor, bias: Optional[Tensor] = None) -> SparseTensor:

@@ -23,13 +23,17 @@ def check_coords_tensor(coords: Tensor, name: str = "coords") -> None:
         raise ValueError(f"{name} must have shape [N, 4] as (batch, x, y, z), got {tuple(coords.shape)}")
 
 
+def same_coords(x: "SparseTensor", coords: Tensor, stride) -> bool:
+    """Whether ``x`` is at ``coords`` (the same rows in the same order) and tensor ``stride``."""
+    same = x.coords is coords or (x.coords.shape == coords.shape and bool(torch.equal(x.coords, coords)))
+    return same and tuple(x.stride) == tuple(stride)
+
+
 def check_same_coords(tensors: Sequence["SparseTensor"], what: str) -> None:
     """ValueError unless all tensors share coordinates (same rows in the same order) and stride."""
     first = tensors[0]
     for other in tensors[1:]:
-        same = other.coords is first.coords or (
-            other.coords.shape == first.coords.shape and bool(torch.equal(other.coords, first.coords)))
-        if not same or other.stride != first.stride:
+        if not same_coords(other, first.coords, first.stride):
             raise ValueError(f"{what} needs tensors at equal coordinates and stride")
 
 

@@ -1,6 +1,8 @@
 """Modules over SparseTensor; each owns its parameters and calls one functional op."""
 
 from .conv import SparseConv3d, set_conv_configs
+from .conv_norm import conv_norm
 from .feature_ops import BatchNorm, BatchNormReLU, GlobalAvgPool, GlobalMaxPool, LeakyReLU, ReLU
 
-__all__ = ["BatchNorm", "BatchNormReLU", "GlobalAvgPool", "GlobalMaxPool", "LeakyReLU", "ReLU", "SparseConv3d", "set_conv_configs"]
+__all__ = ["BatchNorm", "BatchNormReLU", "GlobalAvgPool", "GlobalMaxPool", "LeakyReLU", "ReLU", "SparseConv3d", "conv_norm",
+           "set_conv_configs"]

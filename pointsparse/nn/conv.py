@@ -96,14 +96,17 @@ class SparseConv3d(nn.Module):
             return -1
         return F.identity_offset(self.kernel_size, self.stride, self.transposed)
 
-    def forward(self, x: SparseTensor) -> SparseTensor:
+    def forward(self, x: SparseTensor, epilogue: Optional[F.Epilogue] = None) -> SparseTensor:
+        """The convolution of ``x``; ``epilogue``: an eval-mode batch norm (residual, ReLU) to end
+        with (:class:`functional.Epilogue`, see :func:`pointsparse.nn.conv_norm`)."""
         if self.semi_structured is not None and not self.training and not torch.is_grad_enabled():
-            return self._forward_semi_structured(x)
+            y = self._forward_semi_structured(x)
+            return y if epilogue is None else y.with_feats(epilogue.apply(y.feats))
         if self.mask_learner is not None:
             weight = self.mask_learner(self.weight)
         else:
             weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
-        return F.conv3d(x, weight, bias=self.bias, config=self.config, **self.geometry)
+        return F.conv3d(x, weight, bias=self.bias, config=self.config, epilogue=epilogue, **self.geometry)
 
     def _forward_semi_structured(self, x: SparseTensor) -> SparseTensor:
         """Inference on sparse tensor cores (:mod:`pointsparse.semi_structured`): the result in the

@@ -7,6 +7,7 @@ TorchSparse and spconv, and their checkpoints load without renaming.
 
 from typing import Optional, Tuple
 
+import torch
 from torch import Tensor, nn
 
 from .. import functional as F
@@ -57,6 +58,18 @@ class BatchNorm(nn.BatchNorm1d):
         mean, var, factor = self._statistics()
         return x.with_feats(batch_norm_relu(x.feats, mean, var, self.weight, self.bias, self.training, factor,
                                             self.eps, True, residual.feats))
+
+    def epilogue(self, residual: Optional[SparseTensor] = None) -> Optional[F.Epilogue]:
+        """In eval mode with running statistics and an affine: this norm (its ReLU; with ``residual``,
+        :meth:`add_relu`'s addition and ReLU) as a conv's :class:`~pointsparse.functional.Epilogue`;
+        None otherwise (training, or batch statistics in eval)."""
+        if self.training or self.running_mean is None or self.weight is None or self.bias is None:
+            return None
+        if residual is not None and self.relu:
+            raise ValueError("add_relu adds the residual before the ReLU: the norm's own relu must be off")
+        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
+        shift = self.bias - self.running_mean * scale
+        return F.Epilogue(scale, shift, self.relu or residual is not None, residual)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu=True" if self.relu else "")

@@ -2,6 +2,7 @@
 
 from .conv import (
     conv_fused,
+    conv_fused_affine_relu,
     conv_fused_weight_grad,
     conv_gather_scatter,
     conv_grouped,
@@ -34,6 +35,7 @@ __all__ = [
     "build_kmap_hash",
     "build_kmap_sort",
     "conv_fused",
+    "conv_fused_affine_relu",
     "conv_fused_weight_grad",
     "conv_gather_scatter",
     "conv_grouped",

@@ -57,6 +57,17 @@ def conv_fused(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor
     return _ops.conv_fused(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset)
 
 
+def conv_fused_affine_relu(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor, out_idx: Tensor,
+                           num_out: int, identity_offset: int, scale: Tensor, shift: Tensor, relu: bool,
+                           residual: Optional[Tensor] = None) -> Tensor:
+    """``relu?(conv_fused(...) * scale + shift [+ residual])``: a conv ending in an eval-mode batch norm
+    (``scale``, ``shift`` ``[C_out]``), a residual ``[num_out, C_out]`` and a ReLU, applied to each block
+    of output rows as it is finished instead of in a pass of its own (CPU, float32 / float64).
+    Differentiable in every tensor; the gradient of ``scale`` recomputes the convolution."""
+    return _ops.conv_fused_affine_relu(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset,
+                                       scale, shift, relu, residual)
+
+
 def conv_fused_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
                            out_idx: Tensor, identity_offset: int = -1) -> Tensor:
     """:func:`conv_weight_grad` computed by fused CPU kernels."""
@@ -129,6 +140,36 @@ def _make_backward(forward, weight_grad):
     return backward
 
 
+def _affine_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset, scale, shift, relu,
+                 residual=None):
+    return feats.new_empty((num_out, weight.shape[2]))
+
+
+def _affine_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
+    feats, weight, offset_ptr, in_idx, out_idx, _num_out, identity_offset, scale, shift, relu, residual = inputs
+    # The output's sign is the ReLU's mask (output > 0 exactly where the pre-activation is).
+    ctx.save_for_backward(feats, weight, offset_ptr, in_idx, out_idx, scale, output if relu else None)
+    ctx.identity_offset, ctx.relu, ctx.has_residual = identity_offset, relu, residual is not None
+
+
+def _affine_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    feats, weight, offset_ptr, in_idx, out_idx, scale, output = ctx.saved_tensors
+    g = (grad * (output > 0) if ctx.relu else grad).contiguous()              # [N_out, C_out]
+    grad_conv = (g * scale).contiguous()
+    grad_feats = grad_weight = grad_scale = None
+    if ctx.needs_input_grad[0]:
+        grad_feats = conv_fused(grad_conv, weight.transpose(1, 2), offset_ptr, out_idx, in_idx, feats.shape[0],
+                                ctx.identity_offset)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv_fused_weight_grad(feats, grad_conv, offset_ptr, in_idx, out_idx, ctx.identity_offset)
+    if ctx.needs_input_grad[7]:
+        conv = conv_fused(feats, weight, offset_ptr, in_idx, out_idx, g.shape[0], ctx.identity_offset)
+        grad_scale = (g * conv).sum(0)
+    grad_shift = g.sum(0) if ctx.needs_input_grad[8] else None
+    grad_residual = g if ctx.has_residual and ctx.needs_input_grad[10] else None
+    return grad_feats, grad_weight, None, None, None, None, None, grad_scale, grad_shift, None, grad_residual
+
+
 def _grouped_fake(feats, weight, offset_ptr, in_idx, out_idx, out_pos, in_pos, num_out, identity_offset,
                   forward_plan, input_grad_plan, weight_grad_plan):
     return feats.new_empty((num_out, weight.shape[2]))
@@ -196,6 +237,10 @@ torch.library.register_autograd("pointsparse::conv_implicit", _implicit_backward
                                 setup_context=_implicit_setup_context)
 register_autocast("pointsparse::conv_implicit", _lib)
 register_autocast("pointsparse::conv_implicit_weight_grad", _lib)
+
+torch.library.register_fake("pointsparse::conv_fused_affine_relu")(_affine_fake)
+torch.library.register_autograd("pointsparse::conv_fused_affine_relu", _affine_backward,
+                                setup_context=_affine_setup_context)
 
 torch.library.register_fake("pointsparse::conv_grouped")(_grouped_fake)
 torch.library.register_fake("pointsparse::conv_grouped_weight_grad")(_grouped_weight_grad_fake)

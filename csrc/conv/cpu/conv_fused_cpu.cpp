@@ -14,10 +14,13 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "../conv_checks.h"
+#include "../../norm/affine_rows.h"
+#include "../../norm/norm_checks.h"
 
 namespace pointsparse {
 
@@ -233,13 +236,18 @@ void for_each_block(int64_t count, const Fn& fn) {
   });
 }
 
-at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& offset_ptr,
-                          const at::Tensor& in_idx_, const at::Tensor& out_idx_, int64_t num_out,
-                          int64_t identity_offset) {
-  if (runs_in_float(feats_, weight)) {
-    return conv_fused_cpu(feats_.to(at::kFloat), weight.to(at::kFloat), offset_ptr, in_idx_, out_idx_,
-                          num_out, identity_offset).to(feats_.scalar_type());
-  }
+// The eval-mode batch norm (scale, shift per output channel), residual and ReLU a fused conv may
+// end with: each block of output rows gets it right after its last offset, while it is in L2,
+// instead of a separate pass over the whole output.
+struct Epilogue {
+  at::Tensor scale, shift;              // [C_out]
+  std::optional<at::Tensor> residual;   // [num_out, C_out]
+  bool relu;
+};
+
+at::Tensor conv_fused_forward(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& offset_ptr,
+                              const at::Tensor& in_idx_, const at::Tensor& out_idx_, int64_t num_out,
+                              int64_t identity_offset, const Epilogue* epilogue) {
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const ConvPairs pairs = check_conv_forward(feats_, weight, offset_ptr, in_idx_, out_idx_, num_out,
                                              identity_offset);
@@ -249,6 +257,7 @@ at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, co
   const int64_t ldw = packed.size(2);
   // Every block assigns its rows first (the identity offset, or zeros), so no zero fill here.
   at::Tensor out = at::empty({num_out, C_out}, weight.options());
+  if (epilogue) check_affine_operands(out, epilogue->scale, epilogue->shift, epilogue->residual);
   if (num_out == 0 || C_out == 0) return out;
   const RowBlocks blocks = row_blocks(pairs, num_out, C_out * int64_t(weight.element_size()), identity_offset);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_fused_cpu", [&] {
@@ -258,6 +267,9 @@ at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, co
     const int32_t* in_idx = blocks.in_idx.data_ptr<int32_t>();
     const int32_t* out_idx = blocks.out_idx.data_ptr<int32_t>();
     scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t* scale = epilogue ? epilogue->scale.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* shift = epilogue ? epilogue->shift.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* residual = epilogue && epilogue->residual ? epilogue->residual->data_ptr<scalar_t>() : nullptr;
     // Per row: the identity offset (or zero) first, then the other offsets in ascending order.
     for_each_block(blocks.count, [&](int64_t b) {
       const int64_t r0 = b * blocks.rows, r1 = std::min(num_out, r0 + blocks.rows);
@@ -271,9 +283,32 @@ at::Tensor conv_fused_cpu(const at::Tensor& feats_, const at::Tensor& weight, co
         if (begin == end) continue;
         kernels.forward_add(feats, C_in, in_idx, out_idx, begin, end, w + k * C_in * ldw, ldw, o, C_out);
       }
+      if (epilogue) {
+        affine_relu_rows(o + r0 * C_out, o + r0 * C_out, r1 - r0, C_out, scale, shift,
+                         residual ? residual + r0 * C_out : nullptr, epilogue->relu);
+      }
     });
   });
   return out;
+}
+
+at::Tensor conv_fused_cpu(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& offset_ptr,
+                          const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t num_out,
+                          int64_t identity_offset) {
+  if (runs_in_float(feats, weight)) {
+    return conv_fused_cpu(feats.to(at::kFloat), weight.to(at::kFloat), offset_ptr, in_idx, out_idx, num_out,
+                          identity_offset).to(feats.scalar_type());
+  }
+  return conv_fused_forward(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset, nullptr);
+}
+
+// conv_fused, then relu?(out * scale + shift [+ residual]) per output channel (float32 / float64).
+at::Tensor conv_fused_affine_relu_cpu(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& offset_ptr,
+                                      const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t num_out,
+                                      int64_t identity_offset, const at::Tensor& scale, const at::Tensor& shift,
+                                      bool relu, const std::optional<at::Tensor>& residual) {
+  const Epilogue epilogue{scale, shift, residual, relu};
+  return conv_fused_forward(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset, &epilogue);
 }
 
 struct GradTask {
@@ -406,6 +441,7 @@ TORCH_LIBRARY_FRAGMENT(pointsparse, m) {
 
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("conv_fused", &conv_fused_cpu);
+  m.impl("conv_fused_affine_relu", &conv_fused_affine_relu_cpu);
   m.impl("conv_fused_weight_grad", &conv_fused_weight_grad_cpu);
   m.impl("conv_implicit", &conv_implicit_cpu);
   m.impl("conv_implicit_weight_grad", &conv_implicit_weight_grad_cpu);

@@ -15,10 +15,10 @@
 #include <utility>
 #include <vector>
 
-namespace pointsparse {
-namespace {
+#include "../affine_rows.h"
+#include "../norm_checks.h"
 
-constexpr int64_t kBlockRows = 512;  // rows per partial sum: fixed, so the summation order is too
+namespace pointsparse {
 
 void check_features(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.dim() == 2, name, " must be [N, C], got ", x.sizes());
@@ -34,6 +34,23 @@ void check_channel_vector(const at::Tensor& v, const at::Tensor& x, const char* 
                    x.scalar_type(), ", got ", v.scalar_type());
   TORCH_CHECK_VALUE(v.is_contiguous() && v.device() == x.device(), name, " must be contiguous on ", x.device());
 }
+
+void check_affine_operands(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift,
+                           const std::optional<at::Tensor>& residual) {
+  check_features(x, "x");
+  check_channel_vector(scale, x, "scale");
+  check_channel_vector(shift, x, "shift");
+  if (residual) {
+    check_features(*residual, "residual");
+    TORCH_CHECK_VALUE(residual->sizes() == x.sizes(), "residual ", residual->sizes(), " and x ", x.sizes(),
+                      " differ");
+    TORCH_CHECK_TYPE(residual->scalar_type() == x.scalar_type(), "residual and x dtypes differ");
+  }
+}
+
+namespace {
+
+constexpr int64_t kBlockRows = 512;  // rows per partial sum: fixed, so the summation order is too
 
 // Sums over rows of per-row contributions to `width` columns: each block of kBlockRows rows sums
 // into a local buffer in the features' dtype (vectorisable), blocks are then added in double in
@@ -97,15 +114,7 @@ std::tuple<at::Tensor, at::Tensor> channel_moments_cpu(const at::Tensor& x) {
 // pass. With a residual it is a residual block's last batch norm, addition and ReLU in eval mode.
 at::Tensor affine_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const at::Tensor& shift, bool relu,
                            const std::optional<at::Tensor>& residual) {
-  check_features(x, "x");
-  check_channel_vector(scale, x, "scale");
-  check_channel_vector(shift, x, "shift");
-  if (residual) {
-    check_features(*residual, "residual");
-    TORCH_CHECK_VALUE(residual->sizes() == x.sizes(), "residual ", residual->sizes(), " and x ", x.sizes(),
-                      " differ");
-    TORCH_CHECK_TYPE(residual->scalar_type() == x.scalar_type(), "residual and x dtypes differ");
-  }
+  check_affine_operands(x, scale, shift, residual);
   const int64_t N = x.size(0), C = x.size(1);
   at::Tensor y = at::empty_like(x);
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "affine_relu_cpu", [&] {
@@ -115,22 +124,7 @@ at::Tensor affine_relu_cpu(const at::Tensor& x, const at::Tensor& scale, const a
     const scalar_t* b = shift.data_ptr<scalar_t>();
     scalar_t* q = y.data_ptr<scalar_t>();
     at::parallel_for(0, N, kBlockRows, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        const scalar_t* __restrict__ row = p + i * C;
-        scalar_t* __restrict__ out = q + i * C;
-        if (r) {
-          const scalar_t* __restrict__ res = r + i * C;
-          if (relu) {
-            for (int64_t c = 0; c < C; ++c) out[c] = std::max(row[c] * a[c] + b[c] + res[c], scalar_t(0));
-          } else {
-            for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c] + res[c];
-          }
-        } else if (relu) {
-          for (int64_t c = 0; c < C; ++c) out[c] = std::max(row[c] * a[c] + b[c], scalar_t(0));
-        } else {
-          for (int64_t c = 0; c < C; ++c) out[c] = row[c] * a[c] + b[c];
-        }
-      }
+      affine_relu_rows(p + begin * C, q + begin * C, end - begin, C, a, b, r ? r + begin * C : nullptr, relu);
     });
   });
   return y;
