@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include <unistd.h>
+
 #include "../conv_checks.h"
 #include "../../norm/affine_rows.h"
 #include "../../norm/norm_checks.h"
@@ -172,12 +174,24 @@ struct RowBlocks {
   int64_t begin(int64_t k, int64_t b) const { return start[k * (count + 1) + b]; }
 };
 
-constexpr int64_t kBlockBytes = 128 * 1024;  // output bytes per block (a share of L2)
+// Output bytes per block: a quarter of the core's L2 (256 KiB of a 1 MiB L2 measured 1-4 % faster
+// than 128 KiB on 96- and 256-channel layers of a LiDAR scan: fewer, longer runs of pairs per
+// offset), 128 KiB where the L2 size is unknown.
+int64_t block_bytes() {
+  static const int64_t bytes = [] {
+    long l2 = 0;
+#ifdef _SC_LEVEL2_CACHE_SIZE
+    l2 = sysconf(_SC_LEVEL2_CACHE_SIZE);
+#endif
+    return l2 > 0 ? std::max<int64_t>(64 * 1024, l2 / 4) : int64_t(128 * 1024);
+  }();
+  return bytes;
+}
 
 RowBlocks row_blocks(const ConvPairs& pairs, int64_t num_out, int64_t row_bytes, int64_t identity_offset) {
   RowBlocks blocks;
   const int64_t threads = at::get_num_threads();
-  blocks.rows = std::max<int64_t>(16, std::min(kBlockBytes / std::max<int64_t>(row_bytes, 1),
+  blocks.rows = std::max<int64_t>(16, std::min(block_bytes() / std::max<int64_t>(row_bytes, 1),
                                                (num_out + 4 * threads - 1) / (4 * threads)));
   blocks.count = (num_out + blocks.rows - 1) / blocks.rows;
   const int64_t K = pairs.K, stride = blocks.count + 1, R = blocks.rows;
