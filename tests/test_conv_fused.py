@@ -51,6 +51,28 @@ def test_fused_equals_gather_gemm_scatter(monkeypatch, isa, dtype, c_in, c_out, 
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("c_in,c_out", [(3, 5), (32, 48)])
+def test_fused_transposed_conv_assigns_each_output_once(monkeypatch, isa, c_in, c_out):
+    # A transposed k2 s2 map gives every output row exactly one pair (and so does the input gradient
+    # of the strided conv): the fused forward assigns instead of zero-filling and adding.
+    use_isa(monkeypatch, isa)
+    x = random_tensor(num_points=3000, channels=c_in, span=30, seed=5, dtype=torch.float64)
+    coarse = F.conv3d(x, torch.zeros(8, c_in, c_in, dtype=torch.float64), kernel_size=2, stride=2)
+    coarse = coarse.with_feats(torch.randn(coarse.feats.shape, dtype=torch.float64))
+    km = ps.kernel_map(coarse, 2, 2, transposed=True)
+    assert int(km.offset_ptr[-1]) == km.num_out == x.feats.shape[0]
+    weight = torch.randn(8, c_in, c_out, dtype=torch.float64)
+    args = (coarse.feats, weight, km.offset_ptr, km.in_idx, km.out_idx, km.num_out, -1)
+    torch.testing.assert_close(ops.conv_fused(*args), ops.conv_gather_scatter(*args))
+    # The same pair count with a row covered twice, by two offsets (and one not at all), must still add.
+    out_idx, second = km.out_idx.clone(), int(km.offset_ptr[1])
+    assert 0 < second < int(km.offset_ptr[2])
+    out_idx[second] = out_idx[0]
+    args = args[:4] + (out_idx,) + args[5:]
+    torch.testing.assert_close(ops.conv_fused(*args), ops.conv_gather_scatter(*args))
+
+
 def test_fused_weight_grad_spans_many_tasks():
     # More pairs than one weight-gradient task (4096) and one parallel chunk per offset.
     x = random_tensor(num_points=30000, channels=8, span=40, batches=3, seed=21, dtype=torch.float64)

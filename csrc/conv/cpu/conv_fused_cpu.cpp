@@ -240,6 +240,18 @@ RowBlocks row_blocks(const ConvPairs& pairs, int64_t num_out, int64_t row_bytes,
   return blocks;
 }
 
+// Whether every output row has exactly one pair over all offsets (a transposed k2 s2 conv, the input
+// gradient of a strided one): then each pair assigns its row, with no zero fill and no read-back.
+bool covers_each_row_once(const ConvPairs& pairs, int64_t num_out, int64_t identity_offset) {
+  if (identity_offset >= 0 || pairs.ptr()[pairs.K] != num_out) return false;
+  std::vector<uint8_t> seen(num_out, 0);
+  const int32_t* out = pairs.out_idx.data_ptr<int32_t>();
+  for (int64_t p = 0; p < num_out; ++p) {
+    if (seen[out[p]]++) return false;  // a second pair: some other row has none
+  }
+  return true;
+}
+
 // Runs fn(b) for every block b, blocks handed out one at a time to whichever thread is free (each
 // block is computed by one thread start to end, so the result does not depend on the schedule).
 template <typename Fn>
@@ -274,6 +286,7 @@ at::Tensor conv_fused_forward(const at::Tensor& feats_, const at::Tensor& weight
   if (epilogue) check_affine_operands(out, epilogue->scale, epilogue->shift, epilogue->residual);
   if (num_out == 0 || C_out == 0) return out;
   const RowBlocks blocks = row_blocks(pairs, num_out, C_out * int64_t(weight.element_size()), identity_offset);
+  const bool assign_all = covers_each_row_once(pairs, num_out, identity_offset);
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_fused_cpu", [&] {
     const FusedKernels<scalar_t> kernels = fused_kernels<scalar_t>(isa);
     const scalar_t* feats = pairs.feats.data_ptr<scalar_t>();
@@ -289,13 +302,14 @@ at::Tensor conv_fused_forward(const at::Tensor& feats_, const at::Tensor& weight
       const int64_t r0 = b * blocks.rows, r1 = std::min(num_out, r0 + blocks.rows);
       if (identity_offset >= 0) {
         kernels.forward_assign(feats, C_in, nullptr, nullptr, r0, r1, w + identity_offset * C_in * ldw, ldw, o, C_out);
-      } else {
+      } else if (!assign_all) {
         std::memset(o + r0 * C_out, 0, (r1 - r0) * C_out * sizeof(scalar_t));
       }
+      const auto run = assign_all ? kernels.forward_assign : kernels.forward_add;
       for (int64_t k = 0; k < pairs.K; ++k) {
         const int64_t begin = blocks.begin(k, b), end = blocks.begin(k, b + 1);
         if (begin == end) continue;
-        kernels.forward_add(feats, C_in, in_idx, out_idx, begin, end, w + k * C_in * ldw, ldw, o, C_out);
+        run(feats, C_in, in_idx, out_idx, begin, end, w + k * C_in * ldw, ldw, o, C_out);
       }
       if (epilogue) {
         affine_relu_rows(o + r0 * C_out, o + r0 * C_out, r1 - r0, C_out, scale, shift,
