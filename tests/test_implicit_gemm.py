@@ -203,6 +203,28 @@ def test_implicit_gemm_under_autocast(device):
     assert error < 3e-2
 
 
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] < 8,
+                    reason="TF32 tensor cores need an sm_80+ GPU")
+def test_cuda_float32_runs_on_tf32_tensor_cores_only_when_torch_allows_it():
+    # As for cuBLAS: torch.backends.cuda.matmul.allow_tf32 opts float32 into TF32 (10-bit mantissa
+    # products, float32 sums); by default float32 stays exact (the SIMT kernel).
+    x, weight = scan_layer("cuda")
+    config = ConvConfig(dataflow=IMPLICIT)
+    reference = F.conv3d(x.to(torch.float64), weight.double(), config=config).feats
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        exact = F.conv3d(x, weight, config=config).feats
+        torch.backends.cuda.matmul.allow_tf32 = True
+        tf32 = F.conv3d(x, weight, config=config).feats
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+    scale = reference.abs().max()
+    assert (exact.double() - reference).abs().max() / scale < 1e-5
+    error = (tf32.double() - reference).abs().max() / scale
+    assert 1e-6 < error < 5e-3  # rounded to TF32 (not the exact kernel), and no worse than that
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_opcheck_and_compile_fullgraph(device):
     x = random_tensor(num_points=40, channels=3, seed=8, device=device, dtype=torch.float32)

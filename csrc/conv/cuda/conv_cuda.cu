@@ -13,6 +13,8 @@
 #include <mma.h>
 #include <torch/library.h>
 
+#include <type_traits>
+
 #include "../conv_checks.h"
 #include "../conv_driver.h"
 #include "../conv_element.h"
@@ -80,27 +82,60 @@ __global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* nei
   }
 }
 
-// Tensor cores (WMMA, sm_80+) for half / bfloat16: a block of 4 warps takes 32 rows of one reorder
-// tile x 32 output columns, each warp one 16 x 16 fragment with float accumulators held across every
-// offset of the tile's mask. Per (offset, 16 input channels) the tile's neighbour rows (zero where
-// absent or past C_in) and the weight block are staged in shared memory. Any channel count: partial
-// blocks are zero-padded when staged and masked when stored.
+// Tensor cores (WMMA, sm_80+) for half / bfloat16, and TF32 for float32 when torch allows it
+// (torch.backends.cuda.matmul.allow_tf32, as for cuBLAS): a block of 4 warps takes 32 rows of one
+// reorder tile x 32 output columns, each warp one 16 x 16 fragment with float accumulators held
+// across every offset of the tile's mask. Per (offset, kDepth input channels) the tile's neighbour
+// rows (zero where absent or past C_in) and the weight block are staged in shared memory (float32:
+// by cp.async, zero-filled in flight). Any channel count: partial blocks are zero-padded when staged
+// and masked when stored.
 namespace tensor_core {
 
-constexpr int kRows = 32, kCols = 32, kDepth = 16, kThreadsPerBlock = 128;
+constexpr int kRows = 32, kCols = 32, kThreadsPerBlock = 128;
 
+// Per element type: what shared memory holds, what the fragments take, and the k of the MMA shape.
 template <typename T>
 struct Wmma;
 template <>
 struct Wmma<c10::Half> {
   using type = __half;
+  using fragment = __half;
+  static constexpr int kDepth = 16;
   static __device__ type zero() { return __float2half(0.f); }
 };
 template <>
 struct Wmma<c10::BFloat16> {
   using type = __nv_bfloat16;
+  using fragment = __nv_bfloat16;
+  static constexpr int kDepth = 16;
   static __device__ type zero() { return __float2bfloat16(0.f); }
 };
+template <>
+struct Wmma<float> {
+  using type = float;
+  using fragment = nvcuda::wmma::precision::tf32;
+  static constexpr int kDepth = 8;
+  static __device__ type zero() { return 0.f; }
+};
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+// dst = valid ? *src : 0 for one element in shared memory: float32 through cp.async (4 bytes, zero
+// filled when the source size is 0), 2-byte types by a plain load.
+template <typename W>
+__device__ inline void stage(W* dst, const W* src, bool valid, W zero) {
+  if constexpr (sizeof(W) == 4) {
+    const unsigned shared = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(shared), "l"(src), "r"(valid ? 4 : 0));
+  } else {
+    *dst = valid ? *src : zero;
+  }
+}
+
+template <typename W>
+__device__ inline void staged() {
+  if constexpr (sizeof(W) == 4) asm volatile("cp.async.wait_all;\n" ::);
+}
+#endif
 
 template <typename T>
 __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K, const int32_t* order,
@@ -109,6 +144,8 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   using namespace nvcuda;
   using W = typename Wmma<T>::type;
+  using F = typename Wmma<T>::fragment;
+  constexpr int kDepth = Wmma<T>::kDepth;
   const W* feats = reinterpret_cast<const W*>(feats_);
   const W* weight = reinterpret_cast<const W*>(weight_);
   const W zero = Wmma<T>::zero();
@@ -128,7 +165,7 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       rows_s[threadIdx.x] = o;
     }
     __syncthreads();
-    wmma::fragment<wmma::accumulator, 16, 16, 16, float> c_frag;
+    wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c_frag;
     wmma::fill_fragment(c_frag, 0.f);
     for (int64_t w = 0; w < words; ++w) {  // the mask is the same for the whole block
       for (uint32_t bits = uint32_t(mask[w]); bits; bits &= bits - 1) {
@@ -139,17 +176,24 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
             const int r = e / kDepth, c = e % kDepth;
             const int32_t o = rows_s[r];
             const int32_t i = o >= 0 ? neighbors[int64_t(o) * K + k] : -1;
-            a_s[e] = i >= 0 && c0 + c < C_in ? feats[int64_t(i) * C_in + c0 + c] : zero;
+            const bool valid = i >= 0 && c0 + c < C_in;
+            stage(a_s + e, valid ? feats + int64_t(i) * C_in + c0 + c : feats, valid, zero);
           }
           for (int e = threadIdx.x; e < kDepth * kCols; e += kThreadsPerBlock) {
             const int c = e / kCols, j = e % kCols;
-            b_s[e] = c0 + c < C_in && col0 + j < C_out ? weight[(k * C_in + c0 + c) * C_out + col0 + j] : zero;
+            const bool valid = c0 + c < C_in && col0 + j < C_out;
+            stage(b_s + e, valid ? weight + (k * C_in + c0 + c) * C_out + col0 + j : weight, valid, zero);
           }
+          staged<W>();
           __syncthreads();
-          wmma::fragment<wmma::matrix_a, 16, 16, 16, W, wmma::row_major> a_frag;
-          wmma::fragment<wmma::matrix_b, 16, 16, 16, W, wmma::row_major> b_frag;
+          wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
+          wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
           wmma::load_matrix_sync(a_frag, a_s + warp_row * 16 * kDepth, kDepth);
           wmma::load_matrix_sync(b_frag, b_s + warp_col * 16, kCols);
+          if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
+            for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
+            for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
+          }
           wmma::mma_sync(c_frag, a_frag, b_frag, c_frag);
           __syncthreads();
         }
@@ -275,10 +319,14 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
   at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(in.feats.scalar_type())));
   if (n_out * C_out > 0 && in.tiles > 0) {
     const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
-    const bool reduced = at::isReducedFloatingType(in.feats.scalar_type());
-    if (reduced && at::cuda::getCurrentDeviceProperties()->major >= 8) {
+    const at::ScalarType dtype = in.feats.scalar_type();
+    const bool tensor_cores = (at::isReducedFloatingType(dtype) ||
+                               (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS())) &&
+                              at::cuda::getCurrentDeviceProperties()->major >= 8;
+    if (tensor_cores) {
       const dim3 grid(unsigned(in.tiles), unsigned((C_out + tensor_core::kCols - 1) / tensor_core::kCols));
-      AT_DISPATCH_REDUCED_FLOATING_TYPES(in.feats.scalar_type(), "conv_implicit_cuda_tensor_core", [&] {
+      const auto run = [&](auto element) {
+        using scalar_t = decltype(element);
         for (int64_t split = 0; split < in.splits; ++split) {
           tensor_core::implicit_kernel<<<grid, tensor_core::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
               in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
@@ -286,7 +334,14 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
               weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<float>());
           C10_CUDA_KERNEL_LAUNCH_CHECK();
         }
-      });
+      };
+      if (dtype == at::kFloat) {
+        run(float());
+      } else if (dtype == at::kHalf) {
+        run(c10::Half());
+      } else {
+        run(c10::BFloat16());
+      }
     } else {
       const dim3 grid(unsigned(in.tiles), unsigned((C_out + kChannelThreads - 1) / kChannelThreads));
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.feats.scalar_type(), "conv_implicit_cuda", [&] {
