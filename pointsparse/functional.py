@@ -30,13 +30,14 @@ class Epilogue:
     residual: Optional[SparseTensor] = None
 
     def apply(self, y: Tensor) -> Tensor:
-        """The epilogue on finished conv output ``y [N_out, C_out]``."""
+        """The epilogue on finished conv output ``y [N_out, C_out]``, in ``y``'s dtype (under autocast
+        the half-precision conv output stays half, as after a batch norm module)."""
         residual = None if self.residual is None else self.residual.feats
         if self._fuses_with(y):
             return torch.ops.pointsparse.affine_relu(y.contiguous(), self.scale, self.shift, self.relu,
                                                      None if residual is None else residual.contiguous())
-        y = y * self.scale + self.shift if residual is None else y * self.scale + self.shift + residual
-        return torch.relu(y) if self.relu else y
+        z = y * self.scale + self.shift if residual is None else y * self.scale + self.shift + residual
+        return (torch.relu(z) if self.relu else z).to(y.dtype)
 
     def _fuses_with(self, feats: Tensor) -> bool:
         """Whether the CPU kernels (fused conv epilogue, ``affine_relu``) take it with ``feats``."""

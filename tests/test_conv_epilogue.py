@@ -121,16 +121,18 @@ def test_conv3d_with_an_epilogue_equals_conv3d_then_the_affine(dataflow, with_bi
 
 
 def test_an_epilogue_outside_the_fused_kernels_is_applied_after_the_conv():
-    # float64 scale with float32 features, and autocast: torch's arithmetic after the conv.
+    # float64 scale with float32 features, and autocast: torch's arithmetic after the conv, the
+    # result in the conv output's dtype (as after a batch norm module).
     x = random_tensor(num_points=300, channels=4, span=8, seed=6, dtype=torch.float32)
     weight = torch.randn(27, 4, 5)
     scale, shift = affine(5, torch.float64)
     plain = F.conv3d(x, weight)
     got = F.conv3d(x, weight, epilogue=F.Epilogue(scale, shift, relu=True))
-    assert got.feats.dtype == torch.float64
-    torch.testing.assert_close(got.feats, reference(plain.feats, scale, shift, True))
+    assert got.feats.dtype == torch.float32
+    torch.testing.assert_close(got.feats, reference(plain.feats, scale, shift, True).float())
     with torch.autocast("cpu", dtype=torch.bfloat16):
         mixed = F.conv3d(x, weight, epilogue=F.Epilogue(scale.float(), shift.float(), relu=True))
+    assert mixed.feats.dtype == torch.bfloat16
     torch.testing.assert_close(mixed.feats.float(), reference(plain.feats, scale.float(), shift.float(), True),
                                rtol=0.05, atol=0.05)
 
