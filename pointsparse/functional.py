@@ -13,6 +13,7 @@ from . import dataflows
 from .config import ConvConfig, OutputRule
 from .kmap import output_cache
 from .offsets import IntOrTriple, as_triple
+from .ops import norm
 from .tensor import SparseTensor, check_same_coords, kernel_map, same_coords
 
 
@@ -34,16 +35,15 @@ class Epilogue:
         the half-precision conv output stays half, as after a batch norm module)."""
         residual = None if self.residual is None else self.residual.feats
         if self._fuses_with(y):
-            return torch.ops.pointsparse.affine_relu(y.contiguous(), self.scale, self.shift, self.relu,
-                                                     None if residual is None else residual.contiguous())
+            return norm.affine_relu(y.contiguous(), self.scale, self.shift, self.relu,
+                                    None if residual is None else residual.contiguous())
         z = y * self.scale + self.shift if residual is None else y * self.scale + self.shift + residual
         return (torch.relu(z) if self.relu else z).to(y.dtype)
 
     def _fuses_with(self, feats: Tensor) -> bool:
         """Whether the CPU kernels (fused conv epilogue, ``affine_relu``) take it with ``feats``."""
         dtype = feats.dtype
-        return (feats.device.type == "cpu" and dtype in (torch.float32, torch.float64)
-                and not torch.is_autocast_enabled("cpu") and self.scale.dtype == dtype and self.shift.dtype == dtype
+        return (norm.fused_on(feats) and self.scale.dtype == dtype and self.shift.dtype == dtype
                 and (self.residual is None or self.residual.feats.dtype == dtype))
 
 

@@ -7,11 +7,10 @@ TorchSparse and spconv, and their checkpoints load without renaming.
 
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 
 from .. import functional as F
-from ..ops.norm import batch_norm_relu
+from ..ops.norm import batch_norm_relu, eval_affine
 from ..tensor import SparseTensor, check_same_coords
 
 
@@ -67,8 +66,7 @@ class BatchNorm(nn.BatchNorm1d):
             return None
         if residual is not None and self.relu:
             raise ValueError("add_relu adds the residual before the ReLU: the norm's own relu must be off")
-        scale = self.weight * torch.rsqrt(self.running_var + self.eps)
-        shift = self.bias - self.running_mean * scale
+        scale, shift = eval_affine(self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         return F.Epilogue(scale, shift, self.relu or residual is not None, residual)
 
     def extra_repr(self) -> str:

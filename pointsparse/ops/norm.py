@@ -80,6 +80,13 @@ class _BatchNormReLU(torch.autograd.Function):
         return dx, dweight, dbias, None, None
 
 
+def eval_affine(running_mean: Tensor, running_var: Tensor, weight: Tensor, bias: Tensor,
+                eps: float) -> Tuple[Tensor, Tensor]:
+    """Eval-mode batch norm as ``x * scale + shift`` per channel: ``(scale, shift)`` ``[C]``."""
+    scale = weight * torch.rsqrt(running_var + eps)
+    return scale, bias - running_mean * scale
+
+
 def fused_on(x: Tensor) -> bool:
     """Whether :func:`batch_norm_relu` runs the fused CPU kernels for ``x``."""
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and x.dim() == 2
@@ -97,9 +104,9 @@ def batch_norm_relu(x: Tensor, running_mean: Optional[Tensor], running_var: Opti
     fused = fused_on(x) and weight is not None and bias is not None and (training or running_mean is not None)
     relu_before_residual = relu and residual is None
     if fused and not training:
-        scale = weight * torch.rsqrt(running_var + eps)
+        scale, shift = eval_affine(running_mean, running_var, weight, bias, eps)
         inline = residual is None or (residual.dtype == x.dtype and residual.shape == x.shape)
-        y = affine_relu(x.contiguous(), scale.to(x.dtype), (bias - running_mean * scale).to(x.dtype),
+        y = affine_relu(x.contiguous(), scale.to(x.dtype), shift.to(x.dtype),
                         relu and inline, residual.contiguous() if inline and residual is not None else None)
         if inline:
             return y

@@ -13,8 +13,6 @@
 #include <mma.h>
 #include <torch/library.h>
 
-#include <type_traits>
-
 #include "../conv_checks.h"
 #include "../conv_driver.h"
 #include "../conv_element.h"
