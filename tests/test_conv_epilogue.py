@@ -11,6 +11,7 @@ from pointsparse import functional as F
 from pointsparse import nn as spnn
 from pointsparse.ops import norm
 
+from dense_oracle import dense_conv
 from test_conv import random_tensor
 from test_conv_fused import ISAS, use_isa
 
@@ -53,6 +54,24 @@ def test_fused_epilogue_equals_conv_then_affine(monkeypatch, isa, dtype, c_in, c
     # The same conv kernels; the affine may contract into an FMA in one and not the other.
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     torch.testing.assert_close(got, want, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("kernel_size,stride", [(3, 1), (2, 2), (3, 2)])
+def test_fused_epilogue_matches_the_dense_oracle(kernel_size, stride):
+    # conv3d with an epilogue on the fused dataflow against F.conv3d on the dense grid, then the
+    # batch-norm affine, the residual and the ReLU in float64.
+    x = random_tensor(num_points=500, channels=4, span=10, seed=11, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(kernel_size ** 3, 4, 6, generator=gen, dtype=torch.float64)
+    scale, shift = affine(6, torch.float64)
+    km = ps.kernel_map(x, kernel_size, stride)
+    residual = ps.SparseTensor(torch.randn(km.num_out, 6, generator=gen, dtype=torch.float64), km.out_coords,
+                               km.out_stride)
+    got = F.conv3d(x, weight, kernel_size=kernel_size, stride=stride, config=ConvConfig(dataflow=Dataflow.FUSED),
+                   epilogue=F.Epilogue(scale, shift, True, residual))
+    size, step = (kernel_size,) * 3, (stride,) * 3
+    dense = dense_conv(x, weight, size, step, (1, 1, 1), False, got.coords, got.stride)
+    torch.testing.assert_close(got.feats, reference(dense, scale, shift, True, residual.feats))
 
 
 @pytest.mark.parametrize("relu,with_residual", [(False, False), (True, False), (True, True)])
