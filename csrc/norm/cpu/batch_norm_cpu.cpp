@@ -15,10 +15,11 @@
 #include <utility>
 #include <vector>
 
-#include "../affine_rows.h"
 #include "../norm_checks.h"
 
 namespace pointsparse {
+
+#include "../affine_rows.inc"
 
 void check_features(const at::Tensor& x, const char* name) {
   TORCH_CHECK_VALUE(x.dim() == 2, name, " must be [N, C], got ", x.sizes());
