@@ -94,15 +94,18 @@ def test_tiling_map_matches_reference(device, coords, size, tensor_stride):
 
 
 @pytest.mark.parametrize("origin,span", [(0, 60), (-3000, 4000), (100000, 50)])
-def test_sort_and_hash_agree_on_large_inputs(origin, span):
+@pytest.mark.parametrize("shuffled", [True, False])
+def test_sort_and_hash_agree_on_large_inputs(origin, span, shuffled):
     # Thousands of rows take the sort path's radix sort (small inputs: ATen's), over key ranges of a
     # few to many bits, negative coordinates and ragged batches; shuffled rows test its stability
-    # through the first-occurrence numbering of downsampled outputs.
+    # through the first-occurrence numbering of downsampled outputs, rows in key order (as a
+    # voxelised scan's) the path that skips the sort.
     gen = torch.Generator().manual_seed(span)
     coords = torch.cat([torch.randint(0, 3, (20000, 1), generator=gen),
                         torch.randint(origin - span, origin + span, (20000, 3), generator=gen)], 1)
-    coords = torch.unique(coords, dim=0).int()
-    coords = coords[torch.randperm(coords.shape[0], generator=gen)]
+    coords = torch.unique(coords, dim=0).int()  # sorted by (batch, x, y, z)
+    if shuffled:
+        coords = coords[torch.randperm(coords.shape[0], generator=gen)]
     assert coords.shape[0] > 8192
     offsets = kernel_offsets(3)
     for symmetric in (False, True):

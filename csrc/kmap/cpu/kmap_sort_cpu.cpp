@@ -41,6 +41,9 @@ SortedKeys sort_keys(const at::Tensor& keys) {
     return {sorted, rows};
   }
   const int64_t* k = keys.data_ptr<int64_t>();
+  if (std::is_sorted(k, k + n)) {  // rows already in key order (a voxelised scan's, by unique)
+    return {keys, at::arange(n, keys.options())};
+  }
   const int64_t lowest = *std::min_element(k, k + n);
   uint64_t spread = 0;
   for (int64_t i = 0; i < n; ++i) spread |= uint64_t(k[i]) - uint64_t(lowest);
