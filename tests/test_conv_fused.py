@@ -98,3 +98,40 @@ def test_unknown_isa_raises(monkeypatch):
     x = random_tensor(num_points=10, dtype=torch.float32)
     with pytest.raises(ValueError, match="POINTSPARSE_CPU_ISA"):
         F.conv3d(x, torch.randn(27, 3, 2), config=ConvConfig(dataflow=Dataflow.FUSED))
+
+
+@pytest.mark.parametrize("kernel_size,stride,transposed", [(3, 1, False), (2, 2, False), (2, 2, True)])
+def test_fused_results_do_not_depend_on_the_thread_count(kernel_size, stride, transposed):
+    # Output rows run in blocks whose sizes depend on the thread count (the last ones quartered so
+    # the threads finish together), but every row sums its terms in the same order: forward, both
+    # gradients and the batch-norm epilogue are bitwise equal at 1 and 2 threads and across runs.
+    x = random_tensor(num_points=20000, channels=48, span=40, seed=11, dtype=torch.float32)
+    if transposed:
+        x = F.conv3d(x, torch.randn(8, 48, 48) / 48, kernel_size=2, stride=2)
+    gen = torch.Generator().manual_seed(5)
+    weight = torch.randn(kernel_size ** 3, 48, 64, generator=gen) / 48
+    config = ConvConfig(dataflow=Dataflow.FUSED)
+    scale, shift = torch.rand(64, generator=gen) + 0.5, torch.randn(64, generator=gen)
+
+    def run():
+        feats = x.feats.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        y = F.conv3d(x.with_feats(feats), w, kernel_size=kernel_size, stride=stride, transposed=transposed,
+                     config=config)
+        y.feats.backward(torch.ones_like(y.feats))
+        with torch.no_grad():
+            fused = F.conv3d(x, weight, kernel_size=kernel_size, stride=stride, transposed=transposed,
+                             config=config, epilogue=F.Epilogue(scale, shift, relu=True)).feats
+        return y.feats.detach(), feats.grad, w.grad, fused
+
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        first, again = run(), run()
+        torch.set_num_threads(1)
+        single = run()
+    finally:
+        torch.set_num_threads(threads)
+    assert x.feats.shape[0] > 8 * 256  # several blocks of output rows at either thread count
+    for a, b, c in zip(first, again, single):
+        assert torch.equal(a, b) and torch.equal(a, c)
