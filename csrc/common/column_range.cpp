@@ -7,6 +7,24 @@
 #include <utility>
 
 namespace pointsparse {
+namespace {
+
+// Smallest and largest of v[begin, end) folded into lo / hi. Cloned per instruction set (the
+// extension is built for baseline x86-64, whose SSE2 has no 32-bit min / max): every conv call
+// checks its index arrays with it.
+#if defined(__x86_64__) && defined(__linux__)
+__attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+void fold_bounds(const int32_t* v, int64_t begin, int64_t end, int32_t& lo, int32_t& hi) {
+  int32_t l = lo, h = hi;
+  for (int64_t i = begin; i < end; ++i) {
+    l = std::min(l, v[i]);
+    h = std::max(h, v[i]);
+  }
+  lo = l, hi = h;
+}
+
+}  // namespace
 
 ColumnRange column_range(const at::Tensor& values) {
   const int64_t C = values.dim() == 1 ? 1 : values.size(1);
@@ -27,12 +45,8 @@ ColumnRange column_range(const at::Tensor& values) {
     const Bounds b = at::parallel_reduce(
         0, rows.size(0), 16384, Bounds{INT32_MAX, INT32_MIN},
         [&](int64_t begin, int64_t end, Bounds part) {
-          int32_t lo = part.first, hi = part.second;
-          for (int64_t i = begin; i < end; ++i) {
-            lo = std::min(lo, v[i]);
-            hi = std::max(hi, v[i]);
-          }
-          return Bounds{lo, hi};
+          fold_bounds(v, begin, end, part.first, part.second);
+          return part;
         },
         [](const Bounds& a, const Bounds& c) { return Bounds{std::min(a.first, c.first), std::max(a.second, c.second)}; });
     return ColumnRange{{b.first}, {b.second}};
