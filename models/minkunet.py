@@ -78,7 +78,7 @@ class MinkUNet(nn.Module):
             for i in range(4))
         self.up = nn.ModuleList(
             UpStage(cs[4 + i], cs[3 - i], cs[5 + i], decoder_blocks[i]) for i in range(4))
-        self.head = nn.Linear(cs[8], num_classes)
+        self.head = spnn.Linear(cs[8], num_classes)  # nn.Linear, through the fused kernels on the CPU
         spnn.set_conv_configs(self, config)
 
     def forward(self, x: SparseTensor):

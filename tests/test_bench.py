@@ -92,6 +92,7 @@ def test_minkunet_bench_times_a_step_and_attributes_it(small_scan, tmp_path):
         # Self times plus the untraced rest add up to the step: nothing counted twice.
         assert sum(step["categories_ms"].values()) == pytest.approx(step["step_ms"], rel=0.15)
         assert step["categories_ms"]["kernel maps"] > 0
+        assert step["categories_ms"]["head (linear)"] > 0  # spnn.Linear's fused op, found by its range
     # In eval mode the norms run inside the convs (their epilogue): no batch-norm op of their own.
     assert train["categories_ms"]["batch norm"] > 0 and "batch norm" not in inference["categories_ms"]
     layers = train["layers_ms"]

@@ -2,7 +2,7 @@
 
 from .conv import SparseConv3d, set_conv_configs
 from .conv_norm import conv_norm
-from .feature_ops import BatchNorm, BatchNormReLU, GlobalAvgPool, GlobalMaxPool, LeakyReLU, ReLU
+from .feature_ops import BatchNorm, BatchNormReLU, GlobalAvgPool, GlobalMaxPool, LeakyReLU, Linear, ReLU
 
-__all__ = ["BatchNorm", "BatchNormReLU", "GlobalAvgPool", "GlobalMaxPool", "LeakyReLU", "ReLU", "SparseConv3d", "conv_norm",
-           "set_conv_configs"]
+__all__ = ["BatchNorm", "BatchNormReLU", "GlobalAvgPool", "GlobalMaxPool", "LeakyReLU", "Linear", "ReLU", "SparseConv3d",
+           "conv_norm", "set_conv_configs"]

@@ -57,6 +57,16 @@ def conv_fused(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor
     return _ops.conv_fused(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset)
 
 
+def linear_fused(feats: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
+    """``torch.nn.functional.linear(feats, weight, bias)`` for features ``[N, C_in]`` and ``weight
+    [C_out, C_in]``, as a 1x1 conv through the fused CPU kernels: the identity offset alone, one
+    register-blocked pass over the rows (float32 / float64). Differentiable in every tensor."""
+    n = feats.shape[0]
+    rows = torch.arange(n, dtype=torch.int32)                                  # [N]: the identity pairs
+    out = conv_fused(feats, weight.t().unsqueeze(0), torch.tensor([0, n]), rows, rows, n, 0)  # [N, C_out]
+    return out if bias is None else out + bias
+
+
 def conv_fused_affine_relu(feats: Tensor, weight: Tensor, offset_ptr: Tensor, in_idx: Tensor, out_idx: Tensor,
                            num_out: int, identity_offset: int, scale: Tensor, shift: Tensor, relu: bool,
                            residual: Optional[Tensor] = None) -> Tensor:
