@@ -83,3 +83,10 @@ def test_gradcheck_of_the_fused_linear():
 def test_empty_features_give_an_empty_output():
     ours, theirs = pair(4, 3, True, torch.float32)
     assert ours(torch.zeros(0, 4)).shape == (0, 3)
+
+
+def test_torch_compile_fullgraph_of_the_fused_linear():
+    ours, theirs = pair(16, 5, True, torch.float32)
+    x = torch.randn(300, 16)
+    compiled = torch.compile(ours, fullgraph=True)
+    torch.testing.assert_close(compiled(x), theirs(x))
