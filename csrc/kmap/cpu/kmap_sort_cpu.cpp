@@ -9,6 +9,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <map>
 #include <utility>
 #include <vector>
@@ -26,6 +27,7 @@ constexpr int64_t kMergeChunk = 4096;
 struct SortedKeys {
   at::Tensor keys;  // int64 [N] ascending
   at::Tensor rows;  // int64 [N] row of each key in the unsorted input
+  bool in_order = false;  // rows[j] == j: the input rows were already in key order
 };
 
 constexpr int kRadixBits = 11;
@@ -42,7 +44,7 @@ SortedKeys sort_keys(const at::Tensor& keys) {
   }
   const int64_t* k = keys.data_ptr<int64_t>();
   if (std::is_sorted(k, k + n)) {  // rows already in key order (a voxelised scan's, by unique)
-    return {keys, at::arange(n, keys.options())};
+    return {keys, at::arange(n, keys.options()), true};
   }
   const int64_t lowest = *std::min_element(k, k + n);
   uint64_t spread = 0;
@@ -112,9 +114,12 @@ std::vector<Column> query_columns(const int32_t* offsets, int32_t K, bool symmet
   return columns;
 }
 
-// One column over sorted output positions [begin, end): merge with the sorted input keys.
+// One column over sorted output positions [begin, end): merge with the sorted input keys. The
+// table's rows are the outputs' sorted positions (by_position; for a symmetric map the mirrored
+// entry goes to the input's sorted position, which is its output position too) or the output rows
+// themselves; the entries are always input and output rows.
 void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& column, int32_t K,
-                  bool symmetric, int64_t begin, int64_t end, int32_t* neighbors) {
+                  bool symmetric, bool by_position, int64_t begin, int64_t end, int32_t* table) {
   const int64_t* in_keys = in.keys.data_ptr<int64_t>();
   const int64_t* in_rows = in.rows.data_ptr<int64_t>();
   const int64_t* out_keys = out.keys.data_ptr<int64_t>();
@@ -137,7 +142,12 @@ void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& col
         while (q < n_in && in_keys[q] < key) ++q;
         if (q < n_in && in_keys[q] == key) i = int32_t(in_rows[q]);
       }
-      record_neighbor(neighbors, K, o, k, i, symmetric);
+      if (!by_position) {
+        record_neighbor(table, K, o, k, i, symmetric);
+        continue;
+      }
+      table[j * K + k] = i;
+      if (symmetric && i >= 0) table[q * K + (K - 1 - k)] = int32_t(o);
     }
   }
 }
@@ -156,10 +166,17 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   check_no_duplicates(has_adjacent_equal(in.keys), "in_coords");
   const SortedKeys out = in_coords.is_same(out_coords) ? in : sort_keys(pack_rows_cpu(out_coords));
 
-  int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
+  // Outputs not in key order (downsampled rows come in first-occurrence order): the merge fills a
+  // table whose rows are sorted positions, written nearly in order (the mirrored entries of a
+  // symmetric map land a few positions away instead of anywhere), and each finished row is then
+  // copied to its output row: one scattered row per output instead of two scattered entries per pair.
+  const bool by_position = !out.in_order;
+  const at::Tensor table = by_position ? at::full({n_out, K}, -1, neighbors.options()) : neighbors;  // [N_out, K]
+  int32_t* table_ptr = table.data_ptr<int32_t>();
+  const int64_t* out_rows = out.rows.data_ptr<int64_t>();
   if (symmetric) {
     at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t o = begin; o < end; ++o) record_neighbor(nbr_ptr, K, o, K / 2, int32_t(o), true);
+      for (int64_t j = begin; j < end; ++j) table_ptr[j * K + K / 2] = int32_t(out_rows[j]);
     });
   }
   const std::vector<Column> columns = query_columns(offsets.data_ptr<int32_t>(), K, symmetric);
@@ -168,10 +185,16 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
     for (int64_t task = begin; task < end; ++task) {
       const Column& column = columns[task / chunks];
       const int64_t first = (task % chunks) * kMergeChunk;
-      merge_column(in, out, column, K, symmetric, first, std::min(first + kMergeChunk, n_out),
-                   nbr_ptr);
+      merge_column(in, out, column, K, symmetric, by_position, first, std::min(first + kMergeChunk, n_out),
+                   table_ptr);
     }
   });
+  if (by_position) {
+    int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
+    at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) std::memcpy(nbr_ptr + out_rows[j] * K, table_ptr + j * K, K * sizeof(int32_t));
+    });
+  }
   return neighbors;
 }
 
