@@ -17,11 +17,19 @@ namespace pointsparse {
 // Offsets each output row queries: all K, or 0 .. K/2 when symmetric.
 PS_HD int32_t num_queried_offsets(int32_t K, bool symmetric) { return symmetric ? K / 2 + 1 : K; }
 
+// Stores input row i (or -1) as neighbour k of output row o in table row `row`, and when symmetric
+// o as neighbour K-1-k of i in table row `mirror` (i's own table row). A table indexed by rows has
+// row = o and mirror = i; the sort path may index it by sorted position instead.
+PS_HD void record_neighbor_at(int32_t* table, int32_t K, int64_t row, int64_t mirror, int64_t o, int32_t k,
+                              int32_t i, bool symmetric) {
+  table[row * K + k] = i;
+  if (symmetric && i >= 0) table[mirror * K + (K - 1 - k)] = int32_t(o);
+}
+
 // Stores input row i (or -1) as neighbour k of output row o, and its mirror when symmetric.
 PS_HD void record_neighbor(int32_t* neighbors, int32_t K, int64_t o, int32_t k, int32_t i,
                            bool symmetric) {
-  neighbors[o * K + k] = i;
-  if (symmetric && i >= 0) neighbors[int64_t(i) * K + (K - 1 - k)] = int32_t(o);
+  record_neighbor_at(neighbors, K, o, i, o, k, i, symmetric);
 }
 
 // Key of output row o shifted by offset k (offsets: [K, 3] int32 in coordinate units).

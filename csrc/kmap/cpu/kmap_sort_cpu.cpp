@@ -142,12 +142,7 @@ void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& col
         while (q < n_in && in_keys[q] < key) ++q;
         if (q < n_in && in_keys[q] == key) i = int32_t(in_rows[q]);
       }
-      if (!by_position) {
-        record_neighbor(table, K, o, k, i, symmetric);
-        continue;
-      }
-      table[j * K + k] = i;
-      if (symmetric && i >= 0) table[q * K + (K - 1 - k)] = int32_t(o);
+      record_neighbor_at(table, K, by_position ? j : o, by_position ? q : i, o, k, i, symmetric);
     }
   }
 }
@@ -170,8 +165,10 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   // table whose rows are sorted positions, written nearly in order (the mirrored entries of a
   // symmetric map land a few positions away instead of anywhere), and each finished row is then
   // copied to its output row: one scattered row per output instead of two scattered entries per pair.
+  // The table is the -1-filled one prepare_kmap made; the result, every row copied, needs no fill.
   const bool by_position = !out.in_order;
-  const at::Tensor table = by_position ? at::full({n_out, K}, -1, neighbors.options()) : neighbors;  // [N_out, K]
+  const at::Tensor table = neighbors;  // [N_out, K]
+  if (by_position) neighbors = at::empty_like(table);
   int32_t* table_ptr = table.data_ptr<int32_t>();
   const int64_t* out_rows = out.rows.data_ptr<int64_t>();
   if (symmetric) {
