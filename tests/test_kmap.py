@@ -120,6 +120,21 @@ def test_sort_and_hash_agree_on_large_inputs(origin, span, shuffled):
     torch.testing.assert_close(tiled, ops.kmap_tiling(coords, down, (2, 2, 2), (1, 1, 1)))
 
 
+@pytest.mark.parametrize("isa", ["avx512", "baseline"])
+@pytest.mark.parametrize("num_offsets", [1, 8, 27, 64, 65, 125])
+def test_csr_layout_matches_reference_on_large_tables(monkeypatch, isa, num_offsets):
+    # Many row chunks (the parallel count and write passes), K from one to two 64-bit words of
+    # presence bits, read with AVX-512 compares or the portable loop (POINTSPARSE_CPU_ISA caps it).
+    monkeypatch.setenv("POINTSPARSE_CPU_ISA", isa)
+    gen = torch.Generator().manual_seed(num_offsets)
+    rows = 20000
+    neighbors = torch.randint(0, rows, (rows, num_offsets), generator=gen, dtype=torch.int32)
+    neighbors[torch.rand(rows, num_offsets, generator=gen) < 0.8] = -1
+    neighbors[:, -1] = torch.where(torch.arange(rows) % 3 == 0, -1, neighbors[:, -1])  # the last lane
+    for got, want in zip(ops.kmap_csr(neighbors), reference_csr(neighbors)):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 def test_tiling_map_rejects_bad_inputs(device):
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 3, 2, 2]], dtype=torch.int32, device=device)

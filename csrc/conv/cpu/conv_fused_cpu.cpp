@@ -12,7 +12,6 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
@@ -20,6 +19,7 @@
 
 #include <unistd.h>
 
+#include "../../common/cpu_isa.h"
 #include "../conv_checks.h"
 #include "../../norm/norm_checks.h"
 
@@ -73,31 +73,7 @@ constexpr int kMaxTileVecs = 2, kAccumulators = 12;  // of 16 vector registers
 
 namespace {
 
-enum class Isa { kAvx512, kAvx2, kBaseline };
-
-// The widest ISA this CPU runs. POINTSPARSE_CPU_ISA=avx2|baseline caps it, so that one machine can
-// test every variant.
-Isa cpu_isa() {
-#ifdef POINTSPARSE_X86
-  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
-                      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
-  const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-#else
-  const bool avx512 = false, avx2 = false;
-#endif
-  const char* cap_env = std::getenv("POINTSPARSE_CPU_ISA");
-  const std::string cap = cap_env ? cap_env : "";
-  TORCH_CHECK_VALUE(cap.empty() || cap == "avx512" || cap == "avx2" || cap == "baseline",
-                    "POINTSPARSE_CPU_ISA must be avx512, avx2 or baseline, got '", cap, "'");
-  if (avx512 && (cap.empty() || cap == "avx512")) return Isa::kAvx512;
-  if (avx2 && cap != "baseline") return Isa::kAvx2;
-  return Isa::kBaseline;
-}
-
-std::string fused_cpu_isa() {
-  const Isa isa = cpu_isa();
-  return isa == Isa::kAvx512 ? "avx512" : isa == Isa::kAvx2 ? "avx2" : "baseline";
-}
+std::string fused_cpu_isa() { return isa_name(cpu_isa()); }
 
 int vector_bytes(Isa isa) { return isa == Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 16; }
 

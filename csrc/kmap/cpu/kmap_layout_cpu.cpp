@@ -5,6 +5,11 @@
 
 #include <vector>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
+#include "../../common/cpu_isa.h"
 #include "../kmap_checks.h"
 #include "../kmap_reorder.h"
 #include "../kmap_element.h"
@@ -32,22 +37,84 @@ at::Tensor pack_coords_cpu(const at::Tensor& coords) {
   return pack_rows_cpu(coords.contiguous());
 }
 
+// Presence bits of one row's neighbours [0, n), n <= 64: bit k set where row[k] >= 0.
+uint64_t presence_bits(const int32_t* row, int64_t n) {
+  uint64_t bits = 0;
+  for (int64_t k = 0; k < n; ++k) bits |= uint64_t(row[k] >= 0) << k;
+  return bits;
+}
+
+#if defined(__x86_64__)
+// The same with one compare per 16 neighbours (a 27-offset row: two instead of 27 scalar steps).
+__attribute__((target("avx512f"))) uint64_t presence_bits_avx512(const int32_t* row, int64_t n) {
+  uint64_t bits = 0;
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 lanes = n - k >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (n - k)) - 1);
+    const __m512i v = _mm512_maskz_loadu_epi32(lanes, row + k);
+    bits |= uint64_t(_mm512_mask_cmpge_epi32_mask(lanes, v, _mm512_setzero_si512())) << k;
+  }
+  return bits;
+}
+#endif
+
+using PresenceBits = uint64_t (*)(const int32_t*, int64_t);
+
+PresenceBits presence_bits_for_cpu() {
+#if defined(__x86_64__)
+  if (cpu_isa() == Isa::kAvx512) return &presence_bits_avx512;
+#endif
+  return &presence_bits;
+}
+
+// Rows [begin, end) of a [N, K] table: each row's presence bits (64 offsets a word) into present
+// [N, words], and the pairs of each offset added to count [K].
+__attribute__((noinline)) void count_pairs(const int32_t* __restrict nbr, int64_t K, int64_t words, int64_t begin, int64_t end,
+                 PresenceBits presence, uint64_t* __restrict present, int64_t* __restrict count) {
+  for (int64_t o = begin; o < end; ++o) {
+    for (int64_t w = 0; w < words; ++w) {
+      uint64_t bits = presence(nbr + o * K + 64 * w, std::min<int64_t>(64, K - 64 * w));
+      present[o * words + w] = bits;
+      for (; bits != 0; bits &= bits - 1) ++count[64 * w + __builtin_ctzll(bits)];
+    }
+  }
+}
+
+// Rows [begin, end): each present neighbour k of row o becomes the pair (row[k], o) at pos[k]++,
+// visiting set bits only (most neighbours are absent). Not inlined into the parallel loop, whose
+// register pressure made GCC keep the bits and positions on the stack.
+__attribute__((noinline)) void write_pairs(const int32_t* __restrict nbr, int64_t K, int64_t words, int64_t begin,
+                                           int64_t end, const uint64_t* __restrict present, int64_t* __restrict pos,
+                                           int32_t* __restrict in_idx, int32_t* __restrict out_idx) {
+  for (int64_t o = begin; o < end; ++o) {
+    const int32_t* row = nbr + o * K;
+    for (int64_t w = 0; w < words; ++w) {
+      const int32_t* word_row = row + 64 * w;
+      int64_t* word_pos = pos + 64 * w;
+      for (uint64_t bits = present[o * words + w]; bits != 0; bits &= bits - 1) {
+        const int k = __builtin_ctzll(bits);
+        const int64_t p = word_pos[k]++;
+        in_idx[p] = word_row[k];
+        out_idx[p] = int32_t(o);
+      }
+    }
+  }
+}
+
 // Two passes over row chunks: count pairs per (chunk, offset), then write each chunk's pairs at
 // its prefix-sum position, so pairs of an offset come out with ascending output rows.
 std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cpu(const at::Tensor& neighbors_) {
   check_neighbors(neighbors_);
   const at::Tensor neighbors = neighbors_.contiguous();
-  const int64_t n = neighbors.size(0), K = neighbors.size(1);
+  const int64_t n = neighbors.size(0), K = neighbors.size(1), words = (K + 63) / 64;
   const int64_t chunks = (n + kRowChunk - 1) / kRowChunk;
   const int32_t* nbr = neighbors.data_ptr<int32_t>();
+  const PresenceBits presence = presence_bits_for_cpu();
+  std::vector<uint64_t> present(n * words);  // [N, words]
   std::vector<int64_t> start(chunks * K, 0);  // [chunks, K]: count, then write position
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      int64_t* count = start.data() + c * K;
-      for (int64_t o = c * kRowChunk; o < std::min(n, (c + 1) * kRowChunk); ++o) {
-        const int32_t* row = nbr + o * K;
-        for (int64_t k = 0; k < K; ++k) count[k] += row[k] >= 0;
-      }
+      count_pairs(nbr, K, words, c * kRowChunk, std::min(n, (c + 1) * kRowChunk), presence, present.data(),
+                  start.data() + c * K);
     }
   });
   at::Tensor offset_ptr = at::empty({K + 1}, neighbors.options().dtype(at::kLong));  // [K + 1]
@@ -64,27 +131,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cpu(const at::Tensor& ne
   ptr[K] = total;
   at::Tensor in_idx = at::empty({total}, neighbors.options());   // [P]
   at::Tensor out_idx = at::empty({total}, neighbors.options());  // [P]
-  int32_t* in_ptr = in_idx.data_ptr<int32_t>();
-  int32_t* out_ptr = out_idx.data_ptr<int32_t>();
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      int64_t* pos = start.data() + c * K;
-      for (int64_t o = c * kRowChunk; o < std::min(n, (c + 1) * kRowChunk); ++o) {
-        const int32_t* row = nbr + o * K;
-        // Most neighbours are absent: gather presence bits branch-free, then visit set bits only.
-        for (int64_t base = 0; base < K; base += 64) {
-          uint64_t present = 0;
-          for (int64_t k = base; k < std::min(K, base + 64); ++k) {
-            present |= uint64_t(row[k] >= 0) << (k - base);
-          }
-          for (; present != 0; present &= present - 1) {
-            const int64_t k = base + __builtin_ctzll(present);
-            in_ptr[pos[k]] = row[k];
-            out_ptr[pos[k]] = int32_t(o);
-            ++pos[k];
-          }
-        }
-      }
+      write_pairs(nbr, K, words, c * kRowChunk, std::min(n, (c + 1) * kRowChunk), present.data(),
+                  start.data() + c * K, in_idx.data_ptr<int32_t>(), out_idx.data_ptr<int32_t>());
     }
   });
   return {offset_ptr, in_idx, out_idx};
