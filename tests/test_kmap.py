@@ -95,29 +95,35 @@ def test_tiling_map_matches_reference(device, coords, size, tensor_stride):
 
 @pytest.mark.parametrize("origin,span", [(0, 60), (-3000, 4000), (100000, 50)])
 @pytest.mark.parametrize("shuffled", [True, False])
-def test_sort_and_hash_agree_on_large_inputs(origin, span, shuffled):
+@pytest.mark.parametrize("threads", [1, 3])
+def test_sort_and_hash_agree_on_large_inputs(origin, span, shuffled, threads):
     # Thousands of rows take the sort path's radix sort (small inputs: ATen's), over key ranges of a
     # few to many bits, negative coordinates and ragged batches; shuffled rows test its stability
     # through the first-occurrence numbering of downsampled outputs, rows in key order (as a
-    # voxelised scan's) the path that skips the sort.
+    # voxelised scan's) the path that skips the sort. At 3 threads the radix passes run in 3 parts.
     gen = torch.Generator().manual_seed(span)
-    coords = torch.cat([torch.randint(0, 3, (20000, 1), generator=gen),
-                        torch.randint(origin - span, origin + span, (20000, 3), generator=gen)], 1)
+    coords = torch.cat([torch.randint(0, 3, (60000, 1), generator=gen),
+                        torch.randint(origin - span, origin + span, (60000, 3), generator=gen)], 1)
     coords = torch.unique(coords, dim=0).int()  # sorted by (batch, x, y, z)
     if shuffled:
         coords = coords[torch.randperm(coords.shape[0], generator=gen)]
-    assert coords.shape[0] > 8192
+    assert coords.shape[0] > 3 * 16384
     offsets = kernel_offsets(3)
-    for symmetric in (False, True):
-        torch.testing.assert_close(ops.build_kmap_sort(coords, coords, offsets, symmetric),
-                                   ops.build_kmap_hash(coords, coords, offsets, symmetric))
-    down = ops.downsample_coords_sort(coords, (2, 2, 2))
-    torch.testing.assert_close(down, ops.downsample_coords_hash(coords, (2, 2, 2)))
-    torch.testing.assert_close(ops.build_kmap_sort(coords, down, offsets, False),
-                               ops.build_kmap_hash(coords, down, offsets, False))
-    tiled_out, tiled = ops.downsample_tiling(coords, (2, 2, 2), (1, 1, 1))
-    torch.testing.assert_close(tiled_out, down)
-    torch.testing.assert_close(tiled, ops.kmap_tiling(coords, down, (2, 2, 2), (1, 1, 1)))
+    saved = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for symmetric in (False, True):
+            torch.testing.assert_close(ops.build_kmap_sort(coords, coords, offsets, symmetric),
+                                       ops.build_kmap_hash(coords, coords, offsets, symmetric))
+        down = ops.downsample_coords_sort(coords, (2, 2, 2))
+        torch.testing.assert_close(down, ops.downsample_coords_hash(coords, (2, 2, 2)))
+        torch.testing.assert_close(ops.build_kmap_sort(coords, down, offsets, False),
+                                   ops.build_kmap_hash(coords, down, offsets, False))
+        tiled_out, tiled = ops.downsample_tiling(coords, (2, 2, 2), (1, 1, 1))
+        torch.testing.assert_close(tiled_out, down)
+        torch.testing.assert_close(tiled, ops.kmap_tiling(coords, down, (2, 2, 2), (1, 1, 1)))
+    finally:
+        torch.set_num_threads(saved)
 
 
 @pytest.mark.parametrize("isa", ["avx512", "baseline"])

@@ -32,6 +32,39 @@ struct SortedKeys {
 
 constexpr int kRadixBits = 11;
 constexpr int64_t kRadixMin = 4096;  // below this, ATen's sort
+constexpr int64_t kRadixPart = 16384;  // keys per part of a parallel pass (at least)
+
+// One stable counting pass of an LSD radix sort, by bits [shift, shift + kRadixBits): the keys are
+// cut into parts that count their digits in parallel, then each part scatters its keys to its own
+// slots of every digit (parts in order within a digit, so the pass stays stable).
+void radix_pass(const uint64_t* key_in, const int64_t* row_in, int64_t n, int shift, int64_t parts,
+                uint64_t* key_out, int64_t* row_out) {
+  constexpr int64_t kDigits = int64_t(1) << kRadixBits;
+  const uint64_t mask = kDigits - 1;
+  const int64_t part_size = (n + parts - 1) / parts;
+  std::vector<int64_t> slot(parts * kDigits, 0);  // [parts, digits]: count, then next slot
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t part = first; part < last; ++part) {
+      int64_t* count = slot.data() + part * kDigits;
+      for (int64_t i = part * part_size; i < std::min(n, (part + 1) * part_size); ++i) {
+        ++count[(key_in[i] >> shift) & mask];
+      }
+    }
+  });
+  int64_t total = 0;
+  for (int64_t digit = 0; digit < kDigits; ++digit) {
+    for (int64_t part = 0; part < parts; ++part) total += std::exchange(slot[part * kDigits + digit], total);
+  }
+  at::parallel_for(0, parts, 1, [&](int64_t first, int64_t last) {
+    for (int64_t part = first; part < last; ++part) {
+      int64_t* next = slot.data() + part * kDigits;
+      for (int64_t i = part * part_size; i < std::min(n, (part + 1) * part_size); ++i) {
+        const int64_t j = next[(key_in[i] >> shift) & mask]++;
+        key_out[j] = key_in[i], row_out[j] = row_in[i];
+      }
+    }
+  });
+}
 
 // Stable ascending sort of int64 keys [N] with the row of each: an LSD radix sort over the bits in
 // which the keys differ from the smallest (about three 11-bit passes for a LiDAR scan's packed
@@ -53,17 +86,9 @@ SortedKeys sort_keys(const at::Tensor& keys) {
   std::vector<uint64_t> key_a(n), key_b(n);
   std::vector<int64_t> row_a(n), row_b(n);
   for (int64_t i = 0; i < n; ++i) key_a[i] = uint64_t(k[i]) - uint64_t(lowest), row_a[i] = i;
-  std::vector<int64_t> count(int64_t(1) << kRadixBits);
+  const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), n / kRadixPart));
   for (int shift = 0; shift < bits; shift += kRadixBits) {
-    std::fill(count.begin(), count.end(), 0);
-    const uint64_t mask = (uint64_t(1) << kRadixBits) - 1;
-    for (int64_t i = 0; i < n; ++i) ++count[(key_a[i] >> shift) & mask];
-    int64_t total = 0;
-    for (int64_t& c : count) total += std::exchange(c, total);
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t j = count[(key_a[i] >> shift) & mask]++;
-      key_b[j] = key_a[i], row_b[j] = row_a[i];
-    }
+    radix_pass(key_a.data(), row_a.data(), n, shift, parts, key_b.data(), row_b.data());
     key_a.swap(key_b), row_a.swap(row_b);
   }
   at::Tensor sorted = at::empty({n}, keys.options()), rows = at::empty({n}, keys.options());
