@@ -37,11 +37,11 @@ at::Tensor pack_coords_cpu(const at::Tensor& coords) {
   return pack_rows_cpu(coords.contiguous());
 }
 
-// Presence bits of one row's neighbours [0, n), n <= 64: bit k set where row[k] >= 0.
+// Presence bits of one row's neighbours [0, n), n <= 64: bit k set where row[k] >= 0 (two words
+// of the implicit GEMM's split masks, the shared per-element logic).
 uint64_t presence_bits(const int32_t* row, int64_t n) {
-  uint64_t bits = 0;
-  for (int64_t k = 0; k < n; ++k) bits |= uint64_t(row[k] >= 0) << k;
-  return bits;
+  return uint64_t(uint32_t(split_mask_element(row, 0, n, 0))) |
+         uint64_t(uint32_t(split_mask_element(row, 0, n, 1))) << 32;
 }
 
 #if defined(__x86_64__)
@@ -66,10 +66,14 @@ PresenceBits presence_bits_for_cpu() {
   return &presence_bits;
 }
 
-// Rows [begin, end) of a [N, K] table: each row's presence bits (64 offsets a word) into present
-// [N, words], and the pairs of each offset added to count [K].
-__attribute__((noinline)) void count_pairs(const int32_t* __restrict nbr, int64_t K, int64_t words, int64_t begin, int64_t end,
-                 PresenceBits presence, uint64_t* __restrict present, int64_t* __restrict count) {
+// The two passes of kmap_csr over rows [begin, end) of a [N, K] table. Not inlined into the
+// parallel loops, whose register pressure made GCC keep the bits and positions on the stack.
+
+// Each row's presence bits (64 offsets a word) into present [N, words], and the pairs of each
+// offset added to count [K].
+__attribute__((noinline)) void count_pairs(const int32_t* __restrict nbr, int64_t K, int64_t words, int64_t begin,
+                                           int64_t end, PresenceBits presence, uint64_t* __restrict present,
+                                           int64_t* __restrict count) {
   for (int64_t o = begin; o < end; ++o) {
     for (int64_t w = 0; w < words; ++w) {
       uint64_t bits = presence(nbr + o * K + 64 * w, std::min<int64_t>(64, K - 64 * w));
@@ -79,9 +83,8 @@ __attribute__((noinline)) void count_pairs(const int32_t* __restrict nbr, int64_
   }
 }
 
-// Rows [begin, end): each present neighbour k of row o becomes the pair (row[k], o) at pos[k]++,
-// visiting set bits only (most neighbours are absent). Not inlined into the parallel loop, whose
-// register pressure made GCC keep the bits and positions on the stack.
+// Each present neighbour k of row o becomes the pair (row[k], o) at pos[k]++, visiting set bits
+// only (most neighbours are absent).
 __attribute__((noinline)) void write_pairs(const int32_t* __restrict nbr, int64_t K, int64_t words, int64_t begin,
                                            int64_t end, const uint64_t* __restrict present, int64_t* __restrict pos,
                                            int32_t* __restrict in_idx, int32_t* __restrict out_idx) {
