@@ -10,7 +10,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <optional>
@@ -20,6 +19,7 @@
 #include <unistd.h>
 
 #include "../../common/cpu_isa.h"
+#include "../../common/for_each_task.h"
 #include "../conv_checks.h"
 #include "../../norm/norm_checks.h"
 
@@ -247,16 +247,6 @@ bool covers_each_row_once(const ConvPairs& pairs, int64_t num_out, int64_t ident
   return true;
 }
 
-// Runs fn(b) for every block b, blocks handed out one at a time to whichever thread is free (each
-// block is computed by one thread start to end, so the result does not depend on the schedule).
-template <typename Fn>
-void for_each_block(int64_t count, const Fn& fn) {
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(at::get_num_threads(), count), 1, [&](int64_t, int64_t) {
-    for (int64_t b = next++; b < count; b = next++) fn(b);
-  });
-}
-
 // The eval-mode batch norm (scale, shift per output channel), residual and ReLU a fused conv may
 // end with: each block of output rows gets it right after its last offset, while it is in L2,
 // instead of a separate pass over the whole output.
@@ -293,7 +283,7 @@ at::Tensor conv_fused_forward(const at::Tensor& feats_, const at::Tensor& weight
     const scalar_t* shift = epilogue ? epilogue->shift.data_ptr<scalar_t>() : nullptr;
     const scalar_t* residual = epilogue && epilogue->residual ? epilogue->residual->data_ptr<scalar_t>() : nullptr;
     // Per row: the identity offset (or zero) first, then the other offsets in ascending order.
-    for_each_block(blocks.count, [&](int64_t b) {
+    for_each_task(blocks.count, [&](int64_t b) {  // blocks to free threads: rows differ in pairs
       const int64_t r0 = blocks.first_row(b, num_out), r1 = blocks.first_row(b + 1, num_out);
       if (identity_offset >= 0) {
         kernels.forward_assign(feats, C_in, nullptr, nullptr, r0, r1, w + identity_offset * C_in * ldw, ldw, o, C_out);

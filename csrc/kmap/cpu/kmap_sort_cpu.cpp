@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "../../common/for_each_task.h"
 #include "../kmap_checks.h"
 #include "../kmap_element.h"
 #include "kmap_cpu.h"
@@ -203,16 +204,12 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   }
   const std::vector<Column> columns = query_columns(offsets.data_ptr<int32_t>(), K, symmetric);
   const int64_t chunks = (n_out + kMergeChunk - 1) / kMergeChunk;
-  // Tasks chunk-major: the threads' contiguous shares hold every column alike (column-major, one
-  // thread got the symmetric map's cheap centre column and waited a quarter of the merge).
-  const int64_t n_columns = int64_t(columns.size());
-  at::parallel_for(0, n_columns * chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t task = begin; task < end; ++task) {
-      const Column& column = columns[task % n_columns];
-      const int64_t first = (task / n_columns) * kMergeChunk;
-      merge_column(in, out, column, K, symmetric, by_position, first, std::min(first + kMergeChunk, n_out),
-                   table_ptr);
-    }
+  // Columns differ in cost (the symmetric map's centre column has one member, the others three):
+  // tasks go to whichever thread is free (a static split left one thread waiting a quarter of the merge).
+  for_each_task(int64_t(columns.size()) * chunks, [&](int64_t task) {
+    const Column& column = columns[task / chunks];
+    const int64_t first = (task % chunks) * kMergeChunk;
+    merge_column(in, out, column, K, symmetric, by_position, first, std::min(first + kMergeChunk, n_out), table_ptr);
   });
   if (by_position) {
     int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
