@@ -86,7 +86,10 @@ def test_minkunet_bench_times_a_step_and_attributes_it(small_scan, tmp_path):
                  "--warmup", "0", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     ours = record["timings"]["pointsparse"]
-    assert ours["train"]["median_s"] > ours["inference"]["median_s"] > 0
+    # One sample each: their order is not asserted (a 0.2 s stall of the machine once made this
+    # tiny scan's inference pass slower than its training step).
+    assert ours["train"]["median_s"] > 0 and ours["inference"]["median_s"] > 0
+    assert ours["train"]["minor_faults"] >= 0 and ours["inference"]["sys_s"] >= 0
     train, inference = record["breakdown"]["train"], record["breakdown"]["inference"]
     for step in (train, inference):
         # Self times plus the untraced rest add up to the step: nothing counted twice.
