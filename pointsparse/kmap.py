@@ -34,6 +34,7 @@ from .implicit import ImplicitGemmConfig, Reordering, reorder_rows
 from .offsets import IntOrTriple, as_triple, default_padding, kernel_offsets
 
 Triple = Tuple[int, int, int]
+KERNEL_MAP_RANGE = "pointsparse::kernel_map"  # the profiler range around every map build
 
 
 @dataclass(frozen=True)
@@ -343,7 +344,7 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
         return cache.kmaps[key]
     cache.coords.setdefault(tensor_stride, coords)
     # A profiler range around builds only (a cache hit costs nothing): bench minkunet's breakdown.
-    with torch.autograd.profiler.record_function("pointsparse::kernel_map"):
+    with torch.autograd.profiler.record_function(KERNEL_MAP_RANGE):
         if key.generative:
             kmap = build_generative_kernel_map(coords, key, config)
         elif transposed:

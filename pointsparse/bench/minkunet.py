@@ -32,17 +32,17 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
+from ..kmap import KERNEL_MAP_RANGE
 from ..memory import retain_freed_memory
 from ..models import MODELS, build_model
 from ..nn import SparseConv3d
+from ..nn.feature_ops import LINEAR_RANGE
 from ..quantize import sparse_quantize
 from ..tensor import SparseTensor
 from .common import check_device, environment, write_json
 from .spconv_baseline import SpconvMinkUNet, spconv_available, spconv_input
 
-KMAP_RANGE = "pointsparse::kernel_map"
 LAYER_PREFIX = "layer:"
-HEAD_RANGE = "pointsparse::linear"  # spnn.Linear's fused path (a 1x1 conv op), MinkUNet's head
 BLOCKS = {"minkunet18": (2, 2, 2, 2), "minkunet34": (2, 3, 4, 6)}
 # (category, substrings of event names) in the order they are tried, nearest event first.
 OP_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
@@ -182,17 +182,17 @@ def _layer_ranges(model: nn.Module) -> List[object]:
 def _category(chain: List[object], layer_of_seq: Dict[int, str]) -> Tuple[str, Optional[str]]:
     """(category, layer or None) of an event from its chain of ancestors, nearest first. Backward
     nodes of conv ops are found by their forward op's sequence number (``layer_of_seq``: a layer
-    name, or HEAD_RANGE for the head's)."""
+    name, or LINEAR_RANGE for the head's)."""
     names = [e.name for e in chain]
-    if KMAP_RANGE in names:
+    if KERNEL_MAP_RANGE in names:
         return "kernel maps", None
-    if HEAD_RANGE in names:
+    if LINEAR_RANGE in names:
         return "head (linear)", None
     for e in chain:
         if e.name.startswith(LAYER_PREFIX):
             return "forward", e.name[len(LAYER_PREFIX):]
         if e.name.startswith("autograd::engine::evaluate_function") and e.sequence_nr in layer_of_seq:
-            if layer_of_seq[e.sequence_nr] == HEAD_RANGE:
+            if layer_of_seq[e.sequence_nr] == LINEAR_RANGE:
                 return "head (linear)", None
             weight = any("weight_grad" in n for n in names)
             return ("weight grad" if weight else "input grad"), layer_of_seq[e.sequence_nr]
@@ -234,8 +234,8 @@ def breakdown(model: nn.Module, step: Callable[[], object]) -> Dict[str, object]
                 if a.name.startswith(LAYER_PREFIX):
                     layer_of_seq[e.sequence_nr] = a.name[len(LAYER_PREFIX):]
                     break
-                if a.name == HEAD_RANGE:
-                    layer_of_seq[e.sequence_nr] = HEAD_RANGE
+                if a.name == LINEAR_RANGE:
+                    layer_of_seq[e.sequence_nr] = LINEAR_RANGE
                     break
     categories: Dict[str, float] = {}
     layers: Dict[str, Dict[str, float]] = {}

@@ -15,6 +15,8 @@ from ..ops.conv import linear_fused
 from ..ops.norm import batch_norm_relu, eval_affine, fused_on
 from ..tensor import SparseTensor, check_same_coords
 
+LINEAR_RANGE = "pointsparse::linear"  # the profiler range around Linear's fused path
+
 
 class _OnFeats:
     """Mixin: the dense module's forward applied to ``feats``, coordinates, stride and cache kept."""
@@ -125,5 +127,5 @@ class Linear(nn.Linear):
             return input.with_feats(self.forward(input.feats))
         if not fused_on(input) or self.weight.dtype != input.dtype:
             return super().forward(input)
-        with record_function("pointsparse::linear"):  # bench minkunet counts it as the head
+        with record_function(LINEAR_RANGE):  # bench minkunet counts it as the head
             return linear_fused(input, self.weight, self.bias)
