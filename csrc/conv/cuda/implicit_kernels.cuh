@@ -1,0 +1,189 @@
+// The implicit-GEMM kernels: output-stationary tiles of reordered output rows, one split per launch.
+//
+// Written against the CUDA names only (threadIdx, __syncthreads, __shared__, nvcuda::wmma, __half,
+// CUDA_KERNEL_ASSERT, cp_async4_zfill): conv_cuda.cu includes it after the real ones, and
+// tests/emulation/ after host twins that run every thread of a block as a CPU thread, so the same
+// kernel code is tested on machines without a GPU. Raw pointers only; no ATen here.
+#pragma once
+
+#include <cstdint>
+
+#include "../conv_element.h"
+
+// Tensor cores (WMMA with float accumulators, TF32 and bfloat16 included) need sm_80 or newer; the
+// emulation defines the macro itself.
+#ifndef PS_TENSOR_CORE_ARCH
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define PS_TENSOR_CORE_ARCH 1
+#else
+#define PS_TENSOR_CORE_ARCH 0
+#endif
+#endif
+
+namespace pointsparse {
+namespace implicit_gemm {
+
+// SIMT kernel: block (tile t, 32 output columns), its 8 thread rows walk the tile's rows, one
+// output element per thread through the shared implicit_dot_element.
+namespace simt {
+
+constexpr int kChannelThreads = 32;  // threads along the output columns
+constexpr int kRowsPerBlock = 8;     // thread rows per block
+
+// weight [K, C_in, C_out] contiguous; acc [N_out, C_out] in Acc, assigned by the first split, added
+// to by the others; order [N_out] and masks [tiles, words] of this split.
+template <typename T, typename Acc>
+__global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* neighbors, int64_t K,
+                                const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
+                                int64_t tile_rows, const T* weight, int64_t C_out, bool assign, Acc* acc) {
+  const int64_t t = blockIdx.x, col = blockIdx.y * int64_t(kChannelThreads) + threadIdx.x;
+  if (col >= C_out) return;
+  const int32_t* mask = masks + t * words;
+  const int64_t begin = t * tile_rows, rows = min(tile_rows, n_out - begin);
+  for (int64_t r = threadIdx.y; r < rows; r += kRowsPerBlock) {
+    const int32_t o = order[begin + r];
+    CUDA_KERNEL_ASSERT(row_in_range(o, n_out));
+    const int32_t* nb_row = neighbors + int64_t(o) * K;
+    const Acc sum = implicit_dot_element<T, Acc>(feats, C_in, nb_row, mask, words, K, weight, C_out, col);
+    Acc* dst = acc + int64_t(o) * C_out + col;
+    *dst = assign ? sum : *dst + sum;
+  }
+}
+
+}  // namespace simt
+
+// Tensor cores (WMMA, sm_80+) for half / bfloat16, and TF32 for float32 when torch allows it: a
+// block of 4 warps takes 32 rows of one reorder tile x 32 output columns, each warp one 16 x 16
+// fragment with float accumulators held across every offset of the tile's mask. Per (offset, kDepth
+// input channels) the tile's neighbour rows (zero where absent or past C_in) and the weight block
+// are staged in shared memory (float32: by cp.async, zero-filled in flight). Any channel count:
+// partial blocks are zero-padded when staged and masked when stored.
+namespace tensor_core {
+
+constexpr int kRows = 32, kCols = 32, kThreadsPerBlock = 128;
+
+// Per element type: what shared memory holds, what the fragments take, and the k of the MMA shape.
+template <typename T>
+struct Wmma;
+template <>
+struct Wmma<c10::Half> {
+  using type = __half;
+  using fragment = __half;
+  static constexpr int kDepth = 16;
+  static __device__ type zero() { return __float2half(0.f); }
+};
+template <>
+struct Wmma<c10::BFloat16> {
+  using type = __nv_bfloat16;
+  using fragment = __nv_bfloat16;
+  static constexpr int kDepth = 16;
+  static __device__ type zero() { return __float2bfloat16(0.f); }
+};
+template <>
+struct Wmma<float> {
+  using type = float;
+  using fragment = nvcuda::wmma::precision::tf32;
+  static constexpr int kDepth = 8;
+  static __device__ type zero() { return 0.f; }
+};
+
+#if PS_TENSOR_CORE_ARCH
+// dst = valid ? *src : 0 for one element in shared memory: float32 through cp.async (zero filled in
+// flight), 2-byte types by a plain load.
+template <typename W>
+__device__ inline void stage(W* dst, const W* src, bool valid, W zero) {
+  if constexpr (sizeof(W) == 4) {
+    cp_async4_zfill(dst, src, valid);
+  } else {
+    *dst = valid ? *src : zero;
+  }
+}
+
+template <typename W>
+__device__ inline void staged() {
+  if constexpr (sizeof(W) == 4) cp_async_wait_all();
+}
+#endif
+
+// acc float [N_out, C_out]; the other arguments as for simt::implicit_kernel.
+template <typename T>
+__global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K, const int32_t* order,
+                                const int32_t* masks, int64_t words, int64_t n_out, int64_t tile_rows, const T* weight_,
+                                int64_t C_out, bool assign, float* acc) {
+#if PS_TENSOR_CORE_ARCH
+  using namespace nvcuda;
+  using W = typename Wmma<T>::type;
+  using F = typename Wmma<T>::fragment;
+  constexpr int kDepth = Wmma<T>::kDepth;
+  const W* feats = reinterpret_cast<const W*>(feats_);
+  const W* weight = reinterpret_cast<const W*>(weight_);
+  const W zero = Wmma<T>::zero();
+  // WMMA loads and stores need 256-bit aligned pointers.
+  alignas(32) __shared__ W a_s[kRows * kDepth];
+  alignas(32) __shared__ W b_s[kDepth * kCols];
+  alignas(32) __shared__ float c_s[kRows * kCols];
+  __shared__ int32_t rows_s[kRows];
+  const int64_t t = blockIdx.x, col0 = int64_t(blockIdx.y) * kCols;
+  const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
+  const int32_t* mask = masks + t * words;
+  const int64_t tile_begin = t * tile_rows, tile_end = min(tile_begin + tile_rows, n_out);
+  for (int64_t chunk = tile_begin; chunk < tile_end; chunk += kRows) {
+    if (threadIdx.x < kRows) {
+      const int32_t o = chunk + threadIdx.x < tile_end ? order[chunk + threadIdx.x] : -1;
+      CUDA_KERNEL_ASSERT(o < 0 || row_in_range(o, n_out));
+      rows_s[threadIdx.x] = o;
+    }
+    __syncthreads();
+    wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c_frag;
+    wmma::fill_fragment(c_frag, 0.f);
+    for (int64_t w = 0; w < words; ++w) {  // the mask is the same for the whole block
+      for (uint32_t bits = uint32_t(mask[w]); bits; bits &= bits - 1) {
+        const int64_t k = 32 * w + lowest_bit(bits);
+        if (k >= K) break;
+        for (int64_t c0 = 0; c0 < C_in; c0 += kDepth) {
+          for (int e = threadIdx.x; e < kRows * kDepth; e += kThreadsPerBlock) {
+            const int r = e / kDepth, c = e % kDepth;
+            const int32_t o = rows_s[r];
+            const int32_t i = o >= 0 ? neighbors[int64_t(o) * K + k] : -1;
+            const bool valid = i >= 0 && c0 + c < C_in;
+            stage(a_s + e, valid ? feats + int64_t(i) * C_in + c0 + c : feats, valid, zero);
+          }
+          for (int e = threadIdx.x; e < kDepth * kCols; e += kThreadsPerBlock) {
+            const int c = e / kCols, j = e % kCols;
+            const bool valid = c0 + c < C_in && col0 + j < C_out;
+            stage(b_s + e, valid ? weight + (k * C_in + c0 + c) * C_out + col0 + j : weight, valid, zero);
+          }
+          staged<W>();
+          __syncthreads();
+          wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
+          wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
+          wmma::load_matrix_sync(a_frag, a_s + warp_row * 16 * kDepth, kDepth);
+          wmma::load_matrix_sync(b_frag, b_s + warp_col * 16, kCols);
+          if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
+            for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
+            for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
+          }
+          wmma::mma_sync(c_frag, a_frag, b_frag, c_frag);
+          __syncthreads();
+        }
+      }
+    }
+    wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + warp_col * 16, c_frag, kCols, wmma::mem_row_major);
+    __syncthreads();
+    for (int e = threadIdx.x; e < kRows * kCols; e += kThreadsPerBlock) {
+      const int r = e / kCols, j = e % kCols;
+      const int32_t o = rows_s[r];
+      if (o < 0 || col0 + j >= C_out) continue;
+      float* dst = acc + int64_t(o) * C_out + col0 + j;
+      *dst = assign ? c_s[e] : *dst + c_s[e];
+    }
+    __syncthreads();
+  }
+#else
+  CUDA_KERNEL_ASSERT(false && "the tensor-core implicit GEMM needs sm_80 or newer");
+#endif
+}
+
+}  // namespace tensor_core
+}  // namespace implicit_gemm
+}  // namespace pointsparse

@@ -1,0 +1,163 @@
+"""The implicit-GEMM CUDA kernels run on the CPU: csrc/conv/cuda/implicit_kernels.cuh compiled for the
+host against tests/emulation/ (each thread of a block a CPU thread, WMMA fragments and cp.async as host
+twins that check the documented alignment and shape rules), launched split by split as on the device,
+and compared with the CPU dataflow in float64. It tests the kernels' indexing, staging, masking and
+barriers on machines without a GPU; speed and the real tensor cores need tools/gpu_check.sh."""
+
+import ctypes
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import pointsparse as ps
+from pointsparse import ImplicitGemmConfig
+
+from test_conv import random_tensor
+
+REPO = Path(__file__).resolve().parents[1]
+SOURCES = [REPO / "tests" / "emulation" / name for name in ("implicit_emulated.cpp", "cuda_threads.h", "wmma.h")]
+KERNELS = REPO / "csrc" / "conv" / "cuda" / "implicit_kernels.cuh"
+
+SIMT, TENSOR_CORE = 0, 1
+DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler to build the emulated kernels")
+    library = tmp_path_factory.mktemp("emulation") / "libimplicit_emulated.so"
+    command = [compiler, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wall", "-Werror",
+               f"-I{REPO / 'csrc'}", f"-I{REPO / 'tests' / 'emulation'}", str(SOURCES[0]), "-o", str(library)]
+    built = subprocess.run(command, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    lib = ctypes.CDLL(str(library))
+    lib.ps_emulated_implicit.restype = ctypes.c_int
+    return lib.ps_emulated_implicit
+
+
+def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
+    """Output [N_out, C_out] of the emulated kernel (float32; float64 for float64 inputs)."""
+    K, C_in, C_out = weight.shape
+    n_out = neighbors.shape[0]
+    splits, tiles, words = reordering.tile_masks.shape
+    feats, weight = feats.contiguous(), weight.contiguous()
+    neighbors = neighbors.contiguous()
+    order, masks = reordering.order.contiguous(), reordering.tile_masks.contiguous()
+    acc_dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
+    acc = torch.full((n_out, C_out), float("nan"), dtype=acc_dtype)  # every entry must be written
+    error = ctypes.create_string_buffer(512)
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    status = entry(ctypes.c_int(kernel), ctypes.c_int(DTYPES[feats.dtype]), ptr(feats.data_ptr()), i64(C_in),
+                   ptr(neighbors.data_ptr()), i64(K), ptr(order.data_ptr()), ptr(masks.data_ptr()), i64(words),
+                   i64(n_out), i64(reordering.tile_rows), i64(tiles), i64(splits), ptr(weight.data_ptr()),
+                   i64(C_out), ptr(acc.data_ptr()), error, i64(len(error)))
+    assert status == 0, error.value.decode()
+    return acc
+
+
+def layer(C_in, C_out, kernel_size=3, stride=1, num_points=300, seed=0):
+    x = random_tensor(num_points=num_points, channels=C_in, span=9, seed=seed, dtype=torch.float64)
+    kmap = ps.kernel_map(x, kernel_size, stride)
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.randn(kmap.num_offsets, C_in, C_out, generator=generator, dtype=torch.float64)
+    return x.feats, weight, kmap
+
+
+def reference(feats, weight, kmap, reordering):
+    """The CPU implicit GEMM in float64 on the same (rounded) inputs."""
+    return ps.ops.conv_implicit(feats.double(), weight.double(), kmap.neighbors, reordering.order,
+                                reordering.tile_masks, kmap.neighbors_t, reordering.order, reordering.tile_masks,
+                                kmap.offset_ptr, kmap.in_idx, kmap.out_idx, reordering.tile_rows)
+
+
+def relative_error(result, expected):
+    return ((result.double() - expected).abs().max() / expected.abs().max()).item()
+
+
+# Tensor-core tolerances: products of 16-bit inputs are exact in float32, so half / bfloat16 differ from
+# float64 only by float32 sums; TF32 rounds its inputs to 10 mantissa bits.
+TENSOR_CORE_TOLERANCE = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 2e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("tile_rows,reorder,splits", [(32, True, 1), (16, False, 2), (64, True, 3), (48, True, 2),
+                                                      (128, False, 1)])
+def test_tensor_core_kernel_matches_the_cpu(emulated, dtype, tile_rows, reorder, splits):
+    # 13 -> 40 channels: partial input slabs of the MMA depth and a partial second column block.
+    feats, weight, kmap = layer(13, 40, seed=tile_rows + splits)
+    feats, weight = feats.to(dtype), weight.to(dtype)
+    reordering = kmap.reordering(ImplicitGemmConfig(tile_rows, reorder, splits))
+    result = run_emulated(emulated, TENSOR_CORE, feats, weight, kmap.neighbors, reordering)
+    error = relative_error(result, reference(feats, weight, kmap, reordering))
+    assert error < TENSOR_CORE_TOLERANCE[dtype]
+    if dtype == torch.float32:
+        assert error > 1e-7  # rounded to TF32, not exact float32
+
+
+@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33)])
+def test_tensor_core_kernel_on_channel_counts(emulated, C_in, C_out):
+    feats, weight, kmap = layer(C_in, C_out, seed=C_in * 100 + C_out)
+    feats, weight = feats.half(), weight.half()
+    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 2))
+    result = run_emulated(emulated, TENSOR_CORE, feats, weight, kmap.neighbors, reordering)
+    assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
+
+
+@pytest.mark.parametrize("kernel", [SIMT, TENSOR_CORE])
+@pytest.mark.parametrize("kernel_size,stride,splits", [(5, 1, 2), (2, 2, 1), (3, 2, 2)])
+def test_kernels_on_multiword_masks_and_strided_maps(emulated, kernel, kernel_size, stride, splits):
+    # k5: 125 offsets in 4 mask words; k2s2 / k3s2: downsampling maps with fewer output rows.
+    feats, weight, kmap = layer(8, 24, kernel_size, stride, seed=kernel_size * 10 + stride)
+    feats, weight = feats.bfloat16(), weight.bfloat16()
+    reordering = kmap.reordering(ImplicitGemmConfig(16, True, splits))
+    result = run_emulated(emulated, kernel, feats, weight, kmap.neighbors, reordering)
+    assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
+
+
+@pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 1e-5)])
+def test_simt_kernel_matches_the_cpu(emulated, dtype, tolerance):
+    feats, weight, kmap = layer(7, 37, seed=3)
+    feats, weight = feats.to(dtype), weight.to(dtype)
+    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 3))
+    result = run_emulated(emulated, SIMT, feats, weight, kmap.neighbors, reordering)
+    assert relative_error(result, reference(feats, weight, kmap, reordering)) < tolerance
+
+
+def test_an_output_row_out_of_range_fails_the_kernel_assertion(emulated):
+    feats, weight, kmap = layer(4, 8, seed=5)
+    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 1))
+    broken = type(reordering)(reordering.order.clone(), reordering.tile_masks, reordering.tile_rows)
+    broken.order[0, 3] = kmap.neighbors.shape[0]  # one past the last output row
+    for kernel in (SIMT, TENSOR_CORE):
+        with pytest.raises(AssertionError, match="row_in_range"):
+            run_emulated(emulated, kernel, feats.float(), weight.float(), kmap.neighbors, broken)
+
+
+def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
+    # The emulation is only worth its tests if it rejects what the device rejects: shift the A tile
+    # in shared memory by one element and the build of a kernel copy must fail its WMMA checks.
+    source = KERNELS.read_text()
+    needle = "wmma::load_matrix_sync(a_frag, a_s + warp_row * 16 * kDepth, kDepth);"
+    assert needle in source
+    broken = tmp_path / "conv" / "cuda"
+    broken.mkdir(parents=True)
+    (broken / "implicit_kernels.cuh").write_text(
+        source.replace(needle, needle.replace("a_s + warp_row", "a_s + 1 + warp_row"))
+        .replace('#include "../conv_element.h"', f'#include "{REPO}/csrc/conv/conv_element.h"'))
+    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
+    library = tmp_path / "libbroken.so"
+    built = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", f"-I{tmp_path}",
+                            f"-I{REPO / 'tests' / 'emulation'}", str(SOURCES[0]), "-o", str(library)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-4000:]
+    entry = ctypes.CDLL(str(library)).ps_emulated_implicit
+    feats, weight, kmap = layer(16, 16, seed=6)
+    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 1))
+    with pytest.raises(AssertionError, match="256-bit aligned"):
+        run_emulated(entry, TENSOR_CORE, feats.half(), weight.half(), kmap.neighbors, reordering)
