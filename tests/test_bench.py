@@ -80,6 +80,16 @@ def test_implicit_bench_reports_redundancy_and_times(small_scan, tmp_path, devic
         assert layer["timings"]["implicit sorted split 2"]["ratio_vs_implicit_sorted"]["forward"] == 1
 
 
+def test_implicit_bench_times_reduced_precision_on_cuda_only(small_scan, tmp_path):
+    with pytest.raises(SystemExit, match="for CUDA"):
+        main(["implicit", "--scan", str(small_scan), "--dtype", "float16", "--out", str(tmp_path / "i.json")])
+    if torch.cuda.is_available():
+        out = tmp_path / "implicit_half.json"
+        assert main(["implicit", "--scan", str(small_scan), "--voxel-size", "0.4", "--repeats", "1", "--device", "cuda",
+                     "--dtype", "float16", "--out", str(out)]) == 0
+        assert json.loads(out.read_text())["dtype"] == "float16"
+
+
 def test_minkunet_bench_times_a_step_and_attributes_it(small_scan, tmp_path):
     out = tmp_path / "minkunet.json"
     assert main(["minkunet", "--scan", str(small_scan), "--voxel-size", "0.2", "--cr", "0.125", "--repeats", "1",

@@ -100,13 +100,16 @@ def test_tensor_core_kernel_matches_the_cpu(emulated, dtype, tile_rows, reorder,
         assert error > 1e-7  # rounded to TF32, not exact float32
 
 
-@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33)])
-def test_tensor_core_kernel_on_channel_counts(emulated, C_in, C_out):
-    feats, weight, kmap = layer(C_in, C_out, seed=C_in * 100 + C_out)
-    feats, weight = feats.half(), weight.half()
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
+def test_tensor_core_kernel_on_channel_counts(emulated, dtype, C_in, C_out):
+    # Rows and weights staged by 16-byte copies where the channel count allows (C % 8 for half, % 4
+    # for float) and element by element elsewhere; one or several slabs of input channels per offset.
+    feats, weight, kmap = layer(C_in, C_out, num_points=150, seed=C_in * 100 + C_out)
+    feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(32, True, 2))
     result = run_emulated(emulated, TENSOR_CORE, feats, weight, kmap.neighbors, reordering)
-    assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
+    assert relative_error(result, reference(feats, weight, kmap, reordering)) < TENSOR_CORE_TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("kernel", [SIMT, TENSOR_CORE])
@@ -143,12 +146,12 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     # The emulation is only worth its tests if it rejects what the device rejects: shift the A tile
     # in shared memory by one element and the build of a kernel copy must fail its WMMA checks.
     source = KERNELS.read_text()
-    needle = "wmma::load_matrix_sync(a_frag, a_s + warp_row * 16 * kDepth, kDepth);"
+    needle = "wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kSlab + s * kDepth, kSlab);"
     assert needle in source
     broken = tmp_path / "conv" / "cuda"
     broken.mkdir(parents=True)
     (broken / "implicit_kernels.cuh").write_text(
-        source.replace(needle, needle.replace("a_s + warp_row", "a_s + 1 + warp_row"))
+        source.replace(needle, needle.replace("a_s[buffer] + warp_row", "a_s[buffer] + 1 + warp_row"))
         .replace('#include "../conv_element.h"', f'#include "{REPO}/csrc/conv/conv_element.h"'))
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     library = tmp_path / "libbroken.so"

@@ -7,7 +7,8 @@ each layer: the redundancy (computed MACs on absent neighbours over all computed
 the reordering) for tiles of 16/32/64/128 rows, unsorted and sorted, 1 to 4 splits; then forward
 and forward+backward median ms of IMPLICIT_GEMM (unsorted, and sorted with 2 splits, tiles of 32)
 and of the FUSED (CPU) and GATHER_GEMM_SCATTER dataflows, with ratios against IMPLICIT_GEMM sorted
-measured in the same run.
+measured in the same run. ``--dtype float16`` / ``bfloat16`` (and ``--tf32`` for float32) time the
+CUDA tensor-core kernel; on the CPU, and for float32 without ``--tf32`` on CUDA, the SIMT kernel runs.
 """
 
 import argparse
@@ -33,8 +34,15 @@ TIMED = {
 REFERENCE = "implicit sorted split 2"
 
 
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_scan_arguments(parser, "implicit", repeats=5, many_scans=True)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="features and weights of the timed layers (float16 / bfloat16: CUDA)")
+    parser.add_argument("--tf32", action="store_true",
+                        help="allow TF32 for float32 on CUDA (torch.backends.cuda.matmul.allow_tf32), as cuBLAS")
 
 
 def layers(coords: torch.Tensor):
@@ -56,11 +64,13 @@ def redundancy_table(x: SparseTensor, kernel: int, stride: int) -> Dict[str, flo
     return table
 
 
-def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, repeats: int) -> Dict[str, object]:
+def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, repeats: int,
+            dtype: torch.dtype = torch.float32) -> Dict[str, object]:
     gen = torch.Generator().manual_seed(1)
     device = x.feats.device
-    weight = (torch.randn(kernel ** 3, c_in, c_out, generator=gen) / (c_in * kernel ** 3) ** 0.5).to(device)
-    grad = torch.randn(kernel_map(x, kernel, stride).num_out, c_out, generator=gen).to(device)
+    x = x.with_feats(x.feats.to(dtype))
+    weight = (torch.randn(kernel ** 3, c_in, c_out, generator=gen) / (c_in * kernel ** 3) ** 0.5).to(device, dtype)
+    grad = torch.randn(kernel_map(x, kernel, stride).num_out, c_out, generator=gen).to(device, dtype)
     feats = x.feats.clone().requires_grad_()
     w = weight.clone().requires_grad_()
     rows: Dict[str, object] = {}
@@ -85,8 +95,14 @@ def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, re
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     check_device(args.device)
+    dtype = DTYPES[args.dtype]
+    if dtype != torch.float32 and args.device == "cpu":
+        raise SystemExit(f"--dtype {args.dtype} is for CUDA; the CPU dataflows run float32 and float64")
+    if args.tf32:
+        torch.backends.cuda.matmul.allow_tf32 = True
     env = environment()
-    print(f"implicit GEMM on {args.device}; {env['device']}, {torch.get_num_threads()} threads, torch {env['torch']}")
+    print(f"implicit GEMM on {args.device} in {args.dtype}{' (TF32 allowed)' if args.tf32 else ''}; {env['device']}, "
+          f"{torch.get_num_threads()} threads, torch {env['torch']}")
     results: List[Dict[str, object]] = []
     for scan in args.scan:
         coords = load_voxels(scan, args.voxel_size, args.device)
@@ -103,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
                 cells.append("/".join(f"{100 * v:.0f}" for v in values))
             print(f"{name:<24}" + "".join(f"{c:>30}" for c in cells))
             results.append({"scan": scan, "layer": name, "redundancy": table,
-                            "timings": timings(x, kernel, stride, c_in, c_out, args.repeats)})
+                            "timings": timings(x, kernel, stride, c_in, c_out, args.repeats, dtype)})
         print(f"\n{'layer':<24}{'dataflow':<26}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}{'f+b x':>8}   (x: {REFERENCE} ms / ms)")
         for record in results:
             if record["scan"] != scan:
@@ -114,5 +130,5 @@ def run(args: argparse.Namespace) -> int:
                       f"{row['forward_backward']['median_ms']:>9.2f}{ratio['forward']:>7.2f}x"
                       f"{ratio['forward_backward']:>7.2f}x")
     write_json(args.out, {"benchmark": "implicit", "voxel_size": args.voxel_size, "conv_device": args.device,
-                          **env, "results": results})
+                          "dtype": args.dtype, "tf32": args.tf32, **env, "results": results})
     return 0

@@ -1,7 +1,8 @@
 // The implicit-GEMM CUDA kernels (csrc/conv/cuda/implicit_kernels.cuh) built for the host with the
 // emulated CUDA names, behind a C entry that tests/test_cuda_emulation.py calls through ctypes. It
 // launches the splits as conv_implicit_cuda does: in order, one launch each, the first assigning.
-#include "wmma.h"  // before the kernels: the CUDA names they use
+#include "async_copy.h"  // before the kernels: the CUDA names they use
+#include "wmma.h"
 
 #include "conv/cuda/implicit_kernels.cuh"
 

@@ -1,5 +1,4 @@
-// Host twins of the CUDA element types, nvcuda::wmma and the cp.async helpers, for the emulated
-// kernels (cuda_threads.h). A fragment holds its whole matrix in every thread of the warp (the
+// Host twins of the CUDA element types and nvcuda::wmma, for the emulated kernels (cuda_threads.h). A fragment holds its whole matrix in every thread of the warp (the
 // device spreads it over the lanes, but what a kernel may do with fragments, element-wise updates
 // included, gives the same result); stores are made by lane 0. The documented preconditions are
 // checked: 256-bit aligned pointers, ldm a multiple of 16 bytes, the MMA shapes of each type, TF32
@@ -65,16 +64,6 @@ inline __half __float2half(float f) { return __half(f); }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 
 #define PS_TENSOR_CORE_ARCH 1
-
-inline void cp_async4_zfill(void* dst, const void* src, bool valid) {
-  if (valid) {
-    std::memcpy(dst, src, 4);
-  } else {
-    std::memset(dst, 0, 4);
-  }
-}
-
-inline void cp_async_wait_all() {}
 
 namespace nvcuda {
 namespace wmma {

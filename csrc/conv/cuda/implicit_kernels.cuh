@@ -54,13 +54,17 @@ __global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* nei
 
 // Tensor cores (WMMA, sm_80+) for half / bfloat16, and TF32 for float32 when torch allows it: a
 // block of 4 warps takes 32 rows of one reorder tile x 32 output columns, each warp one 16 x 16
-// fragment with float accumulators held across every offset of the tile's mask. Per (offset, kDepth
-// input channels) the tile's neighbour rows (zero where absent or past C_in) and the weight block
-// are staged in shared memory (float32: by cp.async, zero-filled in flight). Any channel count:
-// partial blocks are zero-padded when staged and masked when stored.
+// fragment with float accumulators held across every offset of the tile's mask. The work of a tile
+// is a sequence of stages, one per (offset in the mask, slab of kSlab input channels): the tile's
+// neighbour rows of that offset (zero where absent or past C_in) and the weight block, staged in
+// shared memory by cp.async into one of two buffers while the block multiplies the other (half /
+// bfloat16 rows whose channel count is not a multiple of 8 go through registers instead). Any
+// channel count: partial slabs are zero-padded when staged and masked when stored.
 namespace tensor_core {
 
 constexpr int kRows = 32, kCols = 32, kThreadsPerBlock = 128;
+constexpr int kThreadsPerRow = kThreadsPerBlock / kRows;  // threads staging one neighbour row
+constexpr int kSteps = 4;                                  // MMA k-steps per stage
 
 // Per element type: what shared memory holds, what the fragments take, and the k of the MMA shape.
 template <typename T>
@@ -88,6 +92,33 @@ struct Wmma<float> {
 };
 
 #if PS_TENSOR_CORE_ARCH
+// The stages of one tile in order: each offset set in its mask, ascending, and per offset the input
+// channels c0, c0 + slab, ... < C_in; k < 0 once all are done. The same in every thread of a block.
+struct StageCursor {
+  const int32_t* mask;
+  int64_t words, K, C_in, slab;
+  int64_t w = -1, k = -1, c0 = 0;
+  uint32_t bits = 0;
+
+  __device__ void next_offset() {
+    while (bits == 0 && ++w < words) bits = uint32_t(mask[w]);
+    k = bits == 0 ? -1 : 32 * w + lowest_bit(bits);
+    bits &= bits - 1;
+    if (k >= K) k = -1;  // bits past K: none in a well-formed mask
+    c0 = 0;
+  }
+
+  __device__ void advance() {
+    c0 += slab;
+    if (c0 >= C_in) next_offset();
+  }
+};
+
+template <typename W>
+__device__ inline bool aligned16(const W* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
 // dst = valid ? *src : 0 for one element in shared memory: float32 through cp.async (zero filled in
 // flight), 2-byte types by a plain load.
 template <typename W>
@@ -99,9 +130,50 @@ __device__ inline void stage(W* dst, const W* src, bool valid, W zero) {
   }
 }
 
-template <typename W>
-__device__ inline void staged() {
-  if constexpr (sizeof(W) == 4) cp_async_wait_all();
+// This thread's part of A [kRows, kSlab]: kSlab / kThreadsPerRow channels from c0 + part * that of
+// neighbour row i (-1: absent) into row r. vectors: 16-byte copies (C_in a multiple of 16 bytes
+// and feats 16-byte aligned, so a vector is wholly inside or past C_in).
+template <typename W, int kSlab>
+__device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i, int r, int part, int64_t c0,
+                                  bool vectors, W zero) {
+  constexpr int kPart = kSlab / kThreadsPerRow, kVector = 16 / sizeof(W);
+  static_assert(kPart % kVector == 0, "a thread's part of a row is whole vectors");
+  W* dst = a + r * kSlab + part * kPart;
+  const int64_t first = c0 + part * kPart;
+  const W* row = i >= 0 ? feats + int64_t(i) * C_in : feats;
+  if (vectors) {
+    for (int e = 0; e < kPart; e += kVector) {
+      const bool valid = i >= 0 && first + e < C_in;
+      cp_async16_zfill(dst + e, valid ? row + first + e : feats, valid);
+    }
+  } else {
+    for (int e = 0; e < kPart; ++e) {
+      const bool valid = i >= 0 && first + e < C_in;
+      stage(dst + e, valid ? row + first + e : feats, valid, zero);
+    }
+  }
+}
+
+// B [kSlab, kCols]: weight[k, c0 + c, col0 + j], zero past C_in or C_out; the block's threads share
+// it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight 16-byte aligned).
+template <typename W, int kSlab>
+__device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t C_out, int64_t k, int64_t c0,
+                                    int64_t col0, bool vectors, W zero) {
+  const W* wk = weight + k * C_in * C_out;
+  if (vectors) {
+    constexpr int kVector = 16 / sizeof(W), kPerRow = kCols / kVector;
+    for (int e = threadIdx.x; e < kSlab * kPerRow; e += kThreadsPerBlock) {
+      const int c = e / kPerRow, j = e % kPerRow * kVector;
+      const bool valid = c0 + c < C_in && col0 + j < C_out;
+      cp_async16_zfill(b + c * kCols + j, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid);
+    }
+  } else {
+    for (int e = threadIdx.x; e < kSlab * kCols; e += kThreadsPerBlock) {
+      const int c = e / kCols, j = e % kCols;
+      const bool valid = c0 + c < C_in && col0 + j < C_out;
+      stage(b + e, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid, zero);
+    }
+  }
 }
 #endif
 
@@ -114,18 +186,20 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
   using namespace nvcuda;
   using W = typename Wmma<T>::type;
   using F = typename Wmma<T>::fragment;
-  constexpr int kDepth = Wmma<T>::kDepth;
+  constexpr int kDepth = Wmma<T>::kDepth, kSlab = kSteps * kDepth, kVector = 16 / sizeof(W);
   const W* feats = reinterpret_cast<const W*>(feats_);
   const W* weight = reinterpret_cast<const W*>(weight_);
   const W zero = Wmma<T>::zero();
-  // WMMA loads and stores need 256-bit aligned pointers.
-  alignas(32) __shared__ W a_s[kRows * kDepth];
-  alignas(32) __shared__ W b_s[kDepth * kCols];
+  // Two buffers of each operand; WMMA loads and stores need 256-bit aligned pointers.
+  alignas(32) __shared__ W a_s[2][kRows * kSlab];
+  alignas(32) __shared__ W b_s[2][kSlab * kCols];
   alignas(32) __shared__ float c_s[kRows * kCols];
   __shared__ int32_t rows_s[kRows];
   const int64_t t = blockIdx.x, col0 = int64_t(blockIdx.y) * kCols;
   const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
-  const int32_t* mask = masks + t * words;
+  const int row = threadIdx.x / kThreadsPerRow, part = threadIdx.x % kThreadsPerRow;  // what it stages of A
+  const bool row_vectors = C_in % kVector == 0 && aligned16(feats);
+  const bool weight_vectors = C_out % kVector == 0 && aligned16(weight);
   const int64_t tile_begin = t * tile_rows, tile_end = min(tile_begin + tile_rows, n_out);
   for (int64_t chunk = tile_begin; chunk < tile_end; chunk += kRows) {
     if (threadIdx.x < kRows) {
@@ -134,47 +208,46 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       rows_s[threadIdx.x] = o;
     }
     __syncthreads();
+    const int32_t o = rows_s[row];
+    const int32_t* nb_row = o >= 0 ? neighbors + int64_t(o) * K : nullptr;
+    const auto stage_both = [&](const StageCursor& at, int buffer) {
+      stage_rows<W, kSlab>(a_s[buffer], feats, C_in, nb_row ? nb_row[at.k] : -1, row, part, at.c0, row_vectors, zero);
+      stage_weight<W, kSlab>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors, zero);
+    };
     wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c_frag;
     wmma::fill_fragment(c_frag, 0.f);
-    for (int64_t w = 0; w < words; ++w) {  // the mask is the same for the whole block
-      for (uint32_t bits = uint32_t(mask[w]); bits; bits &= bits - 1) {
-        const int64_t k = 32 * w + lowest_bit(bits);
-        if (k >= K) break;
-        for (int64_t c0 = 0; c0 < C_in; c0 += kDepth) {
-          for (int e = threadIdx.x; e < kRows * kDepth; e += kThreadsPerBlock) {
-            const int r = e / kDepth, c = e % kDepth;
-            const int32_t o = rows_s[r];
-            const int32_t i = o >= 0 ? neighbors[int64_t(o) * K + k] : -1;
-            const bool valid = i >= 0 && c0 + c < C_in;
-            stage(a_s + e, valid ? feats + int64_t(i) * C_in + c0 + c : feats, valid, zero);
-          }
-          for (int e = threadIdx.x; e < kDepth * kCols; e += kThreadsPerBlock) {
-            const int c = e / kCols, j = e % kCols;
-            const bool valid = c0 + c < C_in && col0 + j < C_out;
-            stage(b_s + e, valid ? weight + (k * C_in + c0 + c) * C_out + col0 + j : weight, valid, zero);
-          }
-          staged<W>();
-          __syncthreads();
-          wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
-          wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
-          wmma::load_matrix_sync(a_frag, a_s + warp_row * 16 * kDepth, kDepth);
-          wmma::load_matrix_sync(b_frag, b_s + warp_col * 16, kCols);
-          if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
-            for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
-            for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
-          }
-          wmma::mma_sync(c_frag, a_frag, b_frag, c_frag);
-          __syncthreads();
+    StageCursor stage{masks + t * words, words, K, C_in, kSlab};
+    stage.next_offset();
+    if (stage.k >= 0) stage_both(stage, 0);
+    cp_async_commit();
+    for (int buffer = 0; stage.k >= 0; buffer ^= 1) {
+      StageCursor next = stage;
+      next.advance();
+      if (next.k >= 0) stage_both(next, buffer ^ 1);  // in flight while this stage multiplies
+      cp_async_commit();
+      cp_async_wait<1>();  // this stage's copies have landed
+      __syncthreads();
+      for (int s = 0; s < kSteps && stage.c0 + s * kDepth < C_in; ++s) {
+        wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
+        wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
+        wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kSlab + s * kDepth, kSlab);
+        wmma::load_matrix_sync(b_frag, b_s[buffer] + s * kDepth * kCols + warp_col * 16, kCols);
+        if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
+          for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
+          for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
         }
+        wmma::mma_sync(c_frag, a_frag, b_frag, c_frag);
       }
+      __syncthreads();  // before the next iteration stages into this buffer
+      stage = next;
     }
     wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + warp_col * 16, c_frag, kCols, wmma::mem_row_major);
     __syncthreads();
     for (int e = threadIdx.x; e < kRows * kCols; e += kThreadsPerBlock) {
       const int r = e / kCols, j = e % kCols;
-      const int32_t o = rows_s[r];
-      if (o < 0 || col0 + j >= C_out) continue;
-      float* dst = acc + int64_t(o) * C_out + col0 + j;
+      const int32_t out = rows_s[r];
+      if (out < 0 || col0 + j >= C_out) continue;
+      float* dst = acc + int64_t(out) * C_out + col0 + j;
       *dst = assign ? c_s[e] : *dst + c_s[e];
     }
     __syncthreads();
