@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
-# One command for a GPU machine: build, CUDA tests, CPU-vs-CUDA cross-check on real scans, kmap,
-# conv, grouping and implicit-GEMM benchmarks, a MinkUNet18 profile and training step (float32 and
-# AMP) on CUDA; a log and JSON in OUTDIR. Copy ../shared/data to shared/data in the checkout first:
-# it travels, ../shared does not.
+# One command for a GPU machine: build, CUDA tests, implicit GEMM on tensor cores against
+# gather-GEMM-scatter, CPU-vs-CUDA cross-check on real scans, kmap, conv, grouping and sparse
+# benchmarks, a MinkUNet18 profile and training step (float32 and AMP) on CUDA; a log and JSON in
+# OUTDIR. Copy ../shared/data to shared/data in the checkout first: it travels, ../shared does not.
 #
-#   tools/gpu_check.sh OUTDIR          # GPU machine: preinstalled CUDA torch, nvcc, no network
-#   tools/gpu_check.sh --cpu OUTDIR    # any machine: the same steps on the CPU with small inputs,
-#                                      # the extension as already built (CI runs this)
+#   tools/gpu_check.sh [--budget S] OUTDIR        # GPU machine: preinstalled CUDA torch, nvcc, no network
+#   tools/gpu_check.sh --cpu [--budget S] OUTDIR  # any machine: the same steps on the CPU with small
+#                                                 # inputs, the extension as already built (CI runs this)
 #
+# Steps run most informative first, each under its own limit and all within --budget seconds
+# (default 480: a device lent for 15 minutes, one call of at most 600 s, minus start-up); a step
+# that no longer fits is skipped and recorded as such, so what has run always comes back.
 # Installs nothing and never touches the network: the build is `pip install --no-index
 # --no-build-isolation --no-deps -e .` with the machine's own torch. PYTHON picks the interpreter
 # (default python3); POINTSPARSE_COMMIT names the commit when the checkout has no .git; real scans
@@ -15,8 +18,15 @@
 set -uo pipefail
 
 MODE=cuda
-if [[ "${1:-}" == "--cpu" ]]; then MODE=cpu; shift; fi
-OUT=${1:?usage: tools/gpu_check.sh [--cpu] OUTDIR}
+BUDGET=480
+while [[ "${1:-}" == --* ]]; do
+  case $1 in
+    --cpu) MODE=cpu; shift ;;
+    --budget) BUDGET=${2:?--budget needs seconds}; shift 2 ;;
+    *) echo "unknown option $1" >&2; exit 2 ;;
+  esac
+done
+OUT=${1:?usage: tools/gpu_check.sh [--cpu] [--budget S] OUTDIR}
 PYTHON=${PYTHON:-python3}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
@@ -25,11 +35,19 @@ LOG="$OUT/gpu_check.log"
 : > "$LOG"
 STATUS=0
 
-step() {  # step NAME TIMEOUT_S COMMAND...: run, log, record its exit status and time
+step() {  # step NAME TIMEOUT_S COMMAND...: run within what is left of the budget, log, record
   local name=$1 limit=$2
   shift 2
+  local left=$((BUDGET - SECONDS))
+  if ((left < 20)); then
+    echo "=== $name: skipped, ${left} s of the budget left" | tee -a "$LOG"
+    echo "{\"step\": \"$name\", \"exit\": null, \"seconds\": 0, \"skipped\": true}" >> "$OUT/steps.jsonl"
+    STATUS=1
+    return
+  fi
+  ((limit > left)) && limit=$left
   local start=$SECONDS
-  echo "=== $name" | tee -a "$LOG"
+  echo "=== $name (limit $limit s)" | tee -a "$LOG"
   timeout "$limit" "$@" >> "$LOG" 2>&1
   local rc=$?
   echo "=== $name: exit $rc in $((SECONDS - start)) s" | tee -a "$LOG"
@@ -38,41 +56,56 @@ step() {  # step NAME TIMEOUT_S COMMAND...: run, log, record its exit status and
 }
 
 : > "$OUT/steps.jsonl"
+scan_path() {  # the second real scan, or a generated one so that the benchmarks still run
+  local scan
+  scan=$("$PYTHON" -c "import sys; sys.path.insert(0, 'tools'); import gpu_check as g; \
+p = g.shared_data() / g.SCANS[1]; print(p if p.exists() else '')")
+  if [[ -z "$scan" ]]; then
+    scan="$OUT/generated_scan.bin"
+    "$PYTHON" -c "import sys; sys.path.insert(0, 'tools'); import gpu_check as g; \
+g.load_points(False)[0].tofile('$scan')"
+  fi
+  echo "$scan"
+}
+bench() {  # bench SUITE LIMIT_S OUTNAME [ARGS...]: one benchmark suite on the scan, JSON to OUTDIR
+  local suite=$1 limit=$2 name=$3
+  shift 3
+  step "$name" "$limit" "$PYTHON" -m pointsparse.bench "$suite" --scan "$SCAN" --device "$DEVICE" \
+    --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/$name.json" "$@"
+}
+
 if [[ $MODE == cuda ]]; then
   nvidia-smi -L >> "$LOG" 2>&1
+  DEVICE=cuda; REPEATS=10; QUICK=(); PROFILE_CR=1.0
   step build 300 env MAX_JOBS="$(nproc)" "$PYTHON" -m pip install --no-index --no-build-isolation --no-deps -e .
   step cuda-kernels-registered 60 "$PYTHON" -c "import torch, pointsparse; \
 assert torch.cuda.is_available(), 'no CUDA device'; \
-assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_gather_scatter', 'CUDA'), 'no CUDA kernels'"
-  # The real-scan cross-checks of tests/test_cuda.py are what gpu_check.py runs next (and reports
-  # in full); the test step leaves them out so the device time is spent once.
+assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_implicit', 'CUDA'), 'no CUDA kernels'"
+  SCAN=$(scan_path)
+  # The open question first: the implicit GEMM's CUDA tests, then its tensor-core kernel (half)
+  # against gather-GEMM-scatter on the real scan's layers.
+  step implicit-tests 120 "$PYTHON" -m pytest -q -k cuda -p no:cacheprovider \
+    --junitxml="$OUT/implicit_tests.xml" tests/test_implicit_gemm.py
+  bench implicit 150 implicit_cuda_float16 --dtype float16
+  # The real-scan cross-checks of tests/test_cuda.py are what gpu_check.py runs (and reports in
+  # full); the test step leaves them out so the device time is spent once.
   step cuda-tests 240 "$PYTHON" -m pytest -q -k "cuda and not on_real_scans" -m "not slow" -p no:cacheprovider \
-    --junitxml="$OUT/cuda_tests.xml" tests/
+    --ignore=tests/test_implicit_gemm.py --junitxml="$OUT/cuda_tests.xml" tests/
   step crosscheck-and-minkunet 240 "$PYTHON" tools/gpu_check.py --device cuda --out "$OUT"
-  DEVICE=cuda; REPEATS=10; QUICK=(); PROFILE_CR=1.0
-else
-  step crosscheck-and-minkunet 120 "$PYTHON" tools/gpu_check.py --device cpu --quick --out "$OUT"
-  DEVICE=cpu; REPEATS=1; QUICK=(--voxel-size 0.2); PROFILE_CR=0.125
-fi
-
-SCAN=$("$PYTHON" -c "import sys; sys.path.insert(0, 'tools'); import gpu_check as g; \
-p = g.shared_data() / g.SCANS[1]; print(p if p.exists() else '')")
-if [[ -z "$SCAN" ]]; then  # no real scan here: a generated one, so the benchmarks still run
-  SCAN="$OUT/generated_scan.bin"
-  "$PYTHON" -c "import sys; sys.path.insert(0, 'tools'); import gpu_check as g; \
-g.load_points(False)[0].tofile('$SCAN')"
-fi
-step kmap-bench 120 "$PYTHON" -m pointsparse.bench kmap --scan "$SCAN" --device "$DEVICE" \
-  --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/kmap_$DEVICE.json"
-step conv-bench 180 "$PYTHON" -m pointsparse.bench conv --scan "$SCAN" --device "$DEVICE" \
-  --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/conv_$DEVICE.json"
-step grouping-bench 180 "$PYTHON" -m pointsparse.bench grouping --scan "$SCAN" --device "$DEVICE" \
-  --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/grouping_$DEVICE.json"
-step implicit-bench 180 "$PYTHON" -m pointsparse.bench implicit --scan "$SCAN" --device "$DEVICE" \
-  --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/implicit_$DEVICE.json"
-if [[ $MODE == cuda ]]; then
+  bench conv 150 conv_cuda
+  bench implicit 120 implicit_cuda_tf32 --tf32
+  bench kmap 90 kmap_cuda
+  bench grouping 150 grouping_cuda
   step sparse24-bench 120 "$PYTHON" -m pointsparse.bench sparse24 --scan "$SCAN" --device cuda \
     --out "$OUT/sparse24_cuda.json"
+else
+  DEVICE=cpu; REPEATS=1; QUICK=(--voxel-size 0.2); PROFILE_CR=0.125
+  SCAN=$(scan_path)
+  bench implicit 120 implicit_cpu
+  step crosscheck-and-minkunet 120 "$PYTHON" tools/gpu_check.py --device cpu --quick --out "$OUT"
+  bench conv 120 conv_cpu
+  bench kmap 120 kmap_cpu
+  bench grouping 120 grouping_cpu
 fi
 step profile 180 "$PYTHON" -m pointsparse profile --scan "$SCAN" --device "$DEVICE" --model minkunet18 \
   --cr "$PROFILE_CR" --quick --repeats 3 "${QUICK[@]}" --out "$OUT/profile_$DEVICE"
