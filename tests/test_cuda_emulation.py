@@ -146,7 +146,7 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     # The emulation is only worth its tests if it rejects what the device rejects: shift the A tile
     # in shared memory by one element and the build of a kernel copy must fail its WMMA checks.
     source = KERNELS.read_text()
-    needle = "wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kSlab + s * kDepth, kSlab);"
+    needle = "wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kLdA + s * kDepth, kLdA);"
     assert needle in source
     broken = tmp_path / "conv" / "cuda"
     broken.mkdir(parents=True)

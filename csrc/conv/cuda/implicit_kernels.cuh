@@ -66,6 +66,14 @@ constexpr int kRows = 32, kCols = 32, kThreadsPerBlock = 128;
 constexpr int kThreadsPerRow = kThreadsPerBlock / kRows;  // threads staging one neighbour row
 constexpr int kSteps = 4;                                  // MMA k-steps per stage
 
+// Row strides in shared memory, padded by 16 bytes: unpadded, the rows a fragment load reads (128 or
+// 64 bytes apart) fall in the same banks; padded they are spread, and every fragment pointer stays
+// 256-bit aligned and every 16-byte copy 16-byte aligned (checked by the emulation).
+template <typename W>
+constexpr int padded(int elements) {
+  return elements + 16 / int(sizeof(W));
+}
+
 // Per element type: what shared memory holds, what the fragments take, and the k of the MMA shape.
 template <typename T>
 struct Wmma;
@@ -130,15 +138,15 @@ __device__ inline void stage(W* dst, const W* src, bool valid, W zero) {
   }
 }
 
-// This thread's part of A [kRows, kSlab]: kSlab / kThreadsPerRow channels from c0 + part * that of
-// neighbour row i (-1: absent) into row r. vectors: 16-byte copies (C_in a multiple of 16 bytes
+// This thread's part of A [kRows, kSlab] (rows padded(kSlab) apart): kSlab / kThreadsPerRow channels
+// from c0 + part * that of neighbour row i (-1: absent) into row r. vectors: 16-byte copies (C_in a multiple of 16 bytes
 // and feats 16-byte aligned, so a vector is wholly inside or past C_in).
 template <typename W, int kSlab>
 __device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i, int r, int part, int64_t c0,
                                   bool vectors, W zero) {
   constexpr int kPart = kSlab / kThreadsPerRow, kVector = 16 / sizeof(W);
   static_assert(kPart % kVector == 0, "a thread's part of a row is whole vectors");
-  W* dst = a + r * kSlab + part * kPart;
+  W* dst = a + r * padded<W>(kSlab) + part * kPart;
   const int64_t first = c0 + part * kPart;
   const W* row = i >= 0 ? feats + int64_t(i) * C_in : feats;
   if (vectors) {
@@ -154,8 +162,8 @@ __device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i,
   }
 }
 
-// B [kSlab, kCols]: weight[k, c0 + c, col0 + j], zero past C_in or C_out; the block's threads share
-// it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight 16-byte aligned).
+// B [kSlab, kCols] (rows padded(kCols) apart): weight[k, c0 + c, col0 + j], zero past C_in or C_out;
+// the block's threads share it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight 16-byte aligned).
 template <typename W, int kSlab>
 __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t C_out, int64_t k, int64_t c0,
                                     int64_t col0, bool vectors, W zero) {
@@ -165,13 +173,13 @@ __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t
     for (int e = threadIdx.x; e < kSlab * kPerRow; e += kThreadsPerBlock) {
       const int c = e / kPerRow, j = e % kPerRow * kVector;
       const bool valid = c0 + c < C_in && col0 + j < C_out;
-      cp_async16_zfill(b + c * kCols + j, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid);
+      cp_async16_zfill(b + c * padded<W>(kCols) + j, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid);
     }
   } else {
     for (int e = threadIdx.x; e < kSlab * kCols; e += kThreadsPerBlock) {
       const int c = e / kCols, j = e % kCols;
       const bool valid = c0 + c < C_in && col0 + j < C_out;
-      stage(b + e, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid, zero);
+      stage(b + c * padded<W>(kCols) + j, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid, zero);
     }
   }
 }
@@ -187,12 +195,13 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
   using W = typename Wmma<T>::type;
   using F = typename Wmma<T>::fragment;
   constexpr int kDepth = Wmma<T>::kDepth, kSlab = kSteps * kDepth, kVector = 16 / sizeof(W);
+  constexpr int kLdA = padded<W>(kSlab), kLdB = padded<W>(kCols);
   const W* feats = reinterpret_cast<const W*>(feats_);
   const W* weight = reinterpret_cast<const W*>(weight_);
   const W zero = Wmma<T>::zero();
   // Two buffers of each operand; WMMA loads and stores need 256-bit aligned pointers.
-  alignas(32) __shared__ W a_s[2][kRows * kSlab];
-  alignas(32) __shared__ W b_s[2][kSlab * kCols];
+  alignas(32) __shared__ W a_s[2][kRows * kLdA];
+  alignas(32) __shared__ W b_s[2][kSlab * kLdB];
   alignas(32) __shared__ float c_s[kRows * kCols];
   __shared__ int32_t rows_s[kRows];
   const int64_t t = blockIdx.x, col0 = int64_t(blockIdx.y) * kCols;
@@ -230,8 +239,8 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       for (int s = 0; s < kSteps && stage.c0 + s * kDepth < C_in; ++s) {
         wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
         wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
-        wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kSlab + s * kDepth, kSlab);
-        wmma::load_matrix_sync(b_frag, b_s[buffer] + s * kDepth * kCols + warp_col * 16, kCols);
+        wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kLdA + s * kDepth, kLdA);
+        wmma::load_matrix_sync(b_frag, b_s[buffer] + s * kDepth * kLdB + warp_col * 16, kLdB);
         if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
           for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
           for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
