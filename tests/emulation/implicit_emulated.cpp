@@ -27,8 +27,10 @@ std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neig
     std::string failure;
     if (kernel == kTensorCore) {
       if constexpr (std::is_same_v<Acc, float> && !std::is_same_v<T, double>) {
-        const dim3 grid(unsigned(tiles), unsigned((C_out + tensor_core::kCols - 1) / tensor_core::kCols));
-        failure = emulation::launch(grid, dim3(tensor_core::kThreadsPerBlock), &tensor_core::implicit_kernel<T>, f,
+        const int columns = tensor_core::block_columns(C_out);
+        const dim3 grid(unsigned(tiles), unsigned((C_out + columns - 1) / columns));
+        const auto kernel = columns == 64 ? &tensor_core::implicit_kernel<T, 64> : &tensor_core::implicit_kernel<T, 32>;
+        failure = emulation::launch(grid, dim3(tensor_core::kThreadsPerBlock), kernel, f,
                                     C_in, neighbors, K, split_order, split_masks, words, n_out, tile_rows, w, C_out,
                                     split == 0, static_cast<float*>(acc));
       } else {

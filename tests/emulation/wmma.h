@@ -1,6 +1,7 @@
-// Host twins of the CUDA element types and nvcuda::wmma, for the emulated kernels (cuda_threads.h). A fragment holds its whole matrix in every thread of the warp (the
-// device spreads it over the lanes, but what a kernel may do with fragments, element-wise updates
-// included, gives the same result); stores are made by lane 0. The documented preconditions are
+// Host twins of the CUDA element types and nvcuda::wmma, for the emulated kernels (cuda_threads.h).
+// A fragment holds its whole matrix in every thread of the warp (the device spreads it over the
+// lanes, but what a kernel may do with fragments, element-wise updates included, gives the same
+// result); stores are made by lane 0. The documented preconditions are
 // checked: 256-bit aligned pointers, ldm a multiple of 16 bytes, the MMA shapes of each type, TF32
 // inputs rounded by __float_to_tf32.
 #pragma once

@@ -170,11 +170,13 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
                               at::cuda::getCurrentDeviceProperties()->major >= 8;
     if (tensor_cores) {
       namespace tc = implicit_gemm::tensor_core;
-      const dim3 grid(unsigned(in.tiles), unsigned((C_out + tc::kCols - 1) / tc::kCols));
+      const int columns = tc::block_columns(C_out);
+      const dim3 grid(unsigned(in.tiles), unsigned((C_out + columns - 1) / columns));
       const auto run = [&](auto element) {
         using scalar_t = decltype(element);
+        const auto kernel = columns == 64 ? &tc::implicit_kernel<scalar_t, 64> : &tc::implicit_kernel<scalar_t, 32>;
         for (int64_t split = 0; split < in.splits; ++split) {
-          tc::implicit_kernel<<<grid, tc::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+          kernel<<<grid, tc::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
               in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
               in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words, in.words, n_out, tile_rows,
               weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<float>());

@@ -53,8 +53,9 @@ __global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* nei
 }  // namespace simt
 
 // Tensor cores (WMMA, sm_80+) for half / bfloat16, and TF32 for float32 when torch allows it: a
-// block of 4 warps takes 32 rows of one reorder tile x 32 output columns, each warp one 16 x 16
-// fragment with float accumulators held across every offset of the tile's mask. The work of a tile
+// block of 4 warps takes 32 rows of one reorder tile x kCols (32 or 64) output columns, each warp
+// 16 rows x kCols / 2 columns in 16 x 16 fragments with float accumulators held across every offset
+// of the tile's mask. The work of a tile
 // is a sequence of stages, one per (offset in the mask, slab of kSlab input channels): the tile's
 // neighbour rows of that offset (zero where absent or past C_in) and the weight block, staged in
 // shared memory by cp.async into one of two buffers while the block multiplies the other (half /
@@ -62,7 +63,7 @@ __global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* nei
 // channel count: partial slabs are zero-padded when staged and masked when stored.
 namespace tensor_core {
 
-constexpr int kRows = 32, kCols = 32, kThreadsPerBlock = 128;
+constexpr int kRows = 32, kThreadsPerBlock = 128;
 constexpr int kThreadsPerRow = kThreadsPerBlock / kRows;  // threads staging one neighbour row
 constexpr int kSteps = 4;                                  // MMA k-steps per stage
 
@@ -139,8 +140,8 @@ __device__ inline void stage(W* dst, const W* src, bool valid, W zero) {
 }
 
 // This thread's part of A [kRows, kSlab] (rows padded(kSlab) apart): kSlab / kThreadsPerRow channels
-// from c0 + part * that of neighbour row i (-1: absent) into row r. vectors: 16-byte copies (C_in a multiple of 16 bytes
-// and feats 16-byte aligned, so a vector is wholly inside or past C_in).
+// from c0 + part * that of neighbour row i (-1: absent) into row r. vectors: 16-byte copies (C_in a
+// multiple of 16 bytes and feats 16-byte aligned, so a vector is wholly inside or past C_in).
 template <typename W, int kSlab>
 __device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i, int r, int part, int64_t c0,
                                   bool vectors, W zero) {
@@ -163,8 +164,9 @@ __device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i,
 }
 
 // B [kSlab, kCols] (rows padded(kCols) apart): weight[k, c0 + c, col0 + j], zero past C_in or C_out;
-// the block's threads share it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight 16-byte aligned).
-template <typename W, int kSlab>
+// the block's threads share it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight
+// 16-byte aligned).
+template <typename W, int kSlab, int kCols>
 __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t C_out, int64_t k, int64_t c0,
                                     int64_t col0, bool vectors, W zero) {
   const W* wk = weight + k * C_in * C_out;
@@ -185,17 +187,22 @@ __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t
 }
 #endif
 
-// acc float [N_out, C_out]; the other arguments as for simt::implicit_kernel.
-template <typename T>
-__global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K, const int32_t* order,
-                                const int32_t* masks, int64_t words, int64_t n_out, int64_t tile_rows, const T* weight_,
-                                int64_t C_out, bool assign, float* acc) {
+// Output columns per block: 64 once C_out needs more than one block of 32, so that a tile's rows
+// are gathered half as often and each warp's A fragment feeds two MMAs.
+inline int block_columns(int64_t C_out) { return C_out > 32 ? 64 : 32; }
+
+// Grid (tiles, ceil(C_out / kCols)) of kThreadsPerBlock threads; acc float [N_out, C_out]; the other
+// arguments as for simt::implicit_kernel.
+template <typename T, int kCols>
+__global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K,
+                                const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
+                                int64_t tile_rows, const T* weight_, int64_t C_out, bool assign, float* acc) {
 #if PS_TENSOR_CORE_ARCH
   using namespace nvcuda;
   using W = typename Wmma<T>::type;
   using F = typename Wmma<T>::fragment;
   constexpr int kDepth = Wmma<T>::kDepth, kSlab = kSteps * kDepth, kVector = 16 / sizeof(W);
-  constexpr int kLdA = padded<W>(kSlab), kLdB = padded<W>(kCols);
+  constexpr int kLdA = padded<W>(kSlab), kLdB = padded<W>(kCols), kFragments = kCols / 32;  // per warp
   const W* feats = reinterpret_cast<const W*>(feats_);
   const W* weight = reinterpret_cast<const W*>(weight_);
   const W zero = Wmma<T>::zero();
@@ -221,10 +228,10 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
     const int32_t* nb_row = o >= 0 ? neighbors + int64_t(o) * K : nullptr;
     const auto stage_both = [&](const StageCursor& at, int buffer) {
       stage_rows<W, kSlab>(a_s[buffer], feats, C_in, nb_row ? nb_row[at.k] : -1, row, part, at.c0, row_vectors, zero);
-      stage_weight<W, kSlab>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors, zero);
+      stage_weight<W, kSlab, kCols>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors, zero);
     };
-    wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c_frag;
-    wmma::fill_fragment(c_frag, 0.f);
+    wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c_frag[kFragments];
+    for (int f = 0; f < kFragments; ++f) wmma::fill_fragment(c_frag[f], 0.f);
     StageCursor stage{masks + t * words, words, K, C_in, kSlab};
     stage.next_offset();
     if (stage.k >= 0) stage_both(stage, 0);
@@ -240,17 +247,25 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
         wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
         wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
         wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kLdA + s * kDepth, kLdA);
-        wmma::load_matrix_sync(b_frag, b_s[buffer] + s * kDepth * kLdB + warp_col * 16, kLdB);
         if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
           for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
-          for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
         }
-        wmma::mma_sync(c_frag, a_frag, b_frag, c_frag);
+        for (int f = 0; f < kFragments; ++f) {
+          const int col = (warp_col * kFragments + f) * 16;
+          wmma::load_matrix_sync(b_frag, b_s[buffer] + s * kDepth * kLdB + col, kLdB);
+          if constexpr (sizeof(W) == 4) {
+            for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
+          }
+          wmma::mma_sync(c_frag[f], a_frag, b_frag, c_frag[f]);
+        }
       }
       __syncthreads();  // before the next iteration stages into this buffer
       stage = next;
     }
-    wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + warp_col * 16, c_frag, kCols, wmma::mem_row_major);
+    for (int f = 0; f < kFragments; ++f) {
+      const int col = (warp_col * kFragments + f) * 16;
+      wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + col, c_frag[f], kCols, wmma::mem_row_major);
+    }
     __syncthreads();
     for (int e = threadIdx.x; e < kRows * kCols; e += kThreadsPerBlock) {
       const int r = e / kCols, j = e % kCols;
