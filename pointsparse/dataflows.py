@@ -47,9 +47,11 @@ def _gather_gemm_scatter(feats: Tensor, weight: Tensor, kmap: KernelMap, identit
                             kmap.num_out, identity_offset, *plans)
 
 
-@torch._dynamo.assume_constant_result
 def _encoded_plans(kmap: KernelMap, grouping, identity_offset: int) -> Tuple[Tuple[int, ...], ...]:
-    """The three passes' plans, encoded for the op; a constant of the map under torch.compile."""
+    """The three passes' plans, encoded for the op. Under torch.compile, with the plans cached in the
+    map (by an eager call), Dynamo traces the cache lookup and the plans become constants of the
+    graph: no graph break. (Not ``assume_constant_result``: torch 2.11's Dynamo cannot pass it a
+    frozen dataclass.)"""
     return tuple(kmap.grouping_plan(config, identity_offset).encode()
                  for config in (grouping.forward, grouping.input_grad, grouping.weight_grad))
 
@@ -72,9 +74,9 @@ def _implicit_gemm(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offs
                              config.implicit.tile_rows)
 
 
-@torch._dynamo.assume_constant_result
 def _reorderings(kmap: KernelMap, implicit):
-    """The forward and input-gradient reorderings of the map; constants under torch.compile."""
+    """The forward and input-gradient reorderings of the map, cached in it (traced under torch.compile
+    as in ``_encoded_plans``)."""
     return kmap.reordering(implicit), kmap.reordering(implicit, transposed=True)
 
 
