@@ -85,12 +85,12 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_implici
   # The open question first: the implicit GEMM's CUDA tests, then its tensor-core kernel (half)
   # against gather-GEMM-scatter on the real scan's layers.
   step implicit-tests 120 "$PYTHON" -m pytest -q -k cuda -p no:cacheprovider \
-    --junitxml="$OUT/implicit_tests.xml" tests/test_implicit_gemm.py
+    --junitxml="$OUT/implicit_tests.xml" tests/test_implicit_gemm.py tests/test_implicit_kernels.py
   bench implicit 150 implicit_cuda_float16 --dtype float16
   # The real-scan cross-checks of tests/test_cuda.py are what gpu_check.py runs (and reports in
   # full); the test step leaves them out so the device time is spent once.
   step cuda-tests 240 "$PYTHON" -m pytest -q -k "cuda and not on_real_scans" -m "not slow" -p no:cacheprovider \
-    --ignore=tests/test_implicit_gemm.py --junitxml="$OUT/cuda_tests.xml" tests/
+    --ignore=tests/test_implicit_gemm.py --ignore=tests/test_implicit_kernels.py --junitxml="$OUT/cuda_tests.xml" tests/
   step crosscheck-and-minkunet 240 "$PYTHON" tools/gpu_check.py --device cuda --out "$OUT"
   bench conv 150 conv_cuda
   bench implicit 120 implicit_cuda_tf32 --tf32

@@ -1,5 +1,5 @@
 // The implicit-GEMM CUDA kernels (csrc/conv/cuda/implicit_kernels.cuh) built for the host with the
-// emulated CUDA names, behind a C entry that tests/test_cuda_emulation.py calls through ctypes. It
+// emulated CUDA names, behind a C entry that tests/test_implicit_kernels.py calls through ctypes. It
 // launches the splits as conv_implicit_cuda does: in order, one launch each, the first assigning.
 #include "async_copy.h"  // before the kernels: the CUDA names they use
 #include "wmma.h"

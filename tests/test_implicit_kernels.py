@@ -2,7 +2,8 @@
 host against tests/emulation/ (each thread of a block a CPU thread, WMMA fragments and cp.async as host
 twins that check the documented alignment and shape rules), launched split by split as on the device,
 and compared with the CPU dataflow in float64. It tests the kernels' indexing, staging, masking and
-barriers on machines without a GPU; speed and the real tensor cores need tools/gpu_check.sh."""
+barriers on machines without a GPU. The same cases run on the real kernels where an sm_80+ GPU is
+present (the "cuda" backend, through the conv_implicit op); speed needs tools/gpu_check.sh."""
 
 import ctypes
 import os
@@ -17,6 +18,8 @@ import pointsparse as ps
 from pointsparse import ImplicitGemmConfig
 
 from test_conv import random_tensor
+
+TENSOR_CORE_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "tests" / "emulation" / name for name in ("implicit_emulated.cpp", "cuda_threads.h", "wmma.h")]
@@ -61,6 +64,35 @@ def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
     return acc
 
 
+def run_on_cuda(kernel, feats, weight, kmap, reordering):
+    """Output of the conv_implicit op on the GPU, in the features' dtype: tensor cores for half /
+    bfloat16 and for float32 with TF32 allowed; the SIMT kernel for float32 without TF32 and float64."""
+    if kernel == SIMT and feats.dtype in (torch.float16, torch.bfloat16):
+        pytest.skip("CUDA runs half and bfloat16 on tensor cores")
+    cuda = [t.cuda() for t in (feats, weight, kmap.neighbors, reordering.order, reordering.tile_masks,
+                               kmap.neighbors_t, kmap.offset_ptr, kmap.in_idx, kmap.out_idx)]
+    feats, weight, neighbors, order, masks, neighbors_t, offset_ptr, in_idx, out_idx = cuda
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = kernel == TENSOR_CORE
+        out = ps.ops.conv_implicit(feats, weight, neighbors, order, masks, neighbors_t, order, masks,
+                                   offset_ptr, in_idx, out_idx, reordering.tile_rows)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+    return out.cpu()
+
+
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.skipif(
+    not TENSOR_CORE_GPU, reason="needs an sm_80+ GPU"))])
+def run(request):
+    """run(kernel, feats, weight, kmap, reordering) -> output [N_out, C_out] on the backend."""
+    if request.param == "cuda":
+        return run_on_cuda
+    entry = request.getfixturevalue("emulated")
+    return lambda kernel, feats, weight, kmap, reordering: run_emulated(entry, kernel, feats, weight,
+                                                                        kmap.neighbors, reordering)
+
+
 def layer(C_in, C_out, kernel_size=3, stride=1, num_points=300, seed=0):
     x = random_tensor(num_points=num_points, channels=C_in, span=9, seed=seed, dtype=torch.float64)
     kmap = ps.kernel_map(x, kernel_size, stride)
@@ -77,7 +109,10 @@ def reference(feats, weight, kmap, reordering):
 
 
 def relative_error(result, expected):
-    return ((result.double() - expected).abs().max() / expected.abs().max()).item()
+    """Largest error over the largest magnitude, less what rounding the output to its dtype may add
+    (the device returns half / bfloat16, the emulation its float32 accumulators)."""
+    rounding = torch.finfo(result.dtype).eps if result.dtype in (torch.float16, torch.bfloat16) else 0.0
+    return ((result.double() - expected).abs().max() / expected.abs().max()).item() - rounding
 
 
 # Tensor-core tolerances: products of 16-bit inputs are exact in float32, so half / bfloat16 differ from
@@ -88,12 +123,12 @@ TENSOR_CORE_TOLERANCE = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float3
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("tile_rows,reorder,splits", [(32, True, 1), (16, False, 2), (64, True, 3), (48, True, 2),
                                                       (128, False, 1)])
-def test_tensor_core_kernel_matches_the_cpu(emulated, dtype, tile_rows, reorder, splits):
+def test_tensor_core_kernel_matches_the_cpu(run, dtype, tile_rows, reorder, splits):
     # 13 -> 40 channels: partial input slabs of the MMA depth and a partial second column block.
     feats, weight, kmap = layer(13, 40, seed=tile_rows + splits)
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(tile_rows, reorder, splits))
-    result = run_emulated(emulated, TENSOR_CORE, feats, weight, kmap.neighbors, reordering)
+    result = run(TENSOR_CORE, feats, weight, kmap, reordering)
     error = relative_error(result, reference(feats, weight, kmap, reordering))
     assert error < TENSOR_CORE_TOLERANCE[dtype]
     if dtype == torch.float32:
@@ -102,33 +137,33 @@ def test_tensor_core_kernel_matches_the_cpu(emulated, dtype, tile_rows, reorder,
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
-def test_tensor_core_kernel_on_channel_counts(emulated, dtype, C_in, C_out):
+def test_tensor_core_kernel_on_channel_counts(run, dtype, C_in, C_out):
     # Rows and weights staged by 16-byte copies where the channel count allows (C % 8 for half, % 4
     # for float) and element by element elsewhere; one or several slabs of input channels per offset.
     feats, weight, kmap = layer(C_in, C_out, num_points=150, seed=C_in * 100 + C_out)
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(32, True, 2))
-    result = run_emulated(emulated, TENSOR_CORE, feats, weight, kmap.neighbors, reordering)
+    result = run(TENSOR_CORE, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < TENSOR_CORE_TOLERANCE[dtype]
 
 
 @pytest.mark.parametrize("kernel", [SIMT, TENSOR_CORE])
 @pytest.mark.parametrize("kernel_size,stride,splits", [(5, 1, 2), (2, 2, 1), (3, 2, 2)])
-def test_kernels_on_multiword_masks_and_strided_maps(emulated, kernel, kernel_size, stride, splits):
+def test_kernels_on_multiword_masks_and_strided_maps(run, kernel, kernel_size, stride, splits):
     # k5: 125 offsets in 4 mask words; k2s2 / k3s2: downsampling maps with fewer output rows.
     feats, weight, kmap = layer(8, 24, kernel_size, stride, seed=kernel_size * 10 + stride)
     feats, weight = feats.bfloat16(), weight.bfloat16()
     reordering = kmap.reordering(ImplicitGemmConfig(16, True, splits))
-    result = run_emulated(emulated, kernel, feats, weight, kmap.neighbors, reordering)
+    result = run(kernel, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
 
 
 @pytest.mark.parametrize("dtype,tolerance", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.float16, 1e-5)])
-def test_simt_kernel_matches_the_cpu(emulated, dtype, tolerance):
+def test_simt_kernel_matches_the_cpu(run, dtype, tolerance):
     feats, weight, kmap = layer(7, 37, seed=3)
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(32, True, 3))
-    result = run_emulated(emulated, SIMT, feats, weight, kmap.neighbors, reordering)
+    result = run(SIMT, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < tolerance
 
 
