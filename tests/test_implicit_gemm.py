@@ -207,7 +207,7 @@ def test_implicit_gemm_under_autocast(device):
                     reason="TF32 tensor cores need an sm_80+ GPU")
 def test_cuda_float32_runs_on_tf32_tensor_cores_only_when_torch_allows_it():
     # As for cuBLAS: torch.backends.cuda.matmul.allow_tf32 opts float32 into TF32 (10-bit mantissa
-    # products, float32 sums); by default float32 stays exact (the SIMT kernel).
+    # products, float32 sums); by default float32 stays exact (the FMA tiles).
     x, weight = scan_layer("cuda")
     config = ConvConfig(dataflow=IMPLICIT)
     reference = F.conv3d(x.to(torch.float64), weight.double(), config=config).feats

@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 SOURCES = [REPO / "tests" / "emulation" / name for name in ("implicit_emulated.cpp", "cuda_threads.h", "wmma.h")]
 KERNELS = REPO / "csrc" / "conv" / "cuda" / "implicit_kernels.cuh"
 
-SIMT, TENSOR_CORE = 0, 1
+SIMT, TENSOR_CORE, FMA_TILE = 0, 1, 2
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 
@@ -65,10 +65,10 @@ def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
 
 
 def run_on_cuda(kernel, feats, weight, kmap, reordering):
-    """Output of the conv_implicit op on the GPU, in the features' dtype: tensor cores for half /
-    bfloat16 and for float32 with TF32 allowed; the SIMT kernel for float32 without TF32 and float64."""
-    if kernel == SIMT and feats.dtype in (torch.float16, torch.bfloat16):
-        pytest.skip("CUDA runs half and bfloat16 on tensor cores")
+    """Output of the conv_implicit op on an sm_80+ GPU, in the features' dtype: tensor cores for half /
+    bfloat16 and for float32 with TF32 allowed, FMA tiles for float32 without, SIMT for float64."""
+    if kernel == SIMT and feats.dtype != torch.float64:
+        pytest.skip("on sm_80+ CUDA runs only float64 on the SIMT kernel")
     cuda = [t.cuda() for t in (feats, weight, kmap.neighbors, reordering.order, reordering.tile_masks,
                                kmap.neighbors_t, kmap.offset_ptr, kmap.in_idx, kmap.out_idx)]
     feats, weight, neighbors, order, masks, neighbors_t, offset_ptr, in_idx, out_idx = cuda
@@ -115,44 +115,48 @@ def relative_error(result, expected):
     return ((result.double() - expected).abs().max() / expected.abs().max()).item() - rounding
 
 
-# Tensor-core tolerances: products of 16-bit inputs are exact in float32, so half / bfloat16 differ from
-# float64 only by float32 sums; TF32 rounds its inputs to 10 mantissa bits.
-TENSOR_CORE_TOLERANCE = {torch.float16: 1e-5, torch.bfloat16: 1e-5, torch.float32: 2e-3}
+# The tiled kernels (tensor cores, and FMA tiles for exact float32) by input dtype, with their
+# tolerances: products of 16-bit inputs are exact in float32, so half / bfloat16 differ from float64
+# only by float32 sums; TF32 rounds its inputs to 10 mantissa bits; the FMA tiles are float32 throughout.
+TILED = [(TENSOR_CORE, torch.float16, 1e-5), (TENSOR_CORE, torch.bfloat16, 1e-5), (TENSOR_CORE, torch.float32, 2e-3),
+         (FMA_TILE, torch.float32, 1e-5)]
+TILED_IDS = ["tensor cores half", "tensor cores bfloat16", "tensor cores tf32", "fma tiles float32"]
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("kernel,dtype,tolerance", TILED, ids=TILED_IDS)
 @pytest.mark.parametrize("tile_rows,reorder,splits", [(32, True, 1), (16, False, 2), (64, True, 3), (48, True, 2),
                                                       (128, False, 1)])
-def test_tensor_core_kernel_matches_the_cpu(run, dtype, tile_rows, reorder, splits):
+def test_tiled_kernels_match_the_cpu(run, kernel, dtype, tolerance, tile_rows, reorder, splits):
     # 13 -> 40 channels: partial input slabs of the MMA depth and a partial second column block.
     feats, weight, kmap = layer(13, 40, seed=tile_rows + splits)
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(tile_rows, reorder, splits))
-    result = run(TENSOR_CORE, feats, weight, kmap, reordering)
+    result = run(kernel, feats, weight, kmap, reordering)
     error = relative_error(result, reference(feats, weight, kmap, reordering))
-    assert error < TENSOR_CORE_TOLERANCE[dtype]
-    if dtype == torch.float32:
+    assert error < tolerance
+    if kernel == TENSOR_CORE and dtype == torch.float32:
         assert error > 1e-7  # rounded to TF32, not exact float32
 
 
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("kernel,dtype,tolerance", [TILED[0], TILED[2], TILED[3]], ids=[TILED_IDS[0], *TILED_IDS[2:]])
 @pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
-def test_tensor_core_kernel_on_channel_counts(run, dtype, C_in, C_out):
+def test_tiled_kernels_on_channel_counts(run, kernel, dtype, tolerance, C_in, C_out):
     # Rows and weights staged by 16-byte copies where the channel count allows (C % 8 for half, % 4
     # for float) and element by element elsewhere; one or several slabs of input channels per offset.
     feats, weight, kmap = layer(C_in, C_out, num_points=150, seed=C_in * 100 + C_out)
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(32, True, 2))
-    result = run(TENSOR_CORE, feats, weight, kmap, reordering)
-    assert relative_error(result, reference(feats, weight, kmap, reordering)) < TENSOR_CORE_TOLERANCE[dtype]
+    result = run(kernel, feats, weight, kmap, reordering)
+    assert relative_error(result, reference(feats, weight, kmap, reordering)) < tolerance
 
 
-@pytest.mark.parametrize("kernel", [SIMT, TENSOR_CORE])
+@pytest.mark.parametrize("kernel", [SIMT, TENSOR_CORE, FMA_TILE])
 @pytest.mark.parametrize("kernel_size,stride,splits", [(5, 1, 2), (2, 2, 1), (3, 2, 2)])
 def test_kernels_on_multiword_masks_and_strided_maps(run, kernel, kernel_size, stride, splits):
     # k5: 125 offsets in 4 mask words; k2s2 / k3s2: downsampling maps with fewer output rows.
     feats, weight, kmap = layer(8, 24, kernel_size, stride, seed=kernel_size * 10 + stride)
-    feats, weight = feats.bfloat16(), weight.bfloat16()
+    dtype = {SIMT: torch.float64, TENSOR_CORE: torch.bfloat16, FMA_TILE: torch.float32}[kernel]
+    feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = kmap.reordering(ImplicitGemmConfig(16, True, splits))
     result = run(kernel, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
@@ -172,7 +176,7 @@ def test_an_output_row_out_of_range_fails_the_kernel_assertion(emulated):
     reordering = kmap.reordering(ImplicitGemmConfig(32, True, 1))
     broken = type(reordering)(reordering.order.clone(), reordering.tile_masks, reordering.tile_rows)
     broken.order[0, 3] = kmap.neighbors.shape[0]  # one past the last output row
-    for kernel in (SIMT, TENSOR_CORE):
+    for kernel in (SIMT, TENSOR_CORE, FMA_TILE):
         with pytest.raises(AssertionError, match="row_in_range"):
             run_emulated(emulated, kernel, feats.float(), weight.float(), kmap.neighbors, broken)
 
@@ -181,12 +185,12 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     # The emulation is only worth its tests if it rejects what the device rejects: shift the A tile
     # in shared memory by one element and the build of a kernel copy must fail its WMMA checks.
     source = KERNELS.read_text()
-    needle = "wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kLdA + s * kDepth, kLdA);"
+    needle = "wmma::load_matrix_sync(a_frag, a + warp_row * 16 * kLdA + s * kDepth, kLdA);"
     assert needle in source
     broken = tmp_path / "conv" / "cuda"
     broken.mkdir(parents=True)
     (broken / "implicit_kernels.cuh").write_text(
-        source.replace(needle, needle.replace("a_s[buffer] + warp_row", "a_s[buffer] + 1 + warp_row"))
+        source.replace(needle, needle.replace("a + warp_row", "a + 1 + warp_row"))
         .replace('#include "../conv_element.h"', f'#include "{REPO}/csrc/conv/conv_element.h"'))
     compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
     library = tmp_path / "libbroken.so"

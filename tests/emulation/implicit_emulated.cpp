@@ -12,7 +12,7 @@ namespace {
 
 using namespace pointsparse::implicit_gemm;
 
-enum Kernel { kSimt = 0, kTensorCore = 1 };
+enum Kernel { kSimt = 0, kTensorCore = 1, kFmaTile = 2 };
 enum DType { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
 template <typename T, typename Acc>
@@ -25,16 +25,24 @@ std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neig
     const int32_t* split_order = order + split * n_out;
     const int32_t* split_masks = tile_masks + split * tiles * words;
     std::string failure;
-    if (kernel == kTensorCore) {
+    if (kernel == kTensorCore || kernel == kFmaTile) {
       if constexpr (std::is_same_v<Acc, float> && !std::is_same_v<T, double>) {
-        const int columns = tensor_core::block_columns(C_out);
+        const int columns = tiled::block_columns(C_out);
         const dim3 grid(unsigned(tiles), unsigned((C_out + columns - 1) / columns));
-        const auto kernel = columns == 64 ? &tensor_core::implicit_kernel<T, 64> : &tensor_core::implicit_kernel<T, 32>;
-        failure = emulation::launch(grid, dim3(tensor_core::kThreadsPerBlock), kernel, f,
-                                    C_in, neighbors, K, split_order, split_masks, words, n_out, tile_rows, w, C_out,
-                                    split == 0, static_cast<float*>(acc));
+        auto tiled = columns == 64 ? &tiled::implicit_kernel<T, 64> : &tiled::implicit_kernel<T, 32>;
+        if constexpr (std::is_same_v<T, float>) {
+          if (kernel == kFmaTile) {
+            tiled = columns == 64 ? &tiled::implicit_kernel<T, 64, false>
+                                  : &tiled::implicit_kernel<T, 32, false>;
+          }
+        } else if (kernel == kFmaTile) {
+          return "the FMA tiles are for float32";
+        }
+        failure = emulation::launch(grid, dim3(tiled::kThreadsPerBlock), tiled, f, C_in, neighbors, K,
+                                    split_order, split_masks, words, n_out, tile_rows, w, C_out, split == 0,
+                                    static_cast<float*>(acc));
       } else {
-        return "no tensor-core kernel for this type";
+        return "no tiled kernel for this type";
       }
     } else {
       const dim3 grid(unsigned(tiles), unsigned((C_out + simt::kChannelThreads - 1) / simt::kChannelThreads));

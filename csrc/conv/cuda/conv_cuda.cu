@@ -149,9 +149,10 @@ at::Tensor conv_grouped_weight_grad_cuda(const at::Tensor& feats, const at::Tens
                                          kCudaRows);
 }
 
-// Splits run in order (the first assigns), each one launch over its tiles; half / bfloat16 sum in a
-// float32 buffer across splits and round once, on tensor cores from sm_80 (else, and for float32 /
-// float64, the SIMT kernel). Neighbour rows are asserted in range per element.
+// Splits run in order (the first assigns), each one launch over its tiles, summed in float32 (half /
+// bfloat16 round once, at the end). On sm_80+ the tiled kernel: tensor cores for half / bfloat16,
+// and for float32 as TF32 when torch allows it (as for cuBLAS), FP32 FMA tiles for exact float32;
+// else, and for float64, the SIMT kernel. Neighbour rows are asserted in range per element.
 at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight_, const at::Tensor& neighbors,
                               const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
                               const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
@@ -165,16 +166,21 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
   if (n_out * C_out > 0 && in.tiles > 0) {
     const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
     const at::ScalarType dtype = in.feats.scalar_type();
-    const bool tensor_cores = (at::isReducedFloatingType(dtype) ||
-                               (dtype == at::kFloat && at::globalContext().allowTF32CuBLAS())) &&
-                              at::cuda::getCurrentDeviceProperties()->major >= 8;
-    if (tensor_cores) {
-      namespace tc = implicit_gemm::tensor_core;
+    const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
+                       at::cuda::getCurrentDeviceProperties()->major >= 8;
+    if (tiled) {
+      namespace tc = implicit_gemm::tiled;
       const int columns = tc::block_columns(C_out);
       const dim3 grid(unsigned(in.tiles), unsigned((C_out + columns - 1) / columns));
+      const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
       const auto run = [&](auto element) {
         using scalar_t = decltype(element);
-        const auto kernel = columns == 64 ? &tc::implicit_kernel<scalar_t, 64> : &tc::implicit_kernel<scalar_t, 32>;
+        auto kernel = columns == 64 ? &tc::implicit_kernel<scalar_t, 64> : &tc::implicit_kernel<scalar_t, 32>;
+        if constexpr (std::is_same_v<scalar_t, float>) {
+          if (!tensor_cores) {
+            kernel = columns == 64 ? &tc::implicit_kernel<float, 64, false> : &tc::implicit_kernel<float, 32, false>;
+          }
+        }
         for (int64_t split = 0; split < in.splits; ++split) {
           kernel<<<grid, tc::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
               in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "../conv_element.h"
 
@@ -52,16 +53,17 @@ __global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* nei
 
 }  // namespace simt
 
-// Tensor cores (WMMA, sm_80+) for half / bfloat16, and TF32 for float32 when torch allows it: a
-// block of 4 warps takes 32 rows of one reorder tile x kCols (32 or 64) output columns, each warp
-// 16 rows x kCols / 2 columns in 16 x 16 fragments with float accumulators held across every offset
-// of the tile's mask. The work of a tile
-// is a sequence of stages, one per (offset in the mask, slab of kSlab input channels): the tile's
-// neighbour rows of that offset (zero where absent or past C_in) and the weight block, staged in
-// shared memory by cp.async into one of two buffers while the block multiplies the other (half /
-// bfloat16 rows whose channel count is not a multiple of 8 go through registers instead). Any
-// channel count: partial slabs are zero-padded when staged and masked when stored.
-namespace tensor_core {
+// Tiled kernel (sm_80+): a block of 4 warps takes 32 rows of one reorder tile x kCols (32 or 64)
+// output columns, with float accumulators held across every offset of the tile's mask: on tensor
+// cores (WMMA) for half / bfloat16, and for float32 as TF32 when torch allows it, each warp 16 rows
+// x kCols / 2 columns in 16 x 16 fragments; or on the FP32 pipes for exact float32, each thread
+// 4 rows x kCols / 16 columns. The work of a tile is a sequence of stages, one per (offset in the
+// mask, slab of kSlab input channels): the tile's neighbour rows of that offset (zero where absent or
+// past C_in) and the weight block, staged in shared memory by cp.async into one of two buffers while
+// the block multiplies the other (half / bfloat16 rows whose channel count is not a multiple of 8 go
+// through registers instead). Any channel count: partial slabs are zero-padded when staged and
+// masked when stored.
+namespace tiled {
 
 constexpr int kRows = 32, kThreadsPerBlock = 128;
 constexpr int kThreadsPerRow = kThreadsPerBlock / kRows;  // threads staging one neighbour row
@@ -191,18 +193,99 @@ __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t
 // are gathered half as often and each warp's A fragment feeds two MMAs.
 inline int block_columns(int64_t C_out) { return C_out > 32 ? 64 : 32; }
 
-// Grid (tiles, ceil(C_out / kCols)) of kThreadsPerBlock threads; acc float [N_out, C_out]; the other
-// arguments as for simt::implicit_kernel.
+#if PS_TENSOR_CORE_ARCH
+// The block's kRows x kCols accumulators on tensor cores: each warp 16 rows x kCols / 2 columns in
+// 16 x 16 fragments (float32 inputs rounded to TF32).
 template <typename T, int kCols>
+struct TensorCoreTile {
+  using W = typename Wmma<T>::type;
+  using F = typename Wmma<T>::fragment;
+  static constexpr int kDepth = Wmma<T>::kDepth, kFragments = kCols / 32;  // per warp
+  nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, kDepth, float> c[kFragments];
+
+  __device__ void zero() {
+    for (int f = 0; f < kFragments; ++f) nvcuda::wmma::fill_fragment(c[f], 0.f);
+  }
+
+  // c += A[:, :depth] B[:depth, :], A [kRows, kLdA] and B [kSlab, kLdB] in shared memory, depth
+  // rounded up to kDepth (the staged slab is zero past C_in).
+  template <int kLdA, int kLdB>
+  __device__ void multiply(const W* a, const W* b, int64_t depth) {
+    using namespace nvcuda;
+    const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
+    for (int64_t s = 0; s * kDepth < depth; ++s) {
+      wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
+      wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
+      wmma::load_matrix_sync(a_frag, a + warp_row * 16 * kLdA + s * kDepth, kLdA);
+      if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
+        for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
+      }
+      for (int f = 0; f < kFragments; ++f) {
+        wmma::load_matrix_sync(b_frag, b + s * kDepth * kLdB + (warp_col * kFragments + f) * 16, kLdB);
+        if constexpr (sizeof(W) == 4) {
+          for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
+        }
+        wmma::mma_sync(c[f], a_frag, b_frag, c[f]);
+      }
+    }
+  }
+
+  // c_s [kRows, kCols] float.
+  __device__ void store(float* c_s) {
+    const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
+    for (int f = 0; f < kFragments; ++f) {
+      nvcuda::wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + (warp_col * kFragments + f) * 16, c[f], kCols,
+                                      nvcuda::wmma::mem_row_major);
+    }
+  }
+};
+
+// The same accumulators on the FP32 pipes, for exact float32: each thread 4 rows x kCols / 16
+// columns in registers (16 threads across the columns, 8 down the rows).
+template <int kCols>
+struct FmaTile {
+  using W = float;
+  static constexpr int kRowsPerThread = kRows / (kThreadsPerBlock / 16), kColsPerThread = kCols / 16;
+  float c[kRowsPerThread][kColsPerThread];
+
+  __device__ void zero() {
+    for (int i = 0; i < kRowsPerThread; ++i)
+      for (int j = 0; j < kColsPerThread; ++j) c[i][j] = 0.f;
+  }
+
+  template <int kLdA, int kLdB>
+  __device__ void multiply(const float* a, const float* b, int64_t depth) {
+    const float* a_rows = a + threadIdx.x / 16 * kRowsPerThread * kLdA;
+    const float* b_cols = b + threadIdx.x % 16 * kColsPerThread;
+    for (int64_t k = 0; k < depth; ++k) {
+      float a_k[kRowsPerThread], b_k[kColsPerThread];
+      for (int i = 0; i < kRowsPerThread; ++i) a_k[i] = a_rows[i * kLdA + k];
+      for (int j = 0; j < kColsPerThread; ++j) b_k[j] = b_cols[k * kLdB + j];
+      for (int i = 0; i < kRowsPerThread; ++i)
+        for (int j = 0; j < kColsPerThread; ++j) c[i][j] += a_k[i] * b_k[j];
+    }
+  }
+
+  __device__ void store(float* c_s) {
+    const int row0 = threadIdx.x / 16 * kRowsPerThread, col0 = threadIdx.x % 16 * kColsPerThread;
+    for (int i = 0; i < kRowsPerThread; ++i)
+      for (int j = 0; j < kColsPerThread; ++j) c_s[(row0 + i) * kCols + col0 + j] = c[i][j];
+  }
+};
+#endif
+
+// Grid (tiles, ceil(C_out / kCols)) of kThreadsPerBlock threads; acc float [N_out, C_out]; the other
+// arguments as for simt::implicit_kernel. kTensorCores false (float32 only): FP32 FMAs, exact.
+template <typename T, int kCols, bool kTensorCores = true>
 __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K,
                                 const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
                                 int64_t tile_rows, const T* weight_, int64_t C_out, bool assign, float* acc) {
 #if PS_TENSOR_CORE_ARCH
-  using namespace nvcuda;
+  static_assert(kTensorCores || std::is_same_v<T, float>, "the FMA tiles are for float32");
+  using Tile = std::conditional_t<kTensorCores, TensorCoreTile<T, kCols>, FmaTile<kCols>>;
   using W = typename Wmma<T>::type;
-  using F = typename Wmma<T>::fragment;
-  constexpr int kDepth = Wmma<T>::kDepth, kSlab = kSteps * kDepth, kVector = 16 / sizeof(W);
-  constexpr int kLdA = padded<W>(kSlab), kLdB = padded<W>(kCols), kFragments = kCols / 32;  // per warp
+  constexpr int kSlab = kSteps * Wmma<T>::kDepth, kVector = 16 / sizeof(W);
+  constexpr int kLdA = padded<W>(kSlab), kLdB = padded<W>(kCols);
   const W* feats = reinterpret_cast<const W*>(feats_);
   const W* weight = reinterpret_cast<const W*>(weight_);
   const W zero = Wmma<T>::zero();
@@ -212,7 +295,6 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
   alignas(32) __shared__ float c_s[kRows * kCols];
   __shared__ int32_t rows_s[kRows];
   const int64_t t = blockIdx.x, col0 = int64_t(blockIdx.y) * kCols;
-  const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
   const int row = threadIdx.x / kThreadsPerRow, part = threadIdx.x % kThreadsPerRow;  // what it stages of A
   const bool row_vectors = C_in % kVector == 0 && aligned16(feats);
   const bool weight_vectors = C_out % kVector == 0 && aligned16(weight);
@@ -230,8 +312,8 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       stage_rows<W, kSlab>(a_s[buffer], feats, C_in, nb_row ? nb_row[at.k] : -1, row, part, at.c0, row_vectors, zero);
       stage_weight<W, kSlab, kCols>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors, zero);
     };
-    wmma::fragment<wmma::accumulator, 16, 16, kDepth, float> c_frag[kFragments];
-    for (int f = 0; f < kFragments; ++f) wmma::fill_fragment(c_frag[f], 0.f);
+    Tile tile;
+    tile.zero();
     StageCursor stage{masks + t * words, words, K, C_in, kSlab};
     stage.next_offset();
     if (stage.k >= 0) stage_both(stage, 0);
@@ -243,29 +325,11 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       cp_async_commit();
       cp_async_wait<1>();  // this stage's copies have landed
       __syncthreads();
-      for (int s = 0; s < kSteps && stage.c0 + s * kDepth < C_in; ++s) {
-        wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
-        wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
-        wmma::load_matrix_sync(a_frag, a_s[buffer] + warp_row * 16 * kLdA + s * kDepth, kLdA);
-        if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
-          for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
-        }
-        for (int f = 0; f < kFragments; ++f) {
-          const int col = (warp_col * kFragments + f) * 16;
-          wmma::load_matrix_sync(b_frag, b_s[buffer] + s * kDepth * kLdB + col, kLdB);
-          if constexpr (sizeof(W) == 4) {
-            for (int q = 0; q < b_frag.num_elements; ++q) b_frag.x[q] = wmma::__float_to_tf32(b_frag.x[q]);
-          }
-          wmma::mma_sync(c_frag[f], a_frag, b_frag, c_frag[f]);
-        }
-      }
+      tile.template multiply<kLdA, kLdB>(a_s[buffer], b_s[buffer], min(int64_t(kSlab), C_in - stage.c0));
       __syncthreads();  // before the next iteration stages into this buffer
       stage = next;
     }
-    for (int f = 0; f < kFragments; ++f) {
-      const int col = (warp_col * kFragments + f) * 16;
-      wmma::store_matrix_sync(c_s + warp_row * 16 * kCols + col, c_frag[f], kCols, wmma::mem_row_major);
-    }
+    tile.store(c_s);
     __syncthreads();
     for (int e = threadIdx.x; e < kRows * kCols; e += kThreadsPerBlock) {
       const int r = e / kCols, j = e % kCols;
@@ -277,10 +341,10 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
     __syncthreads();
   }
 #else
-  CUDA_KERNEL_ASSERT(false && "the tensor-core implicit GEMM needs sm_80 or newer");
+  CUDA_KERNEL_ASSERT(false && "the tiled implicit GEMM needs sm_80 or newer");
 #endif
 }
 
-}  // namespace tensor_core
+}  // namespace tiled
 }  // namespace implicit_gemm
 }  // namespace pointsparse
