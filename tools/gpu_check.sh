@@ -93,6 +93,7 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_implici
     --ignore=tests/test_implicit_gemm.py --ignore=tests/test_implicit_kernels.py --junitxml="$OUT/cuda_tests.xml" tests/
   step crosscheck-and-minkunet 240 "$PYTHON" tools/gpu_check.py --device cuda --out "$OUT"
   bench conv 150 conv_cuda
+  bench implicit 120 implicit_cuda_float32
   bench implicit 120 implicit_cuda_tf32 --tf32
   bench kmap 90 kmap_cuda
   bench grouping 150 grouping_cuda
