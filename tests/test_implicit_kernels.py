@@ -9,6 +9,7 @@ import ctypes
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -22,26 +23,32 @@ from test_conv import random_tensor
 TENSOR_CORE_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
 REPO = Path(__file__).resolve().parents[1]
-SOURCES = [REPO / "tests" / "emulation" / name for name in ("implicit_emulated.cpp", "cuda_threads.h", "wmma.h")]
+EMULATION = REPO / "tests" / "emulation"
 KERNELS = REPO / "csrc" / "conv" / "cuda" / "implicit_kernels.cuh"
+COMPILER = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
 
 SIMT, TENSOR_CORE, FMA_TILE = 0, 1, 2
 DTYPES = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2, torch.float64: 3}
 
 
-@pytest.fixture(scope="module")
-def emulated(tmp_path_factory):
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    if compiler is None:
+def build_emulated(library: Path, kernels_root: Path = REPO / "csrc", flags=("-O2", "-Wall", "-Werror")) -> Path:
+    """The emulated kernels as a shared library; kernels_root holds conv/cuda/implicit_kernels.cuh."""
+    if COMPILER is None:
         pytest.skip("no C++ compiler to build the emulated kernels")
-    library = tmp_path_factory.mktemp("emulation") / "libimplicit_emulated.so"
-    command = [compiler, "-std=c++20", "-O2", "-pthread", "-shared", "-fPIC", "-Wall", "-Werror",
-               f"-I{REPO / 'csrc'}", f"-I{REPO / 'tests' / 'emulation'}", str(SOURCES[0]), "-o", str(library)]
+    command = [COMPILER, "-std=c++20", *flags, "-pthread", "-shared", "-fPIC", f"-I{kernels_root}",
+               f"-I{EMULATION}", str(EMULATION / "implicit_emulated.cpp"), "-o", str(library)]
     built = subprocess.run(command, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr[-4000:]
-    lib = ctypes.CDLL(str(library))
-    lib.ps_emulated_implicit.restype = ctypes.c_int
-    return lib.ps_emulated_implicit
+    return library
+
+
+def entry_point(library: Path):
+    return ctypes.CDLL(str(library)).ps_emulated_implicit
+
+
+@pytest.fixture(scope="module")
+def emulated(tmp_path_factory):
+    return entry_point(build_emulated(tmp_path_factory.mktemp("emulation") / "libimplicit_emulated.so"))
 
 
 def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
@@ -192,14 +199,44 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     (broken / "implicit_kernels.cuh").write_text(
         source.replace(needle, needle.replace("a + warp_row", "a + 1 + warp_row"))
         .replace('#include "../conv_element.h"', f'#include "{REPO}/csrc/conv/conv_element.h"'))
-    compiler = os.environ.get("CXX") or shutil.which("c++") or shutil.which("g++")
-    library = tmp_path / "libbroken.so"
-    built = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", "-shared", "-fPIC", f"-I{tmp_path}",
-                            f"-I{REPO / 'tests' / 'emulation'}", str(SOURCES[0]), "-o", str(library)],
-                           capture_output=True, text=True)
-    assert built.returncode == 0, built.stderr[-4000:]
-    entry = ctypes.CDLL(str(library)).ps_emulated_implicit
+    entry = entry_point(build_emulated(tmp_path / "libbroken.so", tmp_path, flags=("-O1",)))
     feats, weight, kmap = layer(16, 16, seed=6)
     reordering = kmap.reordering(ImplicitGemmConfig(32, True, 1))
     with pytest.raises(AssertionError, match="256-bit aligned"):
         run_emulated(entry, TENSOR_CORE, feats.half(), weight.half(), kmap.neighbors, reordering)
+
+
+# Run by test_the_kernels_have_no_data_races_under_thread_sanitizer in a process with TSan preloaded.
+RACE_CASES = """
+import sys, ctypes, torch
+sys.path.insert(0, {tests!r})
+from pointsparse import ImplicitGemmConfig
+import test_implicit_kernels as t
+entry = t.entry_point({library!r})
+for kernel, dtype, c_in, c_out, tile, splits in [(t.TENSOR_CORE, torch.float16, 13, 40, 32, 2),
+                                                (t.TENSOR_CORE, torch.float32, 32, 64, 64, 2),
+                                                (t.FMA_TILE, torch.float32, 40, 33, 48, 3),
+                                                (t.TENSOR_CORE, torch.bfloat16, 72, 40, 16, 1),
+                                                (t.SIMT, torch.float64, 7, 37, 32, 3)]:
+    feats, weight, kmap = t.layer(c_in, c_out, num_points=120, seed=c_in)
+    feats, weight = feats.to(dtype), weight.to(dtype)
+    reordering = kmap.reordering(ImplicitGemmConfig(tile, True, splits))
+    t.run_emulated(entry, kernel, feats, weight, kmap.neighbors, reordering)
+print("ran")
+"""
+
+
+def test_the_kernels_have_no_data_races_under_thread_sanitizer(tmp_path):
+    # The barriers and cp.async waits checked by happens-before, not by timing: the emulated kernels
+    # built with -fsanitize=thread (a missing barrier is reported at once; checked by hand) run a
+    # case of each kernel in a process with the TSan runtime preloaded.
+    runtime = subprocess.run([COMPILER or "c++", "-print-file-name=libtsan.so"], capture_output=True,
+                             text=True).stdout.strip()
+    if not os.path.isabs(runtime) or not os.path.exists(runtime):
+        pytest.skip("no ThreadSanitizer runtime")
+    library = build_emulated(tmp_path / "libimplicit_tsan.so", flags=("-O1", "-g", "-fsanitize=thread"))
+    script = RACE_CASES.format(tests=str(REPO / "tests"), library=str(library))
+    env = dict(os.environ, LD_PRELOAD=runtime, TSAN_OPTIONS="report_signal_unsafe=0 halt_on_error=0")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0 and "ran" in result.stdout, result.stderr[-6000:]
+    assert "ThreadSanitizer" not in result.stderr, result.stderr[-6000:]
