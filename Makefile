@@ -7,7 +7,7 @@ PIP := $(PY) -m pip
 MAX_JOBS ?= 2
 export MAX_JOBS
 
-.PHONY: test test-quick venv build bench demo gpu-check clean
+.PHONY: test test-quick venv build bench demo gpu-check gpu-prep clean
 
 # The extension is rebuilt only when a source changed (or the built module is gone): `make demo`
 # after `make test` starts training at once. Python files need no rebuild (editable install).
@@ -71,6 +71,15 @@ demo: build
 GPU_OUT ?= bench_results/gpu/latest
 gpu-check:
 	tools/gpu_check.sh $(GPU_OUT)
+
+# Before lending the checkout to a GPU machine (run here, with the network): what must travel with
+# it into shared/ (git-ignored; carry it): the real scans, and wheels of the build tools (setuptools,
+# wheel, ninja) for Python 3.12, which the check installs there only where the machine lacks them.
+gpu-prep: venv
+	mkdir -p shared/wheels
+	cp -r ../shared/data shared/
+	$(PIP) download -q --only-binary=:all: --python-version 3.12 --platform manylinux_2_17_x86_64 \
+		--platform any -d shared/wheels ninja "setuptools<82" wheel
 
 clean:
 	rm -rf build *.egg-info pointsparse/_C*.so $(BUILD_STAMP)

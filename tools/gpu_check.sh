@@ -11,8 +11,9 @@
 # Steps run most informative first, each under its own limit and all within --budget seconds
 # (default 480: a device lent for 15 minutes, one call of at most 600 s, minus start-up); a step
 # that no longer fits is skipped and recorded as such, so what has run always comes back.
-# Installs nothing and never touches the network: the build is `pip install --no-index
-# --no-build-isolation --no-deps -e .` with the machine's own torch. PYTHON picks the interpreter
+# Never touches the network: the build is `pip install --no-index --no-build-isolation --no-deps -e .`
+# with the machine's own torch; setuptools, wheel or ninja, where the machine lacks them, come from
+# wheels in shared/wheels (`make gpu-prep` puts them there). PYTHON picks the interpreter
 # (default python3); POINTSPARSE_COMMIT names the commit when the checkout has no .git; real scans
 # come from $POINTSPARSE_SHARED_DATA, shared/data in the checkout, or ../shared/data.
 set -uo pipefail
@@ -74,9 +75,25 @@ bench() {  # bench SUITE LIMIT_S OUTNAME [ARGS...]: one benchmark suite on the s
     --repeats "$REPEATS" "${QUICK[@]}" --out "$OUT/$name.json" "$@"
 }
 
+build_tools() {  # setuptools, wheel and ninja for the build: from shared/wheels where missing
+  local missing=()
+  "$PYTHON" -c "import setuptools" 2>/dev/null || missing+=("setuptools<82")
+  "$PYTHON" -c "import wheel" 2>/dev/null || missing+=(wheel)
+  command -v ninja >/dev/null || missing+=(ninja)  # without it the build compiles file by file
+  if ((${#missing[@]} == 0)); then echo "setuptools, wheel and ninja present"; return 0; fi
+  echo "missing: ${missing[*]}"
+  [[ -d shared/wheels ]] || { echo "no shared/wheels to install them from (make gpu-prep)"; return 1; }
+  PIP_BREAK_SYSTEM_PACKAGES=1 "$PYTHON" -m pip install --no-index --find-links shared/wheels "${missing[@]}"
+}
+export -f build_tools
+export PYTHON
+
 if [[ $MODE == cuda ]]; then
   nvidia-smi -L >> "$LOG" 2>&1
   DEVICE=cuda; REPEATS=10; QUICK=(); PROFILE_CR=1.0
+  # Scripts that pip installs (ninja) land beside the interpreter, which need not be on PATH.
+  PATH="$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'):$PATH"
+  step build-tools 60 bash -c build_tools
   step build 300 env MAX_JOBS="$(nproc)" "$PYTHON" -m pip install --no-index --no-build-isolation --no-deps -e .
   step cuda-kernels-registered 60 "$PYTHON" -c "import torch, pointsparse; \
 assert torch.cuda.is_available(), 'no CUDA device'; \
