@@ -7,8 +7,8 @@ each layer: the redundancy (computed MACs on absent neighbours over all computed
 the reordering) for tiles of 16/32/64/128 rows, unsorted and sorted, 1 to 4 splits; then forward
 and forward+backward median ms of IMPLICIT_GEMM (unsorted, and sorted with 2 splits, tiles of 32)
 and of the FUSED (CPU) and GATHER_GEMM_SCATTER dataflows, with ratios against IMPLICIT_GEMM sorted
-measured in the same run. ``--dtype float16`` / ``bfloat16`` (and ``--tf32`` for float32) time the
-CUDA tensor-core kernel; on the CPU, and for float32 without ``--tf32`` on CUDA, the SIMT kernel runs.
+measured in the same run. On CUDA (sm_80+) ``--dtype float16`` / ``bfloat16``, and float32 with
+``--tf32``, time the tensor-core kernel, float32 without it the FP32 FMA tiles; the CPU runs float32.
 """
 
 import argparse
@@ -98,8 +98,16 @@ def run(args: argparse.Namespace) -> int:
     dtype = DTYPES[args.dtype]
     if dtype != torch.float32 and args.device == "cpu":
         raise SystemExit(f"--dtype {args.dtype} is for CUDA; the CPU dataflows run float32 and float64")
-    if args.tf32:
-        torch.backends.cuda.matmul.allow_tf32 = True
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = args.tf32 or allowed
+    try:
+        return _run(args, dtype)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+def _run(args: argparse.Namespace, dtype: torch.dtype) -> int:
+    """The suite, with TF32 set as asked (``run`` restores torch's setting afterwards)."""
     env = environment()
     print(f"implicit GEMM on {args.device} in {args.dtype}{' (TF32 allowed)' if args.tf32 else ''}; {env['device']}, "
           f"{torch.get_num_threads()} threads, torch {env['torch']}")
