@@ -2,7 +2,8 @@
 # One command for a GPU machine: build, CUDA tests, implicit GEMM on tensor cores against
 # gather-GEMM-scatter, CPU-vs-CUDA cross-check on real scans, kmap, conv, grouping and sparse
 # benchmarks, a MinkUNet18 profile and training step (float32 and AMP) on CUDA; a log and JSON in
-# OUTDIR. Copy ../shared/data to shared/data in the checkout first: it travels, ../shared does not.
+# OUTDIR. Run `make gpu-prep` first and carry shared/ (real scans, build-tool wheels): it travels
+# with the checkout, ../shared does not.
 #
 #   tools/gpu_check.sh [--budget S] OUTDIR        # GPU machine: preinstalled CUDA torch, nvcc, no network
 #   tools/gpu_check.sh --cpu [--budget S] OUTDIR  # any machine: the same steps on the CPU with small
@@ -107,7 +108,8 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_implici
   # The real-scan cross-checks of tests/test_cuda.py are what gpu_check.py runs (and reports in
   # full); the test step leaves them out so the device time is spent once.
   step cuda-tests 240 "$PYTHON" -m pytest -q -k "cuda and not on_real_scans" -m "not slow" -p no:cacheprovider \
-    --ignore=tests/test_implicit_gemm.py --ignore=tests/test_implicit_kernels.py --junitxml="$OUT/cuda_tests.xml" tests/
+    --ignore=tests/test_implicit_gemm.py --ignore=tests/test_implicit_kernels.py \
+    --junitxml="$OUT/cuda_tests.xml" tests/
   step crosscheck-and-minkunet 240 "$PYTHON" tools/gpu_check.py --device cuda --out "$OUT"
   bench conv 150 conv_cuda
   bench implicit 120 implicit_cuda_float32
