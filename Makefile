@@ -11,7 +11,8 @@ export MAX_JOBS
 
 # The extension is rebuilt only when a source changed (or the built module is gone): `make demo`
 # after `make test` starts training at once. Python files need no rebuild (editable install).
-EXT_SOURCES := setup.py $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.inc')
+EXT_SOURCES := setup.py \
+	$(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.h' -o -name '*.cuh' -o -name '*.inc')
 PACKAGES_STAMP := $(VENV)/.packages-installed
 BUILD_STAMP := $(VENV)/.extension-built
 
