@@ -121,7 +121,6 @@ struct fragment {
   static constexpr int rows = extent<Use, M, N, K>::rows, cols = extent<Use, M, N, K>::cols;
   static constexpr int num_elements = rows * cols;
   element_type x[num_elements];
-  float at(int r, int c) const { return float(x[r * cols + c]); }
 };
 
 inline void check_pointer(const void* p, unsigned ldm, size_t element_size) {
@@ -166,11 +165,13 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
               const fragment<matrix_b, M, N, K, T, LB>& b, const fragment<accumulator, M, N, K, float>& c) {
   check_tf32(a);
   check_tf32(b);
-  float sum[M * N];
+  float a_f[M * K], b_f[K * N], sum[M * N];  // converted once: every thread of the warp computes all
+  for (int q = 0; q < M * K; ++q) a_f[q] = float(a.x[q]);
+  for (int q = 0; q < K * N; ++q) b_f[q] = float(b.x[q]);
   for (int i = 0; i < M; ++i)
     for (int j = 0; j < N; ++j) {
       float s = c.x[i * N + j];
-      for (int k = 0; k < K; ++k) s += a.at(i, k) * b.at(k, j);
+      for (int k = 0; k < K; ++k) s += a_f[i * K + k] * b_f[k * N + j];
       sum[i * N + j] = s;
     }
   std::memcpy(d.x, sum, sizeof(sum));
