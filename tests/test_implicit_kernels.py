@@ -257,5 +257,7 @@ def test_the_kernels_have_no_data_races_under_thread_sanitizer(tmp_path):
     script = RACE_CASES.format(tests=str(REPO / "tests"), library=str(library))
     env = dict(os.environ, LD_PRELOAD=runtime, TSAN_OPTIONS="report_signal_unsafe=0 halt_on_error=0")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
+    if "FATAL: ThreadSanitizer" in result.stderr:  # the runtime cannot start (e.g. this kernel's ASLR)
+        pytest.skip(result.stderr.strip().splitlines()[0])
     assert result.returncode == 0 and "ran" in result.stdout, result.stderr[-6000:]
     assert "ThreadSanitizer" not in result.stderr, result.stderr[-6000:]
