@@ -21,38 +21,32 @@ std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neig
                 int64_t tiles, int64_t splits, const void* weight, int64_t C_out, void* acc) {
   const T* f = static_cast<const T*>(feats);
   const T* w = static_cast<const T*>(weight);
-  for (int64_t split = 0; split < splits; ++split) {
-    const int32_t* split_order = order + split * n_out;
-    const int32_t* split_masks = tile_masks + split * tiles * words;
-    std::string failure;
-    if (kernel == kTensorCore || kernel == kFmaTile) {
-      if constexpr (std::is_same_v<Acc, float> && !std::is_same_v<T, double>) {
-        const int columns = tiled::block_columns(C_out);
-        const dim3 grid(unsigned(tiles), unsigned((C_out + columns - 1) / columns));
-        auto tiled = columns == 64 ? &tiled::implicit_kernel<T, 64> : &tiled::implicit_kernel<T, 32>;
-        if constexpr (std::is_same_v<T, float>) {
-          if (kernel == kFmaTile) {
-            tiled = columns == 64 ? &tiled::implicit_kernel<T, 64, false>
-                                  : &tiled::implicit_kernel<T, 32, false>;
-          }
-        } else if (kernel == kFmaTile) {
-          return "the FMA tiles are for float32";
-        }
-        failure = emulation::launch(grid, dim3(tiled::kThreadsPerBlock), tiled, f, C_in, neighbors, K,
-                                    split_order, split_masks, words, n_out, tile_rows, w, C_out, split == 0,
-                                    static_cast<float*>(acc));
-      } else {
-        return "no tiled kernel for this type";
-      }
-    } else {
-      const dim3 grid(unsigned(tiles), unsigned((C_out + simt::kChannelThreads - 1) / simt::kChannelThreads));
-      const dim3 block(simt::kChannelThreads, simt::kRowsPerBlock);
-      failure = emulation::launch(grid, block, &simt::implicit_kernel<T, Acc>, f, C_in, neighbors, K, split_order,
-                                  split_masks, words, n_out, tile_rows, w, C_out, split == 0, static_cast<Acc*>(acc));
-    }
-    if (!failure.empty()) return failure;
+  std::string failure;
+  // As conv_implicit_cuda launches them; a failed split stops the rest, as on the device.
+  const auto each_split = [&](const auto& launch) {
+    for_each_split(order, tile_masks, splits, n_out, tiles, words,
+                   [&](const int32_t* split_order, const int32_t* masks, bool assign) {
+                     if (failure.empty()) failure = launch(split_order, masks, assign);
+                   });
+  };
+  if (kernel == kSimt) {
+    each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
+      return emulation::launch(simt::grid(tiles, C_out), simt::block(), &simt::implicit_kernel<T, Acc>, f, C_in,
+                               neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign,
+                               static_cast<Acc*>(acc));
+    });
+  } else if constexpr (std::is_same_v<Acc, float> && !std::is_same_v<T, double>) {
+    if (kernel == kFmaTile && !std::is_same_v<T, float>) return "the FMA tiles are for float32";
+    const auto tiled_kernel = tiled::kernel_for<T>(C_out, kernel == kTensorCore);
+    each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
+      return emulation::launch(tiled::grid(tiles, C_out), dim3(tiled::kThreadsPerBlock), tiled_kernel, f, C_in,
+                               neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign,
+                               static_cast<float*>(acc));
+    });
+  } else {
+    return "no tiled kernel for this type";
   }
-  return "";
+  return failure;
 }
 
 }  // namespace

@@ -168,26 +168,26 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
     const at::ScalarType dtype = in.feats.scalar_type();
     const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
                        at::cuda::getCurrentDeviceProperties()->major >= 8;
+    const auto for_each_split = [&](const auto& launch) {
+      const int32_t* order_ptr = in.order.data_ptr<int32_t>();
+      const int32_t* masks_ptr = in.tile_masks.data_ptr<int32_t>();
+      implicit_gemm::for_each_split(order_ptr, masks_ptr, in.splits, n_out, in.tiles, in.words,
+                                    [&](const int32_t* split_order, const int32_t* masks, bool assign) {
+                                      launch(split_order, masks, assign);
+                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                    });
+    };
     if (tiled) {
       namespace tc = implicit_gemm::tiled;
-      const int columns = tc::block_columns(C_out);
-      const dim3 grid(unsigned(in.tiles), unsigned((C_out + columns - 1) / columns));
       const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
       const auto run = [&](auto element) {
         using scalar_t = decltype(element);
-        auto kernel = columns == 64 ? &tc::implicit_kernel<scalar_t, 64> : &tc::implicit_kernel<scalar_t, 32>;
-        if constexpr (std::is_same_v<scalar_t, float>) {
-          if (!tensor_cores) {
-            kernel = columns == 64 ? &tc::implicit_kernel<float, 64, false> : &tc::implicit_kernel<float, 32, false>;
-          }
-        }
-        for (int64_t split = 0; split < in.splits; ++split) {
-          kernel<<<grid, tc::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
-              in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words, in.words, n_out, tile_rows,
-              weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<float>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
+        const auto kernel = tc::kernel_for<scalar_t>(C_out, tensor_cores);
+        for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
+          kernel<<<tc::grid(in.tiles, C_out), tc::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
+              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
+              weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<float>());
+        });
       };
       if (dtype == at::kFloat) {
         run(float());
@@ -198,17 +198,13 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
       }
     } else {
       namespace simt = implicit_gemm::simt;
-      const dim3 grid(unsigned(in.tiles), unsigned((C_out + simt::kChannelThreads - 1) / simt::kChannelThreads));
-      const dim3 block(simt::kChannelThreads, simt::kRowsPerBlock);
       AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.feats.scalar_type(), "conv_implicit_cuda", [&] {
         using acc_t = at::opmath_type<scalar_t>;
-        for (int64_t split = 0; split < in.splits; ++split) {
-          simt::implicit_kernel<<<grid, block, 0, at::cuda::getCurrentCUDAStream()>>>(
-              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, in.order.data_ptr<int32_t>() + split * n_out,
-              in.tile_masks.data_ptr<int32_t>() + split * in.tiles * in.words, in.words, n_out, tile_rows,
-              weight.data_ptr<scalar_t>(), C_out, split == 0, acc.data_ptr<acc_t>());
-          C10_CUDA_KERNEL_LAUNCH_CHECK();
-        }
+        for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
+          simt::implicit_kernel<<<simt::grid(in.tiles, C_out), simt::block(), 0, at::cuda::getCurrentCUDAStream()>>>(
+              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
+              weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<acc_t>());
+        });
       });
     }
   }

@@ -24,12 +24,26 @@
 namespace pointsparse {
 namespace implicit_gemm {
 
+// The splits run in order, one launch each, the first assigning and the others adding:
+// launch(order, masks, assign) with split s's order [N_out] and tile masks [tiles, words].
+template <typename Launch>
+void for_each_split(const int32_t* order, const int32_t* masks, int64_t splits, int64_t n_out, int64_t tiles,
+                    int64_t words, const Launch& launch) {
+  for (int64_t s = 0; s < splits; ++s) launch(order + s * n_out, masks + s * tiles * words, s == 0);
+}
+
 // SIMT kernel: block (tile t, 32 output columns), its 8 thread rows walk the tile's rows, one
 // output element per thread through the shared implicit_dot_element.
 namespace simt {
 
 constexpr int kChannelThreads = 32;  // threads along the output columns
 constexpr int kRowsPerBlock = 8;     // thread rows per block
+
+inline dim3 grid(int64_t tiles, int64_t C_out) {
+  return dim3(unsigned(tiles), unsigned((C_out + kChannelThreads - 1) / kChannelThreads));
+}
+
+inline dim3 block() { return dim3(kChannelThreads, kRowsPerBlock); }
 
 // weight [K, C_in, C_out] contiguous; acc [N_out, C_out] in Acc, assigned by the first split, added
 // to by the others; order [N_out] and masks [tiles, words] of this split.
@@ -343,6 +357,22 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
 #else
   CUDA_KERNEL_ASSERT(false && "the tiled implicit GEMM needs sm_80 or newer");
 #endif
+}
+
+// The tiled kernel for T and C_out: block_columns(C_out) columns per block, on tensor cores or, for
+// float32 without them, on FMA tiles (tensor_cores false means nothing for the 16-bit types).
+template <typename T>
+decltype(&implicit_kernel<T, 32>) kernel_for(int64_t C_out, bool tensor_cores) {
+  const bool wide = block_columns(C_out) == 64;
+  if constexpr (std::is_same_v<T, float>) {
+    if (!tensor_cores) return wide ? &implicit_kernel<float, 64, false> : &implicit_kernel<float, 32, false>;
+  }
+  return wide ? &implicit_kernel<T, 64> : &implicit_kernel<T, 32>;
+}
+
+inline dim3 grid(int64_t tiles, int64_t C_out) {
+  const int columns = block_columns(C_out);
+  return dim3(unsigned(tiles), unsigned((C_out + columns - 1) / columns));
 }
 
 }  // namespace tiled
