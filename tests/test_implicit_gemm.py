@@ -14,6 +14,7 @@ from pointsparse.testing import reference_transpose
 from conftest import DEVICES
 from test_conv import assert_gradcheck, random_tensor
 from test_conv_api import assert_compiles_fullgraph
+from test_conv_fused import ISAS, use_isa
 from test_grouping import KINDS, check_against_oracle, kind_input, kind_weight
 
 IMPLICIT = Dataflow.IMPLICIT_GEMM
@@ -147,6 +148,32 @@ def test_every_setting_matches_the_oracle(device, reorder, splits, tile_rows):
     kind = KINDS["submanifold k3"]
     config = ConvConfig(dataflow=IMPLICIT, implicit=ImplicitGemmConfig(tile_rows, reorder, splits))
     check_against_oracle(kind_input(kind, device, KernelMapAlgo.SORT), kind_weight(kind, device), kind, config)
+
+
+# Column blocks as in the fused forward: up to 4 vectors (AVX-512) or 2 (AVX2, SSE2) per register
+# tile, rows by the width (8 at 1-2 vectors, 6-8 at 3-4), the last block partial: channel counts on
+# and off those edges, several blocks (130 float32 = 9 AVX-512 vectors, 3 blocks of 3), every ISA.
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("c_in,c_out", [(1, 1), (3, 5), (7, 33), (33, 70), (16, 130)])
+def test_cpu_register_tiles_of_every_width_match_gather_gemm_scatter(monkeypatch, isa, dtype, c_in, c_out):
+    use_isa(monkeypatch, isa)
+    x = random_tensor(num_points=500, channels=c_in, span=10, seed=c_in + c_out, dtype=dtype)
+    weight = torch.randn(27, c_in, c_out, generator=torch.Generator().manual_seed(7), dtype=dtype) / (c_in * 3)
+    probe = None
+    results = []
+    for config in (ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
+                   ConvConfig(dataflow=IMPLICIT, implicit=ImplicitGemmConfig(tile_rows=13, reorder=True, splits=2))):
+        feats = x.feats.clone().requires_grad_()
+        w = weight.clone().requires_grad_()
+        y = F.conv3d(x.with_feats(feats), w, config=config)
+        if probe is None:
+            probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
+        (y.feats * probe).sum().backward()
+        results.append((y.feats, feats.grad, w.grad))
+    tol = 1e-5 if dtype == torch.float32 else 1e-12
+    for got, ref in zip(results[1], results[0]):
+        torch.testing.assert_close(got, ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -379,9 +379,9 @@ at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor
   return grad_weight.narrow(1, 0, C_in).narrow(2, 0, C_out).contiguous();  // [K, C_in, C_out]
 }
 
-// Offsets whose bit is set in one tile's mask words, ascending.
-std::vector<int32_t> tile_offsets(const int32_t* words, int64_t n_words, int64_t K) {
-  std::vector<int32_t> offsets;
+// Offsets whose bit is set in one tile's mask words, ascending, into `offsets` (reused across tiles).
+void tile_offsets(const int32_t* words, int64_t n_words, int64_t K, std::vector<int32_t>& offsets) {
+  offsets.clear();
   for (int64_t w = 0; w < n_words; ++w) {
     uint32_t bits = uint32_t(words[w]);
     while (bits) {
@@ -390,7 +390,6 @@ std::vector<int32_t> tile_offsets(const int32_t* words, int64_t n_words, int64_t
       bits &= bits - 1;
     }
   }
-  return offsets;
 }
 
 // Splits run one after another (the first assigns, the others add: a fixed order of the sum); the
@@ -408,10 +407,10 @@ at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight,
   const ImplicitInputs in = check_conv_implicit(feats_, weight, neighbors_, order_, tile_masks_, tile_rows);
   const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
   const Isa isa = cpu_isa();
-  const int64_t ldw = tile_cols_of(C_out, isa, weight);
-  at::Tensor packed = at::zeros({K, C_in, ldw}, weight.options());  // [K, C_in, ldw]
-  packed.narrow(2, 0, C_out).copy_(weight);
-  at::Tensor out = at::zeros({n_out, C_out}, weight.options());
+  const at::Tensor packed = vector_padded_weight(weight, isa);  // [K, C_in, ldw]
+  const int64_t ldw = packed.size(2);
+  // Not zeroed: split 0 runs every tile, and each row once (order is checked to be a permutation).
+  at::Tensor out = at::empty({n_out, C_out}, weight.options());
   if (n_out == 0 || C_out == 0) return out;
   const at::Tensor zero = at::zeros({std::max<int64_t>(C_in, 1)}, weight.options());  // the absent neighbour
   AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_implicit_cpu", [&] {
@@ -423,8 +422,10 @@ at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight,
     for (int64_t split = 0; split < in.splits; ++split) {
       auto run = split == 0 ? kernels.implicit_assign : kernels.implicit_add;
       at::parallel_for(0, in.tiles, 1, [&](int64_t first, int64_t last) {
+        std::vector<int32_t> offsets;
+        offsets.reserve(K);
         for (int64_t t = first; t < last; ++t) {
-          const std::vector<int32_t> offsets = tile_offsets(masks + (split * in.tiles + t) * in.words, in.words, K);
+          tile_offsets(masks + (split * in.tiles + t) * in.words, in.words, K, offsets);
           if (offsets.empty() && split > 0) continue;
           const int64_t begin = t * tile_rows, rows = std::min(tile_rows, n_out - begin);
           run(feats, C_in, nbr, K, order + split * n_out + begin, rows, offsets.data(), int64_t(offsets.size()),
