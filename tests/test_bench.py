@@ -78,6 +78,14 @@ def test_implicit_bench_reports_redundancy_and_times(small_scan, tmp_path, devic
         assert len(layer["redundancy"]) == 4 * 2 * 4
         assert all(0 <= v < 1 for v in layer["redundancy"].values())
         assert layer["timings"]["implicit sorted split 2"]["ratio_vs_implicit_sorted"]["forward"] == 1
+    (summary,) = json.loads(out.read_text())["summary"]
+    for name, total in summary["totals"].items():
+        summed = sum(layer["timings"][name]["forward_backward"]["median_ms"] for layer in results)
+        assert total["forward_backward"]["median_ms"] == pytest.approx(summed)
+    reference = summary["totals"]["implicit sorted split 2"]
+    gather = summary["totals"]["gather-GEMM-scatter"]
+    assert gather["ratio_vs_implicit_sorted"]["forward"] == pytest.approx(
+        reference["forward"]["median_ms"] / gather["forward"]["median_ms"])
 
 
 def test_implicit_bench_times_reduced_precision_on_cuda_only(small_scan, tmp_path):

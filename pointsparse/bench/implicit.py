@@ -112,6 +112,7 @@ def _run(args: argparse.Namespace, dtype: torch.dtype) -> int:
     print(f"implicit GEMM on {args.device} in {args.dtype}{' (TF32 allowed)' if args.tf32 else ''}; {env['device']}, "
           f"{torch.get_num_threads()} threads, torch {env['torch']}")
     results: List[Dict[str, object]] = []
+    summaries: List[Dict[str, object]] = []
     for scan in args.scan:
         coords = load_voxels(scan, args.voxel_size, args.device)
         print(f"\n{scan}: {coords.shape[0]} voxels at {args.voxel_size} m")
@@ -137,6 +138,29 @@ def _run(args: argparse.Namespace, dtype: torch.dtype) -> int:
                 print(f"{record['layer'] if i == 0 else '':<24}{name:<26}{row['forward']['median_ms']:>9.2f}"
                       f"{row['forward_backward']['median_ms']:>9.2f}{ratio['forward']:>7.2f}x"
                       f"{ratio['forward_backward']:>7.2f}x")
+        totals = layer_totals([r for r in results if r["scan"] == scan])
+        summaries.append({"scan": scan, "totals": totals})
+        print(f"\n{'all layers':<24}{'dataflow':<26}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}{'f+b x':>8}"
+              "   (sums over the layers: what decides the default)")
+        for name, row in totals.items():
+            ratio = row["ratio_vs_implicit_sorted"]
+            print(f"{'':<24}{name:<26}{row['forward']['median_ms']:>9.2f}{row['forward_backward']['median_ms']:>9.2f}"
+                  f"{ratio['forward']:>7.2f}x{ratio['forward_backward']:>7.2f}x")
     write_json(args.out, {"benchmark": "implicit", "voxel_size": args.voxel_size, "conv_device": args.device,
-                          "dtype": args.dtype, "tf32": args.tf32, **env, "results": results})
+                          "dtype": args.dtype, "tf32": args.tf32, **env, "results": results,
+                          "summary": summaries})
     return 0
+
+
+def layer_totals(records: List[Dict[str, object]]) -> Dict[str, Dict[str, object]]:
+    """Per dataflow, its median ms summed over the layers of ``records`` (one scan), with ratios of
+    those sums against IMPLICIT_GEMM sorted: a whole network's share of each layer kind, roughly."""
+    totals: Dict[str, Dict[str, object]] = {}
+    for record in records:
+        for name, row in record["timings"].items():
+            total = totals.setdefault(name, {part: {"median_ms": 0.0} for part in ("forward", "forward_backward")})
+            for part in ("forward", "forward_backward"):
+                total[part]["median_ms"] += row[part]["median_ms"]
+    for total in totals.values():
+        total["ratio_vs_implicit_sorted"] = ratios_against(totals[REFERENCE], total)
+    return totals
