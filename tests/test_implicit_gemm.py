@@ -151,7 +151,7 @@ def test_every_setting_matches_the_oracle(device, reorder, splits, tile_rows):
 
 
 # Column blocks as in the fused forward: up to 4 vectors (AVX-512) or 2 (AVX2, SSE2) per register
-# tile, rows by the width (8 at 1-2 vectors, 6-8 at 3-4), the last block partial: channel counts on
+# tile, as many rows as the accumulators leave (at most 8), the last block partial: channel counts on
 # and off those edges, several blocks (130 float32 = 9 AVX-512 vectors, 3 blocks of 3), every ISA.
 @pytest.mark.parametrize("isa", ISAS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
