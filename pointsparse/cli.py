@@ -5,6 +5,7 @@ profile (every conv layer under every strategy), prune (2:4 weight pruning) and 
 import argparse
 import os
 import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 from typing import List, Optional
@@ -50,6 +51,14 @@ def _train(args) -> int:
     values["max_voxels"] = None if args.max_voxels == 0 else args.max_voxels
     matrix = train(TrainConfig(**values), resume=args.resume)
     if world > 1:
+        # Gloo's worker threads outlive destroy_process_group, and a worker that drops the last
+        # reference to a finished collective's tensors takes the GIL to free their Python objects;
+        # during interpreter shutdown that kills the thread inside a destructor: std::terminate,
+        # SIGABRT at exit (pytorch/pytorch#190489; 1 run in 6-8 of a 2-rank CPU run here). So every
+        # rank waits for the others (rank 0 writes the checkpoint), then sleeps with the GIL
+        # released so the workers can finish releasing the barrier's and the last all-reduce's work.
+        torch.distributed.barrier()
+        time.sleep(0.05)
         torch.distributed.destroy_process_group()
     return 0 if matrix is not None else 1
 
