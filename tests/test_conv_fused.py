@@ -19,13 +19,15 @@ def use_isa(monkeypatch, isa: str) -> None:
         pytest.skip(f"this CPU cannot run {isa}")
 
 
-def both_dataflows(x, weight, kernel_size, stride):
-    """(out, grad feats, grad weight) of each dataflow under one random loss."""
+def both_dataflows(x, weight, kernel_size, stride, configs=(ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
+                                                              ConvConfig(dataflow=Dataflow.FUSED))):
+    """(out, grad feats, grad weight) under each config (by default gather-GEMM-scatter, then FUSED)
+    and one random loss."""
     results = []
-    for dataflow in (Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED):
+    for config in configs:
         feats = x.feats.detach().clone().requires_grad_()
         w = weight.detach().clone().requires_grad_()
-        y = F.conv3d(x.with_feats(feats), w, kernel_size=kernel_size, stride=stride, config=ConvConfig(dataflow=dataflow))
+        y = F.conv3d(x.with_feats(feats), w, kernel_size=kernel_size, stride=stride, config=config)
         probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(3), dtype=y.feats.dtype)
         (y.feats * probe).sum().backward()
         results.append((y.feats, feats.grad, w.grad))

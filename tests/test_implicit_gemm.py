@@ -14,7 +14,7 @@ from pointsparse.testing import reference_transpose
 from conftest import DEVICES
 from test_conv import assert_gradcheck, random_tensor
 from test_conv_api import assert_compiles_fullgraph
-from test_conv_fused import ISAS, use_isa
+from test_conv_fused import ISAS, both_dataflows, use_isa
 from test_grouping import KINDS, check_against_oracle, kind_input, kind_weight
 
 IMPLICIT = Dataflow.IMPLICIT_GEMM
@@ -160,17 +160,9 @@ def test_cpu_register_tiles_of_every_width_match_gather_gemm_scatter(monkeypatch
     use_isa(monkeypatch, isa)
     x = random_tensor(num_points=500, channels=c_in, span=10, seed=c_in + c_out, dtype=dtype)
     weight = torch.randn(27, c_in, c_out, generator=torch.Generator().manual_seed(7), dtype=dtype) / (c_in * 3)
-    probe = None
-    results = []
-    for config in (ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
-                   ConvConfig(dataflow=IMPLICIT, implicit=ImplicitGemmConfig(tile_rows=13, reorder=True, splits=2))):
-        feats = x.feats.clone().requires_grad_()
-        w = weight.clone().requires_grad_()
-        y = F.conv3d(x.with_feats(feats), w, config=config)
-        if probe is None:
-            probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(3), dtype=dtype)
-        (y.feats * probe).sum().backward()
-        results.append((y.feats, feats.grad, w.grad))
+    results = both_dataflows(x, weight, 3, 1, configs=(
+        ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
+        ConvConfig(dataflow=IMPLICIT, implicit=ImplicitGemmConfig(tile_rows=13, reorder=True, splits=2))))
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     for got, ref in zip(results[1], results[0]):
         torch.testing.assert_close(got, ref, rtol=tol, atol=tol * max(1.0, ref.abs().max().item()))

@@ -129,27 +129,27 @@ def _run(args: argparse.Namespace, dtype: torch.dtype) -> int:
             print(f"{name:<24}" + "".join(f"{c:>30}" for c in cells))
             results.append({"scan": scan, "layer": name, "redundancy": table,
                             "timings": timings(x, kernel, stride, c_in, c_out, args.repeats, dtype)})
-        print(f"\n{'layer':<24}{'dataflow':<26}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}{'f+b x':>8}   (x: {REFERENCE} ms / ms)")
-        for record in results:
-            if record["scan"] != scan:
-                continue
-            for i, (name, row) in enumerate(record["timings"].items()):
-                ratio = row["ratio_vs_implicit_sorted"]
-                print(f"{record['layer'] if i == 0 else '':<24}{name:<26}{row['forward']['median_ms']:>9.2f}"
-                      f"{row['forward_backward']['median_ms']:>9.2f}{ratio['forward']:>7.2f}x"
-                      f"{ratio['forward_backward']:>7.2f}x")
-        totals = layer_totals([r for r in results if r["scan"] == scan])
+        scan_records = [r for r in results if r["scan"] == scan]
+        print_timings("layer", [(r["layer"], r["timings"]) for r in scan_records], f"x: {REFERENCE} ms / ms")
+        totals = layer_totals(scan_records)
         summaries.append({"scan": scan, "totals": totals})
-        print(f"\n{'all layers':<24}{'dataflow':<26}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}{'f+b x':>8}"
-              "   (sums over the layers: what decides the default)")
-        for name, row in totals.items():
-            ratio = row["ratio_vs_implicit_sorted"]
-            print(f"{'':<24}{name:<26}{row['forward']['median_ms']:>9.2f}{row['forward_backward']['median_ms']:>9.2f}"
-                  f"{ratio['forward']:>7.2f}x{ratio['forward_backward']:>7.2f}x")
+        print_timings("all layers", [("", totals)], "sums over the layers: what decides the default")
     write_json(args.out, {"benchmark": "implicit", "voxel_size": args.voxel_size, "conv_device": args.device,
                           "dtype": args.dtype, "tf32": args.tf32, **env, "results": results,
                           "summary": summaries})
     return 0
+
+
+def print_timings(first_column: str, groups, note: str) -> None:
+    """A table of (label, {dataflow: timings with ratio_vs_implicit_sorted}) groups, the label on
+    each group's first row."""
+    print(f"\n{first_column:<24}{'dataflow':<26}{'fwd ms':>9}{'f+b ms':>9}{'fwd x':>8}{'f+b x':>8}   ({note})")
+    for label, rows in groups:
+        for i, (name, row) in enumerate(rows.items()):
+            ratio = row["ratio_vs_implicit_sorted"]
+            print(f"{label if i == 0 else '':<24}{name:<26}{row['forward']['median_ms']:>9.2f}"
+                  f"{row['forward_backward']['median_ms']:>9.2f}{ratio['forward']:>7.2f}x"
+                  f"{ratio['forward_backward']:>7.2f}x")
 
 
 def layer_totals(records: List[Dict[str, object]]) -> Dict[str, Dict[str, object]]:

@@ -118,15 +118,15 @@ FusedKernels<T> fused_kernels(Isa isa) {
   }
 }
 
-// Output columns padded to whole register tiles (the implicit GEMM's packed weight and the weight
-// gradient's buffers, whose tiles run over every padded column).
+// Output columns padded to whole register tiles (the weight gradient's buffers, whose tiles run over
+// every padded column).
 int64_t tile_cols_of(int64_t C_out, Isa isa, const at::Tensor& like) {
   return round_up(std::max<int64_t>(C_out, 1), vector_bytes(isa) / int64_t(like.element_size()) * kTileVecs);
 }
 
-// The fused forward's weight [K, C_in, ldw]: its tiles read whole vectors, so rows are padded with
-// zeros to a multiple of the vector, and the weight itself serves when C_out already is one (every
-// width of MinkUNet: no copy per call). (Padding rows off multiples of 512 bytes, once thought to
+// The forward kernels' weight [K, C_in, ldw] (fused and implicit GEMM): their tiles read whole
+// vectors, so rows are padded with zeros to a multiple of the vector, and the weight itself serves
+// when C_out already is one (every width of MinkUNet: no copy per call). (Padding rows off multiples of 512 bytes, once thought to
 // spare L1 sets, measured no faster with the current tiles on 128- and 256-channel layers.)
 at::Tensor vector_padded_weight(const at::Tensor& weight, Isa isa) {
   const int64_t C_out = weight.size(2), lanes = vector_bytes(isa) / int64_t(weight.element_size());
