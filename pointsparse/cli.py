@@ -13,6 +13,8 @@ from typing import List, Optional
 import numpy as np
 import torch
 
+from .extras import ExtraUnavailableError, import_extra
+
 # The embedded default data set: five training streets of 8 scans (sequences 00-04) and one
 # validation street (08) of 4 scans.
 SYNTHETIC_SEQUENCES = {0: 8, 1: 8, 2: 8, 3: 8, 4: 8, 8: 4}
@@ -79,6 +81,8 @@ def _eval(args) -> int:
 def _predict(args) -> int:
     from .training import load_model, predict, predict_scan
 
+    if args.ply:
+        import_extra("open3d", "predict --ply")  # before the model runs over every scan
     model, config = load_model(Path(args.checkpoint), args.device)
     if args.scan:
         scan = Path(args.scan)
@@ -282,7 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ExtraUnavailableError as error:  # what to install, not a traceback from inside the extra
+        raise SystemExit(f"error: {error}") from None
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .extras import import_extra
 from .quantize import sparse_quantize
 from .tensor import SparseTensor
 
@@ -86,12 +87,7 @@ def write_prediction(path: Union[str, Path], points: np.ndarray, labels: np.ndar
 
 
 def _open3d(what: str):
-    try:
-        import open3d
-    except ImportError as error:
-        raise ImportError(f"{what} needs the optional open3d package (pip install open3d; on Debian it also "
-                          f"needs libusb-1.0-0): {error}") from None
-    return open3d
+    return import_extra("open3d", what.capitalize())
 
 
 def _from_tensor_cloud(cloud) -> np.ndarray:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pointsparse  # noqa: F401  (registers the ops)
+from pointsparse.extras import extra_unavailable_reason, import_extra
 
 
 def _shared_data() -> Path:
@@ -22,6 +23,16 @@ SHARED_DATA = _shared_data()
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
+
+def require_extra(name: str):
+    """The optional extra's module (``pointsparse.extras.EXTRAS``), used for real where it loads;
+    otherwise the test is skipped with the reason, whatever the import raised (pytest.importorskip
+    skips only a missing module, not e.g. open3d's ImportError for a missing libusb)."""
+    reason = extra_unavailable_reason(name, "This test")
+    if reason is not None:
+        pytest.skip(reason)
+    return import_extra(name, "This test")
 
 
 def load_scan(relative: str) -> np.ndarray:

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from conftest import require_extra
 from pointsparse.cli import main
 from pointsparse.datasets.synthetic import LidarConfig, generate_dataset
 
@@ -91,7 +92,7 @@ def test_two_process_ddp_step_on_cpu(root, tmp_path):
 
 
 def test_predict_writes_coloured_ply_through_open3d(root, tmp_path):
-    o3d = pytest.importorskip("open3d")  # the optional extra, used for real where it installs
+    o3d = require_extra("open3d")
     out = tmp_path / "run"
     main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "1", *TINY])
     main(["predict", str(out / "last.pt"), "--split", "8", "--out", str(tmp_path / "pred"), "--ply"])
@@ -103,7 +104,7 @@ def test_predict_writes_coloured_ply_through_open3d(root, tmp_path):
 
 
 def test_predict_one_scan_file_in_each_format(root, tmp_path, capsys):
-    o3d = pytest.importorskip("open3d")
+    o3d = require_extra("open3d")
     out = tmp_path / "run"
     main(["train", "--data-root", str(root), "--out-dir", str(out), "--epochs", "1", *TINY])
     scan = root / "sequences" / "08" / "velodyne" / "000000.bin"

@@ -2,8 +2,6 @@
 spconv's style against its native twin with converted weights, and (where spconv's CPU package is
 installed) against spconv itself with the same checkpoint."""
 
-import importlib.util
-
 import pytest
 import torch
 from torch import nn
@@ -12,7 +10,7 @@ import pointsparse as ps
 import pointsparse.compat.spconv as spconv
 from pointsparse.convert import convert_state_dict
 
-from conftest import DEVICES
+from conftest import DEVICES, require_extra
 from test_conv import random_tensor
 
 REACHED = ps.OutputRule.REACHED
@@ -134,11 +132,11 @@ def test_spconv_style_backbone_matches_the_native_model(train, device):
         torch.testing.assert_close(grads[name], p.grad, msg=name)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("spconv") is None, reason="spconv's CPU package is not installed")
 def test_spconv_checkpoint_gives_spconvs_own_outputs():
-    from pointsparse.bench.spconv_baseline import _spconv
+    from pointsparse.bench.spconv_baseline import import_spconv
 
-    real = _spconv()
+    require_extra("spconv")
+    real = import_spconv()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # spconv's CPU scatter races at more threads
     try:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import pointsparse as ps
+from conftest import require_extra
 from pointsparse import pointclouds
 from pointsparse.compat.torchsparse import SparseTensor as TSTensor
 from pointsparse.compat.torchsparse.utils import sparse_quantize as ts_sparse_quantize
@@ -24,7 +25,7 @@ def test_numpy_arrays_are_viewed_without_a_copy():
 
 
 def cupy_on_gpu():
-    cupy = pytest.importorskip("cupy")
+    cupy = require_extra("cupy")
     if not torch.cuda.is_available():
         pytest.skip("cupy arrays need a CUDA device")
     return cupy
@@ -50,7 +51,7 @@ def test_cupy_arrays_stay_on_the_cuda_device_without_a_copy():
 
 
 def open3d():
-    return pytest.importorskip("open3d")
+    return require_extra("open3d")
 
 
 def kitti_points(n=50, seed=0):

@@ -25,7 +25,7 @@ from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
 from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
 from .kmap import naive_neighbors
-from .spconv_baseline import spconv_available, spconv_input
+from .spconv_baseline import import_spconv, spconv_available, spconv_input
 
 HASH, SORT = ConvConfig(kmap=KernelMapAlgo.HASH), ConvConfig(kmap=KernelMapAlgo.SORT)
 CASES = {  # name: (kernel, stride, C_in, C_out, map cached, backward, config)
@@ -57,8 +57,7 @@ def naive_conv(coords: Tensor, feats: Tensor, weight: Tensor, kernel: int, strid
 
 
 def spconv_layer(kernel: int, stride: int, c_in: int, c_out: int, weight: Tensor):
-    import spconv.pytorch as spconv
-
+    spconv = import_spconv()
     if stride == 1:
         layer = spconv.SubMConv3d(c_in, c_out, kernel, bias=False, indice_key="bench", algo=spconv.ConvAlgo.Native)
     else:

@@ -20,11 +20,12 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..extras import extra_unavailable_reason, import_extra
 from ..models.minkunet import WIDTHS
 
 
-def _spconv():
-    import spconv.pytorch as spconv
+def import_spconv():
+    spconv = import_extra("spconv", "The spconv baseline")
     import spconv.pytorch.ops as spconv_ops
 
     spconv_ops.get_current_stream = lambda: 0  # its CPU backward asks for a CUDA stream otherwise
@@ -32,11 +33,7 @@ def _spconv():
 
 
 def spconv_available() -> bool:
-    try:
-        _spconv()
-    except ImportError:
-        return False
-    return True
+    return extra_unavailable_reason("spconv", "The spconv baseline") is None
 
 
 class _BNReLU(nn.Module):
@@ -52,7 +49,7 @@ class _BNReLU(nn.Module):
 
 
 def _conv_bn_relu(c_in: int, c_out: int, kind: str, key: str) -> nn.Module:
-    spconv = _spconv()
+    spconv = import_spconv()
     native = spconv.ConvAlgo.Native
     if kind == "subm3":
         conv = spconv.SubMConv3d(c_in, c_out, 3, bias=False, indice_key=key, algo=native)
@@ -66,7 +63,7 @@ def _conv_bn_relu(c_in: int, c_out: int, kind: str, key: str) -> nn.Module:
 class _Residual(nn.Module):
     def __init__(self, c_in: int, c_out: int, level: int):
         super().__init__()
-        spconv, key = _spconv(), f"subm{level}"
+        spconv, key = import_spconv(), f"subm{level}"
         self.body = spconv.SparseSequential(
             _conv_bn_relu(c_in, c_out, "subm3", key),
             spconv.SubMConv3d(c_out, c_out, 3, bias=False, indice_key=key, algo=spconv.ConvAlgo.Native),
@@ -117,7 +114,7 @@ class SpconvMinkUNet(nn.Module):
 def spconv_input(coords: Tensor, feats: Tensor, batch_size: int = 1):
     """A SparseConvTensor of int32 ``coords [N, 4]`` (batch, x, y, z) shifted to non-negative indices
     by an even amount, so that spconv's stride-2 cells are ours."""
-    spconv = _spconv()
+    spconv = import_spconv()
     shifted = coords.clone()
     shifted[:, 1:] -= torch.div(shifted[:, 1:].min(0).values, 2, rounding_mode="floor") * 2
     shape = (shifted[:, 1:].max(0).values + 1).tolist()
