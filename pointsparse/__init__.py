@@ -3,6 +3,9 @@
 import torch  # noqa: F401  (the extension links against torch's libraries)
 
 from . import _C  # noqa: F401  (registers torch.ops.pointsparse.*)
+from .source_layout import map_source_folders
+
+map_source_folders()  # pointsparse.models / .datasets in a checkout built in place (no install)
 from . import dataflows, functional, nn, ops, point_voxel, pruning
 from .config import ConvConfig, Dataflow, KernelMapAlgo, OutputRule
 from .grouping import ConvGrouping, Grouping, GroupingConfig, GroupingPlan, plan_grouping

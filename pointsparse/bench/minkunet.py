@@ -8,12 +8,11 @@ timed call as in training. ``--batch-size B`` collates B copies of the scan. Med
 the table gives spconv / pointsparse. At more than one thread spconv's CPU scatter races: the JSON
 records how far two of its inference passes on the same input differ.
 
-The breakdown comes from ``torch.profiler`` over one more training step: the self time of every
-event, attributed by its ancestors to the kernel maps (the ``pointsparse::kernel_map`` range the
-package places), to each conv layer's forward, input gradient or weight gradient (layer ranges
-placed by forward hooks here; backward nodes matched to forward ops by sequence number), or to
-batch norm, activation, concatenation, residual additions, loss, head, optimiser and other ops; the
-step's wall time not covered by any event is Python and dispatch overhead. Minor page faults and
+The breakdown (:mod:`pointsparse.breakdown`) profiles one more training step and inference pass:
+host time, and on CUDA GPU time, per category and per conv layer and pass (forward, input
+gradient, weight gradient; events of all threads, so the CUDA backward on autograd's device thread
+counts), kernel launches, kernel-map time and peak memory; on CUDA the JSON also counts the host
+syncs of one inference forward. Minor page faults and
 system time per step (``getrusage``) show what fresh allocations cost; by default freed memory
 stays in the process for both engines (:func:`pointsparse.memory.retain_freed_memory`),
 ``--glibc-default-malloc`` measures them with malloc as it comes.
@@ -25,36 +24,21 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import numpy as np
 import torch
 from torch import Tensor, nn
-from torch.autograd.profiler import record_function
 
-from ..kmap import KERNEL_MAP_RANGE
+from ..breakdown import breakdown, count_host_syncs, print_breakdown
 from ..memory import retain_freed_memory
 from ..models import MODELS, build_model
-from ..nn import SparseConv3d
-from ..nn.feature_ops import LINEAR_RANGE
 from ..quantize import sparse_quantize
 from ..tensor import SparseTensor
 from .common import check_device, environment, write_json
 from .spconv_baseline import SpconvMinkUNet, spconv_available, spconv_input
 
-LAYER_PREFIX = "layer:"
 BLOCKS = {"minkunet18": (2, 2, 2, 2), "minkunet34": (2, 3, 4, 6)}
-# (category, substrings of event names) in the order they are tried, nearest event first.
-OP_CATEGORIES: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
-    ("optimiser", ("Optimizer.", "sgd", "_foreach")),
-    ("loss", ("nll_loss", "log_softmax", "cross_entropy")),
-    ("batch norm", ("batch_norm", "channel_moments", "affine_relu", "BatchNormReLU")),  # fused BN+ReLU included
-    ("activation", ("relu", "threshold", "clamp_min")),
-    ("concatenation", ("aten::cat", "CatBackward")),
-    ("head (linear)", ("addmm", "AddmmBackward", "aten::mm", "aten::linear")),
-    ("residual add", ("aten::add", "AddBackward")),
-)
-CONV_PARTS = ("forward", "input grad", "weight grad")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -161,117 +145,6 @@ def time_engines(runs: List[Engine], labels: Tensor, repeats: int, warmup: int) 
     return {e.name: {kind: _summary(samples[(e.name, kind)]) for kind in ("train", "inference")} for e in runs}
 
 
-# --- breakdown -------------------------------------------------------------------------------------
-
-def _layer_ranges(model: nn.Module) -> List[object]:
-    """Forward hooks that open a ``layer:NAME`` profiler range around every SparseConv3d."""
-    handles = []
-    for name, module in model.named_modules():
-        if isinstance(module, SparseConv3d):
-            def pre(m, inputs, name=name):
-                m._bench_range = record_function(LAYER_PREFIX + name)
-                m._bench_range.__enter__()
-
-            def post(m, inputs, output):
-                m._bench_range.__exit__(None, None, None)
-
-            handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    return handles
-
-
-def _category(chain: List[object], layer_of_seq: Dict[int, str]) -> Tuple[str, Optional[str]]:
-    """(category, layer or None) of an event from its chain of ancestors, nearest first. Backward
-    nodes of conv ops are found by their forward op's sequence number (``layer_of_seq``: a layer
-    name, or LINEAR_RANGE for the head's)."""
-    names = [e.name for e in chain]
-    if KERNEL_MAP_RANGE in names:
-        return "kernel maps", None
-    if LINEAR_RANGE in names:
-        return "head (linear)", None
-    for e in chain:
-        if e.name.startswith(LAYER_PREFIX):
-            return "forward", e.name[len(LAYER_PREFIX):]
-        if e.name.startswith("autograd::engine::evaluate_function") and e.sequence_nr in layer_of_seq:
-            if layer_of_seq[e.sequence_nr] == LINEAR_RANGE:
-                return "head (linear)", None
-            weight = any("weight_grad" in n for n in names)
-            return ("weight grad" if weight else "input grad"), layer_of_seq[e.sequence_nr]
-    for name in names:
-        for category, keys in OP_CATEGORIES:
-            if any(k in name for k in keys):
-                return category, None
-    return "other ops", None
-
-
-def breakdown(model: nn.Module, step: Callable[[], object]) -> Dict[str, object]:
-    """Where one profiled ``step()`` of ``model`` (ours) spends its time, in ms."""
-    handles = _layer_ranges(model)
-    try:
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            start = time.perf_counter()
-            step()
-            wall_ms = (time.perf_counter() - start) * 1e3
-    finally:
-        for h in handles:
-            h.remove()
-    events = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CPU]
-    main_thread = events[0].thread if events else 0
-    events = [e for e in events if e.thread == main_thread]
-
-    def chain(e) -> List[object]:
-        out = []
-        while e is not None:
-            out.append(e)
-            e = e.cpu_parent
-        return out
-
-    # Forward conv ops inside a layer range (or the head's): their sequence numbers name the
-    # backward nodes.
-    layer_of_seq: Dict[int, str] = {}
-    for e in events:
-        if e.sequence_nr >= 0 and e.name.startswith("pointsparse::conv"):
-            for a in chain(e)[1:]:
-                if a.name.startswith(LAYER_PREFIX):
-                    layer_of_seq[e.sequence_nr] = a.name[len(LAYER_PREFIX):]
-                    break
-                if a.name == LINEAR_RANGE:
-                    layer_of_seq[e.sequence_nr] = LINEAR_RANGE
-                    break
-    categories: Dict[str, float] = {}
-    layers: Dict[str, Dict[str, float]] = {}
-    for e in events:
-        ms = e.self_cpu_time_total / 1e3
-        category, layer = _category(chain(e), layer_of_seq)
-        if layer is not None:
-            row = layers.setdefault(layer, dict.fromkeys(CONV_PARTS, 0.0))
-            row[category] += ms
-            category = f"conv {category}"
-        categories[category] = categories.get(category, 0.0) + ms
-    traced = sum(e.cpu_time_total for e in events if e.cpu_parent is None) / 1e3
-    categories["Python and dispatch (untraced)"] = max(0.0, wall_ms - traced)
-    convs = {n: m for n, m in model.named_modules() if isinstance(m, SparseConv3d)}
-    shapes = {n: f"k{m.kernel_size[0]}s{m.stride[0]}{'T' if m.transposed else ''} {m.in_channels}->{m.out_channels}"
-              for n, m in convs.items()}
-    return {"step_ms": wall_ms, "categories_ms": dict(sorted(categories.items(), key=lambda kv: -kv[1])),
-            "layers_ms": {n: {"shape": shapes[n], **{k: round(v, 3) for k, v in layers.get(n, {}).items()}}
-                          for n in convs}}
-
-
-def print_breakdown(train: Dict[str, object], inference: Dict[str, object]) -> None:
-    steps = {"train": train, "inference": inference}
-    print(f"\nwhere one profiled step goes: ms (% of its wall time) for training ({train['step_ms']:.0f} ms) "
-          f"and inference ({inference['step_ms']:.0f} ms)")
-    for name in train["categories_ms"]:
-        cells = "".join(f"{r['categories_ms'].get(name, 0.0):>10.1f} ({100 * r['categories_ms'].get(name, 0.0) / r['step_ms']:4.1f} %)"
-                        for r in steps.values())
-        print(f"  {name:<34}{cells}")
-    print(f"\n  {'conv layer':<28}{'shape':<20}" + "".join(f"{p + ' ms':>16}" for p in CONV_PARTS)
-          + f"{'inference ms':>16}")
-    for name, row in train["layers_ms"].items():
-        print(f"  {name:<28}{row['shape']:<20}" + "".join(f"{row.get(p, 0.0):>16.1f}" for p in CONV_PARTS)
-              + f"{inference['layers_ms'][name].get('forward', 0.0):>16.1f}")
-
-
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     check_device(args.device)
@@ -305,8 +178,10 @@ def run(args: argparse.Namespace) -> int:
               f"(its CPU scatter races at {torch.get_num_threads()} threads)")
     if not args.no_breakdown:
         ours = runs[0]
-        record["breakdown"] = {"train": breakdown(ours.model, lambda: ours.train_step(labels)),
-                               "inference": breakdown(ours.model, ours.infer)}
+        device = torch.device(args.device)
+        record["breakdown"] = {"train": breakdown(ours.model, lambda: ours.train_step(labels), device),
+                               "inference": breakdown(ours.model, ours.infer, device)}
+        record["host_syncs_per_forward"] = count_host_syncs(ours.infer, device)
         print_breakdown(**record["breakdown"])
     write_json(args.out, record)
     return 0
