@@ -14,8 +14,17 @@ from .kmap import KernelMap, KernelMapCache, KernelMapKey, build_kernel_map, cac
 from .offsets import kernel_offsets
 from .quantize import sparse_collate, sparse_quantize
 from .tensor import SparseTensor, kernel_map
-from .profiler import ProfileReport, profile
-from .tuner import tune
+
+# Tooling, loaded on first use: `import pointsparse` stays the engine (no benchmarks, CLI or plots).
+_TOOLING = {"profile": "profiler", "ProfileReport": "profiler", "tune": "tuner"}
+
+
+def __getattr__(name: str):
+    if name in _TOOLING:
+        import importlib
+
+        return getattr(importlib.import_module(f".{_TOOLING[name]}", __name__), name)
+    raise AttributeError(f"module 'pointsparse' has no attribute {name!r}")
 
 __all__ = [
     "ConvConfig",

@@ -76,8 +76,6 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     spec = dataflows.resolve(config.dataflow, x.feats.device, x.feats.dtype)
     kmap = kernel_map(x, size, step, dilation, transposed, config, outputs=outputs, padding=padding,
                       generative=generative)
-    if kmap.num_in != x.feats.shape[0]:
-        raise ValueError(f"the kernel map reads {kmap.num_in} input rows but the tensor has {x.feats.shape[0]}")
     identity = identity_offset(size, step, transposed) if outputs is OutputRule.OCCUPIED else -1
     if epilogue is None:
         return conv_output(x, kmap, spec.run(x.feats, weight, kmap, identity, config), bias)
@@ -106,7 +104,7 @@ def conv_output(x: SparseTensor, kmap, feats: Tensor, bias: Optional[Tensor] = N
         out_range = tuple(-(-n // s) for n, s in zip(x.spatial_range, step))  # cells floor(c / s) reaches
     elif out_range is None and kmap.out_stride == x.stride:
         out_range = x.spatial_range                                           # submanifold
-    return SparseTensor(feats, kmap.out_coords, kmap.out_stride, output_cache(x.cache, kmap), spatial_range=out_range)
+    return SparseTensor._derive(feats, kmap.out_coords, kmap.out_stride, output_cache(x.cache, kmap), out_range)
 
 
 def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: bool) -> int:

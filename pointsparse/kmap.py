@@ -246,19 +246,45 @@ class KernelMapKey:
 class KernelMapCache:
     """Maps and coordinates of one family of tensors; owned by tensors, never global.
 
-    ``coords[t]`` holds the coordinates at tensor stride t, so that a strided conv reuses the
-    coarser coordinates already made and a transposed conv finds the finer ones it returns to;
-    ``ranges[t]`` their spatial range where known. A family holds one coordinate set per stride:
-    a conv whose outputs differ from the family's at that stride starts a new family
-    (:func:`output_cache`).
+    ``coords[t]`` holds the family's one coordinate set at tensor stride t, so that a strided conv
+    reuses the coarser coordinates already made and a transposed conv finds the finer ones it
+    returns to; ``ranges[t]`` their spatial range where known. Maps are served only for the
+    coordinates held (:func:`bind_coords`): a conv whose outputs differ from the family's at that
+    stride starts a new family (:func:`output_cache`).
     """
 
     kmaps: Dict[KernelMapKey, KernelMap] = field(default_factory=dict)
     coords: Dict[Triple, Tensor] = field(default_factory=dict)
     ranges: Dict[Triple, Optional[Triple]] = field(default_factory=dict)
-    # Strides whose coordinates a REACHED or generative map made: an occupied-cell strided conv
-    # must not take them as its outputs.
-    reached: Set[Triple] = field(default_factory=set)
+    # Strides whose coordinates no occupied-cell downsampling made (a REACHED or generative map
+    # made them, or a user supplied them with cache=): an occupied-cell strided conv computes its
+    # own outputs instead of taking these.
+    foreign: Set[Triple] = field(default_factory=set)
+
+
+def same_rows(a: Tensor, b: Tensor) -> bool:
+    """Whether coordinate tensors ``a`` and ``b`` hold the same rows in the same order (the same
+    tensor: no read-back; else one comparison, a synchronisation on CUDA)."""
+    return a is b or (a.shape == b.shape and a.device == b.device and bool(torch.equal(a, b)))
+
+
+def bind_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor, *, foreign: bool = False) -> None:
+    """Make ``coords`` the family's coordinates at ``tensor_stride``, or check that they are the ones
+    it holds there (same rows, same order): the maps of a cache belong to its coordinates, and
+    serving them for other coordinates would convolve the wrong neighbours. ``foreign``: the
+    coordinates come from outside the family (see :attr:`KernelMapCache.foreign`)."""
+    known = cache.coords.get(tensor_stride)
+    if known is None:
+        cache.coords[tensor_stride] = coords
+        if foreign:
+            cache.foreign.add(tensor_stride)
+    elif not same_rows(known, coords):
+        raise ValueError(
+            f"the kernel-map cache holds other coordinates at tensor stride {tensor_stride} "
+            f"({known.shape[0]} rows; these have {coords.shape[0]}, or the rows differ in value or order): "
+            f"a cache serves the one coordinate set it was built on. Leave out cache= for new coordinates "
+            f"(they get a cache of their own), or derive the tensor from the one whose coordinates these "
+            f"are (with_feats)")
 
 
 def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:
@@ -266,10 +292,7 @@ def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:
     output stride (a map's own outputs are registered there when the stride was new), else a new
     family (a generative conv, or rules mixed at one stride)."""
     known = cache.coords.get(kmap.out_stride)
-    if known is kmap.out_coords or (known is not None and known.shape == kmap.out_coords.shape
-                                    and bool(torch.equal(known, kmap.out_coords))):
-        return cache
-    return KernelMapCache()
+    return cache if known is not None and same_rows(known, kmap.out_coords) else KernelMapCache()
 
 
 def _mul(a: Triple, b: Triple) -> Triple:
@@ -340,9 +363,9 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
     (``outputs``, ``padding``, ``spatial_range`` and ``generative``: see :class:`KernelMapKey`)."""
     key = KernelMapKey.of(tensor_stride, kernel_size, stride, dilation, transposed, outputs, padding,
                           spatial_range, generative)
+    bind_coords(cache, tensor_stride, coords)
     if key in cache.kmaps:
         return cache.kmaps[key]
-    cache.coords.setdefault(tensor_stride, coords)
     # A profiler range around builds only (a cache hit costs nothing): bench minkunet's breakdown.
     with torch.autograd.profiler.record_function(KERNEL_MAP_RANGE):
         if key.generative:
@@ -353,14 +376,14 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
             kmap = build_reached_kernel_map(coords, key, config)
         else:
             out_stride = _mul(tensor_stride, key.stride)
-            known = None if out_stride in cache.reached else cache.coords.get(out_stride)
+            known = None if out_stride in cache.foreign else cache.coords.get(out_stride)
             kmap = build_kernel_map(coords, tensor_stride, key.kernel_size, key.stride, key.dilation, config,
                                     out_coords=known)
         if kmap.out_stride not in cache.coords:
             cache.coords[kmap.out_stride] = kmap.out_coords
             cache.ranges[kmap.out_stride] = kmap.out_range
             if key.outputs is OutputRule.REACHED and not transposed or key.generative:
-                cache.reached.add(kmap.out_stride)
+                cache.foreign.add(kmap.out_stride)
     cache.kmaps[key] = kmap
     return kmap
 
@@ -419,7 +442,7 @@ def _transposed_kernel_map(cache: KernelMapCache, coords: Tensor, key: KernelMap
     fine_range = cache.ranges.get(fine_stride)
     forward = cached_kernel_map(cache, fine_coords, fine_stride, key.kernel_size, step, key.dilation, False,
                                 config, outputs=key.outputs, padding=key.padding, spatial_range=fine_range)
-    if forward.num_out != coords.shape[0]:
-        raise ValueError(f"transposed conv: the tensor has {coords.shape[0]} rows but the strided "
-                         f"map it inverts has {forward.num_out} outputs")
+    if not same_rows(forward.out_coords, coords):
+        raise ValueError(f"transposed conv: the tensor's {coords.shape[0]} coordinates are not the "
+                         f"{forward.num_out} outputs of the strided conv it inverts (from stride {fine_stride})")
     return forward.transposed(fine_coords, fine_stride, fine_range)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .bench.common import environment, time_ms
+from .timing import environment, time_ms
 from .nn import SparseConv3d
 from .pointclouds import voxelize_scan
 from .strategies import Strategy, candidates, check_families, config_from_dict, config_to_dict, work_of

@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .config import ConvConfig, OutputRule
 from .interop import as_torch, is_cupy
-from .kmap import KernelMap, KernelMapCache, Triple, cached_kernel_map
+from .kmap import KernelMap, KernelMapCache, Triple, bind_coords, cached_kernel_map, same_rows
 from .offsets import IntOrTriple, as_triple
 
 
@@ -25,8 +25,7 @@ def check_coords_tensor(coords: Tensor, name: str = "coords") -> None:
 
 def same_coords(x: "SparseTensor", coords: Tensor, stride) -> bool:
     """Whether ``x`` is at ``coords`` (the same rows in the same order) and tensor ``stride``."""
-    same = x.coords is coords or (x.coords.shape == coords.shape and bool(torch.equal(x.coords, coords)))
-    return same and tuple(x.stride) == tuple(stride)
+    return tuple(x.stride) == tuple(stride) and same_rows(x.coords, coords)
 
 
 def check_same_coords(tensors: Sequence["SparseTensor"], what: str) -> None:
@@ -49,32 +48,87 @@ class SparseTensor:
     ``feats`` and ``coords`` may be numpy or cupy arrays (viewed as tensors without a copy).
     Coordinates are in units of the finest grid and are multiples of the tensor ``stride`` (a 3-tuple).
     They must be unique; duplicates are reported when a kernel map is built. ``cache`` holds kernel
-    maps and the coordinates at each tensor stride; tensors derived from this one share it.
+    maps and the coordinates at each tensor stride; tensors derived from this one share it. A cache
+    passed in must hold these coordinates at this stride, or none at it (then they become its own):
+    other coordinates raise ``ValueError``, as its maps would convolve the wrong neighbours.
     ``spatial_range`` (optional): cells per axis at this stride, ``coords / stride`` in ``[0, range)``;
     convolutions with :attr:`OutputRule.REACHED <pointsparse.config.OutputRule>` drop outputs outside
     the range their arithmetic gives (spconv's ``spatial_shape``, TorchSparse's ``spatial_range``).
+
+    Coordinates, stride, cache and spatial range are read-only (the maps belong to them); ``feats``
+    may be replaced by features of the same rows. New features: :meth:`with_feats`.
     """
+
+    __slots__ = ("_feats", "_coords", "_stride", "_cache", "_spatial_range")
 
     def __init__(self, feats: Tensor, coords: Tensor, stride: IntOrTriple = 1,
                  cache: Optional[KernelMapCache] = None, *, spatial_range: Optional[Sequence[int]] = None):
         feats, coords = _array_in(feats, "feats"), _array_in(coords, "coords")
         check_coords_tensor(coords)
-        if not isinstance(feats, Tensor):
-            raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
-        if feats.dim() != 2 or feats.shape[0] != coords.shape[0]:
-            raise ValueError(f"feats must have shape [N, C] with N = {coords.shape[0]} rows of coords, "
-                             f"got {tuple(feats.shape)}")
-        if feats.device != coords.device:
-            raise ValueError(f"feats ({feats.device}) and coords ({coords.device}) must share a device")
-        self.feats = feats
-        self.coords = coords
-        self.stride: Triple = as_triple(stride, "stride")
-        self.cache = cache if cache is not None else KernelMapCache()
-        self.cache.coords.setdefault(self.stride, coords)
-        self.spatial_range: Optional[Triple] = (
-            None if spatial_range is None else as_triple(tuple(spatial_range), "spatial_range", minimum=0))
-        if self.spatial_range is not None:
-            self.cache.ranges.setdefault(self.stride, self.spatial_range)
+        _check_feats(feats, coords)
+        stride = as_triple(stride, "stride")
+        joins = cache is not None
+        if not joins:
+            cache = KernelMapCache()
+        elif not isinstance(cache, KernelMapCache):
+            raise TypeError(f"cache must be a KernelMapCache, got {type(cache).__name__}")
+        bind_coords(cache, stride, coords, foreign=joins)
+        spatial_range = None if spatial_range is None else as_triple(tuple(spatial_range), "spatial_range", minimum=0)
+        if spatial_range is not None:
+            cache.ranges.setdefault(stride, spatial_range)
+        self._init(feats, coords, stride, cache, spatial_range)
+
+    def _init(self, feats: Tensor, coords: Tensor, stride: Triple, cache: KernelMapCache,
+              spatial_range: Optional[Triple]) -> None:
+        object.__setattr__(self, "_feats", feats)
+        object.__setattr__(self, "_coords", coords)
+        object.__setattr__(self, "_stride", stride)
+        object.__setattr__(self, "_cache", cache)
+        object.__setattr__(self, "_spatial_range", spatial_range)
+
+    @classmethod
+    def _derive(cls, feats: Tensor, coords: Tensor, stride: Triple, cache: KernelMapCache,
+                spatial_range: Optional[Triple]) -> "SparseTensor":
+        """A tensor of the family ``cache``, whose coordinates at ``stride`` are ``coords`` (the
+        library's own path: a conv's output, new features; nothing re-checked). A new family gets
+        them as its coordinates at ``stride``."""
+        cache.coords.setdefault(stride, coords)
+        if spatial_range is not None:
+            cache.ranges.setdefault(stride, spatial_range)
+        out = cls.__new__(cls)
+        out._init(feats, coords, stride, cache, spatial_range)
+        return out
+
+    @property
+    def feats(self) -> Tensor:
+        return self._feats
+
+    @feats.setter
+    def feats(self, feats: Tensor) -> None:
+        _check_feats(feats, self._coords)
+        object.__setattr__(self, "_feats", feats)
+
+    @property
+    def coords(self) -> Tensor:
+        return self._coords
+
+    @property
+    def stride(self) -> Triple:
+        return self._stride
+
+    @property
+    def cache(self) -> KernelMapCache:
+        return self._cache
+
+    @property
+    def spatial_range(self) -> Optional[Triple]:
+        return self._spatial_range
+
+    def __setattr__(self, name: str, value) -> None:
+        if name == "feats":
+            return object.__setattr__(self, name, value)
+        raise AttributeError(f"SparseTensor.{name} cannot be set: coordinates, stride, cache and spatial "
+                             f"range are fixed (the kernel maps belong to them); build a new SparseTensor")
 
     @property
     def num_channels(self) -> int:
@@ -86,7 +140,8 @@ class SparseTensor:
 
     def with_feats(self, feats: Tensor) -> "SparseTensor":
         """Same coordinates, stride, cache and spatial range, new ``feats [N, C']``."""
-        return SparseTensor(feats, self.coords, self.stride, self.cache, spatial_range=self.spatial_range)
+        _check_feats(feats, self.coords)
+        return SparseTensor._derive(feats, self.coords, self.stride, self.cache, self.spatial_range)
 
     def to(self, target: Union[torch.device, str, torch.dtype], non_blocking: bool = False) -> "SparseTensor":
         """A dtype converts the features; a device moves both (with a fresh cache on a new device)."""
@@ -139,6 +194,17 @@ class SparseTensor:
     def __repr__(self) -> str:
         return (f"SparseTensor(num_points={self.coords.shape[0]}, channels={self.num_channels}, "
                 f"stride={self.stride}, dtype={self.feats.dtype}, device={self.coords.device})")
+
+
+def _check_feats(feats: Tensor, coords: Tensor) -> None:
+    """feats must be a ``[N, C]`` tensor with a row per coordinate, on the coordinates' device."""
+    if not isinstance(feats, Tensor):
+        raise TypeError(f"feats must be a torch.Tensor, got {type(feats).__name__}")
+    if feats.dim() != 2 or feats.shape[0] != coords.shape[0]:
+        raise ValueError(f"feats must have shape [N, C] with N = {coords.shape[0]} rows of coords, "
+                         f"got {tuple(feats.shape)}")
+    if feats.device != coords.device:
+        raise ValueError(f"feats ({feats.device}) and coords ({coords.device}) must share a device")
 
 
 def _same_device(requested: torch.device, current: torch.device) -> bool:

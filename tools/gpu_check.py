@@ -20,7 +20,7 @@ import torch
 
 import pointsparse as ps
 from pointsparse import SparseTensor, crosscheck
-from pointsparse.bench.common import current_commit
+from pointsparse.timing import environment as library_environment
 from pointsparse.models import minkunet18
 from pointsparse.profiler import scan_input
 
@@ -56,12 +56,7 @@ def collated(arrays: list, voxel_size: float = 0.05) -> SparseTensor:
 
 
 def environment(device: str) -> dict:
-    env = {"commit": current_commit(), "torch": torch.__version__, "cuda": torch.version.cuda, "python": sys.version.split()[0],
-           "device": device, "cpu_count": os.cpu_count()}
-    if device.startswith("cuda"):
-        env["gpu"] = torch.cuda.get_device_name()
-        env["compute_capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
-    return env
+    return dict(library_environment(), requested_device=device)
 
 
 def synchronize(device: str) -> None:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pointsparse import SparseTensor
-from pointsparse.bench.common import current_commit, time_ms
+from pointsparse.timing import current_commit, environment, time_ms
 from pointsparse.breakdown import breakdown, count_host_syncs
 from pointsparse.models import minkunet18
 from pointsparse.nn import SparseConv3d
@@ -140,9 +140,8 @@ def measure(scan: Path, device: str, quick: bool) -> dict:
     points = np.fromfile(scan, dtype=np.float32).reshape(-1, 4)
     x = scan_input(points[::8] if quick else points, 0.05, device)
     repeats = 1 if quick else 5
-    summary = {"commit": current_commit(), "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-               "torch": torch.__version__, "cuda": torch.version.cuda, "scan": scan.name if quick else str(scan),
-               "voxels": int(x.coords.shape[0]), "quick": quick}
+    summary = {**environment(), "scan": scan.name if quick else str(scan), "voxels": int(x.coords.shape[0]),
+               "quick": quick}
     summary["minkunet18_cr1"] = minkunet_numbers(x, 0.25 if quick else 1.0, repeats)
     summary["layer_subm_k3_256_fp16_ms"] = wide_layer_ms(x, 32 if quick else 256, repeats)
     return summary

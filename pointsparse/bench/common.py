@@ -1,19 +1,16 @@
-"""Timing, scan loading and result records shared by the benchmark suites."""
+"""Arguments, scan loading and result records shared by the benchmark suites (timing and the
+environment: :mod:`pointsparse.timing`)."""
 
 import argparse
 import json
-import os
-import platform
-import statistics
-import subprocess
-import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Dict
 
 import numpy as np
 import torch
 
 from ..quantize import sparse_quantize
+
 
 
 def add_scan_arguments(parser: argparse.ArgumentParser, suite: str, repeats: int, many_scans: bool = False,
@@ -37,21 +34,6 @@ def check_device(device: str) -> None:
         raise SystemExit("--device cuda needs a CUDA device and a CUDA build of torch")
 
 
-def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str, float]:
-    """Median and best wall time of fn in milliseconds (CUDA synchronised when in use)."""
-    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
-    for _ in range(warmup):
-        fn()
-    sync()
-    samples: List[float] = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        samples.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(samples), "best_ms": min(samples)}
-
-
 def ratios_against(reference: Dict[str, Dict[str, float]], record: Dict[str, Dict[str, float]],
                    parts=("forward", "forward_backward")) -> Dict[str, float]:
     """Per timed part, the reference's median over the record's (above 1: the record is faster)."""
@@ -66,35 +48,6 @@ def load_voxels(scan: str, voxel_size: float, device: str) -> torch.Tensor:
     points = np.fromfile(path, dtype=np.float32).reshape(-1, 4)[:, :3]
     xyz = torch.from_numpy(sparse_quantize(points, voxel_size))
     return torch.cat([torch.zeros(xyz.shape[0], 1, dtype=torch.int32), xyz], 1).to(device)
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
-
-
-def current_commit() -> str:
-    """$POINTSPARSE_COMMIT (a checkout copied without .git, as on a GPU machine), else git's HEAD."""
-    if os.environ.get("POINTSPARSE_COMMIT"):
-        return os.environ["POINTSPARSE_COMMIT"]
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                              cwd=Path(__file__).parent, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def environment() -> Dict[str, object]:
-    commit = current_commit()
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else _cpu_name()
-    return {"commit": commit, "torch": torch.__version__, "device": device,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-            "fused_cpu_isa": torch.ops.pointsparse.fused_cpu_isa()}
 
 
 def write_json(path: str, record: Dict[str, object]) -> None:

@@ -23,7 +23,8 @@ from ..config import ConvConfig, Dataflow, KernelMapAlgo
 from ..convert import from_pointsparse_weight
 from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
-from .common import add_scan_arguments, check_device, environment, load_voxels, time_ms, write_json
+from .common import add_scan_arguments, check_device, load_voxels, write_json
+from ..timing import environment, time_ms
 from .kmap import naive_neighbors
 from .spconv_baseline import import_spconv, spconv_available, spconv_input
 

@@ -18,7 +18,8 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow
 from ..grouping import ConvGrouping, Grouping, GroupingConfig, symmetric_order
 from ..tensor import SparseTensor, kernel_map
-from .common import add_scan_arguments, check_device, environment, load_voxels, ratios_against, time_ms, write_json
+from .common import add_scan_arguments, check_device, load_voxels, ratios_against, write_json
+from ..timing import environment, time_ms
 
 WIDTHS = {1: 32, 2: 64, 4: 128, 8: 256}  # tensor stride: MinkUNet channels there
 

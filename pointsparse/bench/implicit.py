@@ -20,7 +20,8 @@ from .. import functional as F
 from ..config import ConvConfig, Dataflow
 from ..implicit import ImplicitGemmConfig, implicit_gemm_work
 from ..tensor import SparseTensor, kernel_map
-from .common import add_scan_arguments, check_device, environment, load_voxels, ratios_against, time_ms, write_json
+from .common import add_scan_arguments, check_device, load_voxels, ratios_against, write_json
+from ..timing import environment, time_ms
 from .grouping import layers as grouping_layers
 
 TILES = (16, 32, 64, 128)
