@@ -46,8 +46,8 @@ def _bytes(obj: object) -> int:
 
 def _counts(model: nn.Module) -> Dict[str, int]:
     params = sum(p.numel() for p in model.parameters())
-    zeros = sum(int((m.weight_mask == 0).sum()) for m in model.modules()
-                if isinstance(m, SparseConv3d) and m.weight_mask is not None)
+    masks = [pruning.weight_mask(m) for m in model.modules() if isinstance(m, SparseConv3d)]
+    zeros = sum(int((mask == 0).sum()) for mask in masks if mask is not None)
     return {"parameters": params, "nonzeros": params - zeros}
 
 

@@ -6,7 +6,8 @@ sparse operand must be the weight, so each offset runs ``(W_k^T)[:, order] @ gat
 with ``W_k^T [C_out, C_in]`` compressed once by ``torch.sparse.to_sparse_semi_structured``
 (cuSPARSELt or CUTLASS), the gathered rows permuted the same way. Offsets with few pairs, and layers
 whose shapes the backend cannot take, run the same product dense. Forward only: a layer in training
-mode, or with gradients enabled, runs its ordinary dataflow.
+mode, or with gradients enabled, runs its ordinary dataflow. The layer knows nothing of it:
+:func:`enable_sparse_kernels` gives it an instance ``forward`` (:class:`SemiStructuredForward`).
 """
 
 from dataclasses import dataclass
@@ -14,6 +15,11 @@ from typing import Callable, List, Optional
 
 import torch
 from torch import Tensor, nn
+
+from . import functional as F
+from .nn import SparseConv3d
+from .nn.weight_mask import channel_order, weight_mask
+from .tensor import SparseTensor, kernel_map
 
 MIN_PAIRS = 1024  # below this many pairs an offset's product is too small to gain from sparsity
 
@@ -38,7 +44,7 @@ def available(device: torch.device) -> bool:
 def ineligible_reason(module: nn.Module, dtype: torch.dtype, shape_constraints=None) -> Optional[str]:
     """Why ``module`` cannot run on sparse tensor cores in ``dtype`` (None when it can).
     ``shape_constraints``: the backend's ``_DTYPE_SHAPE_CONSTRAINTS`` (default: this machine's)."""
-    if getattr(module, "weight_mask", None) is None:
+    if weight_mask(module) is None:
         return "not pruned"
     if module.transposed:
         return "transposed"
@@ -66,8 +72,8 @@ class SemiStructuredWeights:
         """Compresses ``module``'s masked weight in ``dtype``; ``compress`` defaults to
         ``torch.sparse.to_sparse_semi_structured``."""
         compress = compress or torch.sparse.to_sparse_semi_structured
-        order = module.channel_order
-        weight = (module.weight.detach() * module.weight_mask)[:, order].to(dtype)   # [K, C_in, C_out]
+        order = channel_order(module)
+        weight = module.weight.detach()[:, order].to(dtype)   # [K, C_in, C_out], masked (the parametrization)
         sparse = [compress(weight[k].t().contiguous()) for k in range(weight.shape[0])]
         return SemiStructuredWeights(order, sparse, weight, min_pairs)
 
@@ -96,11 +102,9 @@ def enable_sparse_kernels(model: nn.Module, dtype: torch.dtype = torch.float16, 
     ``dtype`` (run them under ``torch.autocast`` or on a ``dtype`` model, in eval mode without
     gradients). Returns ``(name, reason)`` for the pruned layers left dense. ``compress``: see
     :meth:`SemiStructuredWeights.of` (tests pass a dense stand-in on machines without a GPU)."""
-    from .nn import SparseConv3d
-
     skipped = []
     for name, module in model.named_modules():
-        if not isinstance(module, SparseConv3d) or module.weight_mask is None:
+        if not isinstance(module, SparseConv3d) or weight_mask(module) is None:
             continue
         if compress is not None:  # a stand-in compression takes any shape the layer has
             reason = "transposed" if module.transposed else None
@@ -110,13 +114,39 @@ def enable_sparse_kernels(model: nn.Module, dtype: torch.dtype = torch.float16, 
             reason = "no sparse tensor cores on " + str(module.weight.device)
         if reason is not None:
             skipped.append((name, reason))
-            module.semi_structured = None
+            module.__dict__.pop("forward", None)
             continue
-        module.semi_structured = SemiStructuredWeights.of(module, dtype, compress, min_pairs)
+        module.forward = SemiStructuredForward(module, SemiStructuredWeights.of(module, dtype, compress, min_pairs))
     return skipped
 
 
 def disable_sparse_kernels(model: nn.Module) -> None:
     for module in model.modules():
-        if getattr(module, "semi_structured", None) is not None:
-            module.semi_structured = None
+        if sparse_weights(module) is not None:
+            del module.forward  # the class's forward again
+
+
+def sparse_weights(module: nn.Module) -> Optional[SemiStructuredWeights]:
+    """The compressed weights ``module`` runs on, None when it runs its ordinary forward."""
+    forward = module.__dict__.get("forward")
+    return forward.weights if isinstance(forward, SemiStructuredForward) else None
+
+
+class SemiStructuredForward:
+    """A pruned SparseConv3d's forward on its compressed weights, in eval mode without gradients
+    (the class's forward otherwise): the result in the weights' dtype under autocast, else in the
+    input's."""
+
+    def __init__(self, module: nn.Module, weights: SemiStructuredWeights):
+        self.module, self.weights = module, weights
+
+    def __call__(self, x: SparseTensor, epilogue: Optional[F.Epilogue] = None) -> SparseTensor:
+        module = self.module
+        if module.training or torch.is_grad_enabled():
+            return type(module).forward(module, x, epilogue)
+        kmap = kernel_map(x, config=module.config, **module.geometry)
+        feats = self.weights.run(x.feats, kmap)                                 # [N_out, C_out]
+        if not torch.is_autocast_enabled(x.feats.device.type):
+            feats = feats.to(x.feats.dtype)
+        y = F.conv_output(x, kmap, feats, module.bias)
+        return y if epilogue is None else y.with_feats(epilogue.apply(y.feats))

@@ -131,11 +131,15 @@ def test_feature_ops_cat_add_and_global_pools():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stride,transposed", [(1, False), (2, False)])
+@pytest.mark.parametrize("stride,transposed", [(1, False), (2, False), (2, True)])
 def test_empty_tensors_pass_through(device, stride, transposed):
-    empty = SparseTensor(torch.zeros(0, 3, device=device), torch.zeros(0, 4, dtype=torch.int32, device=device))
-    conv = spnn.SparseConv3d(3, 5, 3, stride=stride).to(device)
-    y = conv(empty)
+    x = SparseTensor(torch.zeros(0, 3, device=device), torch.zeros(0, 4, dtype=torch.int32, device=device))
+    if transposed:  # the coarse tensor a transposed conv returns from
+        x = spnn.SparseConv3d(3, 3, 2, stride=2).to(device)(x)
+        assert x.stride == (2, 2, 2)
+    conv = spnn.SparseConv3d(3, 5, 3, stride=stride, transposed=transposed).to(device)
+    y = conv(x)
+    assert y.stride == ((1, 1, 1) if transposed else (stride,) * 3)
     assert y.feats.shape == (0, 5) and y.coords.shape == (0, 4)
     y.feats.sum().backward()
     assert conv.weight.grad is not None and conv.weight.grad.abs().sum() == 0

@@ -1,6 +1,9 @@
 """2:4 pruning of SparseConv3d: masks and their validator, magnitude and channel-permutation
 methods, masked execution through training steps and save/load, compressed storage."""
 
+import copy
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -67,8 +70,8 @@ def test_a_permuted_layer_computes_its_masked_weight():
     layer = ps.nn.SparseConv3d(8, 6, 3)
     dense = layer.weight.detach().clone()
     pruning.prune_layer(layer, "permute", search_rounds=8)
-    pruning.check_2to4(layer.weight_mask, layer.channel_order)
-    expected = F.conv3d(x, dense * layer.weight_mask).feats
+    pruning.check_2to4(pruning.weight_mask(layer), pruning.channel_order(layer))
+    expected = F.conv3d(x, dense * pruning.weight_mask(layer)).feats
     torch.testing.assert_close(layer(x).feats, expected)
 
 
@@ -81,8 +84,8 @@ def test_pruned_weights_stay_zero_through_training_steps():
         optimizer.zero_grad()
         layer(x).feats.square().sum().backward()
         optimizer.step()
-    assert bool((layer.weight[~layer.weight_mask] == 0).all())
-    assert bool((layer.weight[layer.weight_mask] != 0).all())
+    assert bool((layer.weight[~pruning.weight_mask(layer)] == 0).all())
+    assert bool((layer.weight[pruning.weight_mask(layer)] != 0).all())
 
 
 def test_a_fresh_model_loads_a_pruned_checkpoint_and_compressed_storage_round_trips(tmp_path):
@@ -104,7 +107,7 @@ def test_a_fresh_model_loads_a_pruned_checkpoint_and_compressed_storage_round_tr
     with torch.no_grad():
         torch.testing.assert_close(fresh(x), model(x))
     pruned_layer = fresh.down[0][0][0]
-    pruning.check_2to4(pruned_layer.weight_mask, pruned_layer.channel_order)
+    pruning.check_2to4(pruning.weight_mask(pruned_layer), pruning.channel_order(pruned_layer))
     dense_bytes = sum(v.numel() * v.element_size() for k, v in model.state_dict().items() if k.endswith("weight"))
     stored = sum(v["values"].numel() * 4 + v["positions"].numel() if isinstance(v, dict) and "values" in v
                  else (v.numel() * v.element_size() if torch.is_tensor(v) and k.endswith("weight") else 0)
@@ -120,7 +123,7 @@ def test_prune_model_reports_skips_and_rejects_bad_methods():
     with pytest.raises(ValueError, match="method"):
         pruning.prune_model(model, "learned-by-magic")
     with pytest.raises(ValueError, match="mask shape"):
-        model[1].set_weight_mask(torch.ones(27, 4, 8, dtype=torch.bool), torch.arange(4))
+        pruning.set_weight_mask(model[1], torch.ones(27, 4, 8, dtype=torch.bool), torch.arange(4))
 
 
 def test_learned_masks_train_their_logits_only_and_end_2to4():
@@ -138,15 +141,15 @@ def test_learned_masks_train_their_logits_only_and_end_2to4():
         loss = (model(x).feats - target).square().mean()
         loss.backward()
         assert all(l.grad is not None and l.grad.abs().sum() > 0 for l in logits)
-        assert all(m.weight.grad is None for m in model if isinstance(m, ps.nn.SparseConv3d))
+        assert all(pruning.original_weight(m).grad is None for m in model if isinstance(m, ps.nn.SparseConv3d))
         optimizer.step()
     assert any(not torch.equal(a, b) for a, b in zip(before, logits))
     report = pruning.finalize_learned_masks(model)
     assert len(report) == 2
     for layer, weight in zip([m for m in model if isinstance(m, ps.nn.SparseConv3d)], dense):
-        pruning.check_2to4(layer.weight_mask, layer.channel_order)
-        assert layer.mask_learner is None
-        torch.testing.assert_close(layer.weight, weight * layer.weight_mask)
+        pruning.check_2to4(pruning.weight_mask(layer), pruning.channel_order(layer))
+        assert isinstance(pruning.mask_parametrization(layer), pruning.WeightMask)  # the learner is gone
+        torch.testing.assert_close(layer.weight, weight * pruning.weight_mask(layer))
 
 
 def test_learned_mask_logits_start_from_magnitude():
@@ -206,14 +209,14 @@ def test_srste_updates_every_weight_and_ends_2to4():
     pruning.prune_model(model, include=["*"], exclude=[])
     first = model[0]
     before = first.weight.detach().clone()
-    pruned_before = ~first.weight_mask
+    pruned_before = ~pruning.weight_mask(first)
     target = torch.randn(x.coords.shape[0], 4)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     pruned_grads = []
     step = optimizer.step
 
     def recording_step():
-        pruned_grads.append(float(first.weight.grad[pruned_before].abs().sum()))
+        pruned_grads.append(float(pruning.original_weight(first).grad[pruned_before].abs().sum()))
         step()
 
     optimizer.step = recording_step
@@ -223,9 +226,9 @@ def test_srste_updates_every_weight_and_ends_2to4():
     assert len(pruned_grads) == 4 and all(g > 0 for g in pruned_grads)
     assert not torch.equal(first.weight.detach(), before)
     for layer in (model[0], model[2]):
-        assert layer.mask_learner is None
-        pruning.check_2to4(layer.weight_mask, layer.channel_order)
-        assert bool((layer.weight[~layer.weight_mask] == 0).all())
+        assert isinstance(pruning.mask_parametrization(layer), pruning.WeightMask)  # the learner is gone
+        pruning.check_2to4(pruning.weight_mask(layer), pruning.channel_order(layer))
+        assert bool((layer.weight[~pruning.weight_mask(layer)] == 0).all())
 
 
 def test_choose_layers_spends_the_budget_on_the_least_sensitive():
@@ -273,7 +276,7 @@ def test_semi_structured_execution_plan_equals_the_masked_layer_on_the_cpu():
     with torch.no_grad():
         want = model(x)
         skipped = semi_structured.enable_sparse_kernels(model, torch.float64, compress=lambda w: w, min_pairs=50)
-        assert skipped == [] and model[0].semi_structured is not None
+        assert skipped == [] and semi_structured.sparse_weights(model[0]) is not None
         got = model(x.to(torch.float64))
     torch.testing.assert_close(got.feats, want.feats.double(), rtol=1e-5, atol=1e-5)
     assert got.coords is want.coords or torch.equal(got.coords, want.coords)
@@ -281,7 +284,7 @@ def test_semi_structured_execution_plan_equals_the_masked_layer_on_the_cpu():
     y = model(x)
     assert y.feats.requires_grad and y.feats.dtype == torch.float32
     semi_structured.disable_sparse_kernels(model)
-    assert model[0].semi_structured is None
+    assert semi_structured.sparse_weights(model[0]) is None
 
 
 def test_semi_structured_eligibility_follows_the_backend_shapes():
@@ -383,11 +386,11 @@ def test_the_mask_temperature_anneals_geometrically_and_reaches_every_learned_ma
     model = torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3), ps.nn.ReLU(), ps.nn.SparseConv3d(8, 4, 3))
     pruning.attach_learned_masks(model, exclude=())
     pruning.set_mask_temperature(model, 0.7)
-    assert [m.mask_learner.tau for m in model if isinstance(m, ps.nn.SparseConv3d)] == [0.7, 0.7]
+    assert [pruning.mask_parametrization(m).tau for m in model if isinstance(m, ps.nn.SparseConv3d)] == [0.7, 0.7]
     with pytest.raises(ValueError, match="positive"):
         pruning.set_mask_temperature(model, -1.0)
     # A hot sample spreads over the patterns; a cold one is nearly one pattern per group.
-    learner = model[0].mask_learner.train()
+    learner = pruning.mask_parametrization(model[0]).train()
     spread = {}
     for tau in (5.0, 0.01):
         pruning.set_mask_temperature(model, tau)
@@ -395,3 +398,59 @@ def test_the_mask_temperature_anneals_geometrically_and_reaches_every_learned_ma
         mask = learner.mask().detach()
         spread[tau] = float((mask * (1 - mask)).mean())  # 0 for a hard mask
     assert spread[5.0] > 10 * spread[0.01]
+
+
+FIXTURE = Path(__file__).parent / "fixtures" / "pruned_checkpoint_before_parametrization.pt"
+
+
+def fixture_model():
+    return torch.nn.Sequential(ps.nn.SparseConv3d(8, 8, 3, bias=True), ps.nn.ReLU(), ps.nn.SparseConv3d(8, 4, 2, 2))
+
+
+@pytest.mark.parametrize("stored", ["state_dict", "compressed"])
+def test_a_checkpoint_written_before_masks_were_parametrizations_loads_and_computes_the_same(stored):
+    """The fixture: a permuted-pruned model saved by the code of 209a82e (masks as buffers of the
+    layer), with an input and the output it gave."""
+    blob = torch.load(FIXTURE, weights_only=False)
+    state = blob["state_dict"] if stored == "state_dict" else pruning.decompress_state_dict(blob["compressed"])
+    model = fixture_model()
+    model.load_state_dict(state)
+    for index in (0, 2):
+        torch.testing.assert_close(pruning.weight_mask(model[index]), blob["state_dict"][f"{index}.weight_mask"])
+        torch.testing.assert_close(pruning.channel_order(model[index]), blob["state_dict"][f"{index}.channel_order"])
+    with torch.no_grad():
+        out = model(ps.SparseTensor(blob["feats"], blob["coords"])).feats
+    torch.testing.assert_close(out, blob["out"])
+    # Written again, the format is the one read: the same keys and values.
+    again = model.state_dict()
+    assert set(again) == set(blob["state_dict"])
+    for key, value in blob["state_dict"].items():
+        torch.testing.assert_close(again[key], value)
+
+
+def test_the_layer_carries_no_pruning_state_and_a_pruned_model_copies_and_reloads():
+    layer = ps.nn.SparseConv3d(8, 8, 3)
+    assert not any(hasattr(layer, name) for name in ("weight_mask", "channel_order", "mask_learner", "semi_structured"))
+    model = fixture_model()
+    pruning.prune_model(model, include=["*"], exclude=[])
+    twin = copy.deepcopy(model)
+    assert pruning.weight_mask(twin[0]) is not pruning.weight_mask(model[0])
+    torch.testing.assert_close(pruning.weight_mask(twin[0]), pruning.weight_mask(model[0]))
+    pruned = fixture_model()
+    pruning.prune_model(pruned, "permute", include=["*"], exclude=[])
+    pruned.load_state_dict(model.state_dict())  # a pruned layer loads another mask
+    torch.testing.assert_close(pruning.weight_mask(pruned[2]), pruning.weight_mask(model[2]))
+    with pytest.raises(RuntimeError, match="Unexpected key"):  # nothing slips through unread
+        fixture_model().load_state_dict({**model.state_dict(), "0.something": torch.zeros(1)})
+
+
+def test_a_learned_masks_state_is_written_under_mask_learner():
+    model = fixture_model()
+    pruning.attach_learned_masks(model, exclude=[])
+    keys = set(model.state_dict())
+    assert {"0.weight", "0.mask_learner.logits", "0.mask_learner.channel_order"} <= keys
+    assert not any("parametrizations" in key for key in keys)
+    twin = fixture_model()
+    pruning.attach_learned_masks(twin, exclude=[])
+    twin.load_state_dict(model.state_dict())
+    torch.testing.assert_close(pruning.mask_parametrization(twin[0]).logits, pruning.mask_parametrization(model[0]).logits)

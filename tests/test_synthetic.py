@@ -1,6 +1,4 @@
-"""The synthetic LiDAR scenes: layout, determinism, speed, and statistics close to real scans."""
-
-import time
+"""The synthetic LiDAR scenes: layout, determinism and statistics close to real scans."""
 
 import numpy as np
 import pytest
@@ -47,12 +45,10 @@ def class_mix(labels: np.ndarray) -> np.ndarray:
 def test_statistics_are_close_to_a_real_scan():
     real_points = load_scan("semantickitti/sequences/07/velodyne/000964.bin")
     real_labels = np.fromfile(SHARED_DATA / "semantickitti/sequences/07/labels/000964.label", dtype=np.uint32)
-    counts, voxels, mixes, seconds = [], [], [], []
+    counts, voxels, mixes = [], [], []
     for seed in range(3):
         scene = make_scene(np.random.default_rng([seed, 0]))
-        start = time.perf_counter()
         points, labels = scan(scene, 10, LidarConfig(), np.random.default_rng([seed, 0, 10]))
-        seconds.append(time.perf_counter() - start)
         counts.append(points.shape[0])
         voxels.append(ps.sparse_quantize(points[:, :3], 0.05).shape[0])
         mixes.append(class_mix(labels))
@@ -61,4 +57,3 @@ def test_statistics_are_close_to_a_real_scan():
     assert np.mean(voxels) == pytest.approx(real_voxels, rel=0.2)
     total_variation = 0.5 * np.abs(np.mean(mixes, 0) - class_mix(real_labels)).sum()
     assert total_variation < 0.35
-    assert min(seconds) < 1.5  # about 0.5 s on a 2-core machine; loose for loaded CI hosts

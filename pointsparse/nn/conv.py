@@ -4,13 +4,14 @@ import math
 from typing import Dict, Mapping, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .. import functional as F
 from ..config import ConvConfig, OutputRule
 from ..kmap import KernelMapKey
 from ..offsets import IntOrTriple, as_triple
-from ..tensor import SparseTensor, kernel_map
+from ..tensor import SparseTensor
+from .weight_mask import adopt_masked_state
 
 
 class SparseConv3d(nn.Module):
@@ -47,15 +48,6 @@ class SparseConv3d(nn.Module):
         volume = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(volume, in_channels, out_channels))  # [K, C_in, C_out]
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
-        # 2:4 pruning (pointsparse.pruning): bool [K, C_in, C_out] and the int64 [C_in] channel order
-        # its groups of four run along; None while the layer is dense.
-        self.register_buffer("weight_mask", None)
-        self.register_buffer("channel_order", None)
-        # While masks are learned or recomputed (pointsparse.pruning: learned masks, SR-STE): a module
-        # that maps the weight to the masked weight in use; replaced by weight_mask when finalised.
-        self.mask_learner: Optional[nn.Module] = None
-        # Compressed weights for inference on sparse tensor cores (pointsparse.semi_structured).
-        self.semi_structured = None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -65,21 +57,6 @@ class SparseConv3d(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         if self.bias is not None:
             nn.init.uniform_(self.bias, -bound, bound)
-
-    def set_weight_mask(self, mask: Tensor, channel_order: Tensor) -> None:
-        """Prunes the layer with a 2:4 ``mask`` (bool ``[K, C_in, C_out]``, groups along
-        ``channel_order``): masked weights are zeroed now and multiplied by the mask in every forward,
-        so their gradient is zero and they stay zero through training."""
-        from ..pruning import check_2to4
-
-        order = channel_order.to(device=self.weight.device, dtype=torch.long)
-        if tuple(mask.shape) != tuple(self.weight.shape):
-            raise ValueError(f"mask shape {tuple(mask.shape)} differs from weight shape {tuple(self.weight.shape)}")
-        mask = mask.to(self.weight.device)
-        check_2to4(mask, order)
-        with torch.no_grad():
-            self.weight.mul_(mask)
-        self.weight_mask, self.channel_order = mask, order
 
     @property
     def geometry(self) -> Dict[str, object]:
@@ -99,29 +76,10 @@ class SparseConv3d(nn.Module):
     def forward(self, x: SparseTensor, epilogue: Optional[F.Epilogue] = None) -> SparseTensor:
         """The convolution of ``x``; ``epilogue``: an eval-mode batch norm (residual, ReLU) to end
         with (:class:`functional.Epilogue`, see :func:`pointsparse.nn.conv_norm`)."""
-        if self.semi_structured is not None and not self.training and not torch.is_grad_enabled():
-            y = self._forward_semi_structured(x)
-            return y if epilogue is None else y.with_feats(epilogue.apply(y.feats))
-        if self.mask_learner is not None:
-            weight = self.mask_learner(self.weight)
-        else:
-            weight = self.weight if self.weight_mask is None else self.weight * self.weight_mask
-        return F.conv3d(x, weight, bias=self.bias, config=self.config, epilogue=epilogue, **self.geometry)
-
-    def _forward_semi_structured(self, x: SparseTensor) -> SparseTensor:
-        """Inference on sparse tensor cores (:mod:`pointsparse.semi_structured`): the result in the
-        compressed weights' dtype under autocast, else in the input's."""
-        kmap = kernel_map(x, config=self.config, **self.geometry)
-        feats = self.semi_structured.run(x.feats, kmap)                         # [N_out, C_out]
-        if not torch.is_autocast_enabled(x.feats.device.type):
-            feats = feats.to(x.feats.dtype)
-        return F.conv_output(x, kmap, feats, self.bias)
+        return F.conv3d(x, self.weight, bias=self.bias, config=self.config, epilogue=epilogue, **self.geometry)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # A pruned checkpoint loads into a dense layer: its mask buffers are created first.
-        if prefix + "weight_mask" in state_dict and self.weight_mask is None:
-            self.weight_mask = torch.empty_like(state_dict[prefix + "weight_mask"], device=self.weight.device)
-            self.channel_order = torch.empty_like(state_dict[prefix + "channel_order"], device=self.weight.device)
+        adopt_masked_state(self, state_dict, prefix)  # a pruned checkpoint into a dense layer
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
