@@ -6,6 +6,8 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include "common/cpu_isa.h"
+
 TORCH_LIBRARY(pointsparse, m) {
   // coords int32 [N, 4] -> keys int64 [N]; key order is lexicographic (b, x, y, z).
   m.def("pack_coords(Tensor coords) -> Tensor");
@@ -103,6 +105,9 @@ TORCH_LIBRARY(pointsparse, m) {
         "Tensor? residual=None) -> Tensor");
   m.def("conv_fused_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int identity_offset) -> Tensor");
+  // The instruction set the fused CPU kernels run with now: avx512, avx2 or baseline. No tensor
+  // arguments, so no dispatch key: the kernel comes with the schema (a catch-all).
+  m.def("fused_cpu_isa() -> str", [] { return pointsparse::isa_name(pointsparse::cpu_isa()); });
 }
 
 // The extension is imported as pointsparse._C only to run the registrations above.

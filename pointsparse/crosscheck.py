@@ -19,8 +19,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from . import dataflows, ops
 from . import functional as F
-from . import ops
 from .config import ConvConfig, Dataflow, KernelMapAlgo
 from .grouping import ConvGrouping, Grouping, GroupingConfig
 from .implicit import ImplicitGemmConfig
@@ -116,7 +116,7 @@ def _configs(device: str) -> Dict[str, ConvConfig]:
     configs = {"gather_gemm_scatter": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
                "grouped": ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=_GROUPED),
                "implicit_gemm": ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(32, True, 2))}
-    if device == "cpu":
+    if dataflows.runs_on(Dataflow.FUSED, device):
         configs["fused"] = ConvConfig(dataflow=Dataflow.FUSED)
     return configs
 

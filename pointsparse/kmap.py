@@ -20,20 +20,19 @@ Output row o takes input row i through offset k when ``coords_in[i] = coords_out
 for transposed maps input and output swap roles in that relation.
 """
 
-from functools import cached_property
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Set, Tuple
+from functools import cached_property
+from typing import Any, Callable, Dict, Hashable, Optional, Set, Tuple, TypeVar
 
 import torch
 from torch import Tensor
 
 from . import ops
 from .config import ConvConfig, KernelMapAlgo, OutputRule
-from .grouping import GroupingConfig, GroupingPlan, plan_grouping
-from .implicit import ImplicitGemmConfig, Reordering, reorder_rows
 from .offsets import IntOrTriple, as_triple, default_padding, kernel_offsets
 
 Triple = Tuple[int, int, int]
+T = TypeVar("T")
 KERNEL_MAP_RANGE = "pointsparse::kernel_map"  # the profiler range around every map build
 
 
@@ -55,27 +54,19 @@ class KernelMap:
     num_in: int         # rows of the input the map reads (in_idx < num_in)
     # Spatial range of the output, cells per axis at out_stride, when the input had one.
     out_range: Optional[Triple] = None
-    # Plans of this map: grouping plans by (GroupingConfig, identity offset), implicit-GEMM
-    # reorderings by (ImplicitGemmConfig, transposed); see grouping_plan and reordering.
-    plans: Dict[tuple, object] = field(default_factory=dict, compare=False, repr=False)
+    # What the dataflows derive from this map once (plans, reorderings): see memo.
+    _memo: Dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         check_kernel_map(self)
 
-    def grouping_plan(self, config: GroupingConfig, identity_offset: int) -> GroupingPlan:
-        """The plan of ``config`` for this map's pair counts, built once and kept with the map."""
-        key = (config, identity_offset)
-        if key not in self.plans:
-            self.plans[key] = plan_grouping(self.pair_counts.tolist(), config, identity_offset)
-        return self.plans[key]
-
-    def reordering(self, config: ImplicitGemmConfig, transposed: bool = False) -> Reordering:
-        """The implicit GEMM's row order and tile masks for ``config``, of the table or of its
-        transpose (``transposed``: the input gradient's), built once and kept with the map."""
-        key = (config, transposed)
-        if key not in self.plans:
-            self.plans[key] = reorder_rows(self.neighbors_t if transposed else self.neighbors, config)
-        return self.plans[key]
+    def memo(self, key: Hashable, build: Callable[[], T]) -> T:
+        """``build()``, made once per ``key`` and kept with the map (a dataflow's plan of this map:
+        the key names the dataflow and its settings). Under torch.compile, with the value made by
+        an eager call, Dynamo traces the lookup and the value becomes a constant of the graph."""
+        if key not in self._memo:
+            self._memo[key] = build()
+        return self._memo[key]
 
     @cached_property
     def neighbors_t(self) -> Tensor:

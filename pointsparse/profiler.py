@@ -20,11 +20,13 @@ import torch
 from torch import nn
 
 from . import functional as F
-from .timing import environment, time_ms
+from .config import Dataflow
+from .dataflows import REGISTRY
 from .nn import SparseConv3d
 from .pointclouds import voxelize_scan
 from .strategies import Strategy, candidates, check_families, config_from_dict, config_to_dict, work_of
 from .tensor import SparseTensor, kernel_map
+from .timing import environment, time_ms
 
 
 @dataclass
@@ -229,7 +231,7 @@ def plot_report(report: ProfileReport, out_dir: Path) -> List[Path]:
     families = {}  # family -> its best strategy per layer (forward ms)
     for l in report.layers:
         for r in l.results:
-            family = r.strategy.split(" ")[0]  # Strategy.family of the result's strategy
+            family = REGISTRY[Dataflow(r.config["dataflow"])].family
             best = families.setdefault(family, {})
             if l.name not in best or r.forward_ms < best[l.name]:
                 best[l.name] = r.forward_ms

@@ -6,35 +6,17 @@ a layer's real input; the tuner picks among them. Work is counted in rows of ``C
 included) and in GEMM calls where the dataflow makes GEMM calls.
 """
 
-from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List
 
 import torch
 
 from .config import ConvConfig, Dataflow, KernelMapAlgo
+from .dataflows import REGISTRY, Strategy, Work, resolve
 from .grouping import ConvGrouping, Grouping, GroupingConfig
-from .implicit import ImplicitGemmConfig, implicit_gemm_work
+from .implicit import ImplicitGemmConfig
 from .kmap import KernelMap
-from .work import RowWork
 
-ADAPTIVE_EPSILONS = (0.1, 0.3, 0.5)
-ADAPTIVE_THRESHOLDS = (5000, 20000)
-IMPLICIT_TILES = (16, 32, 64, 128)
-IMPLICIT_SPLITS = (1, 2, 3, 4)
-
-
-@dataclass(frozen=True)
-class Strategy:
-    name: str
-    config: ConvConfig
-
-    @property
-    def family(self) -> str:
-        """fused, ggs or implicit."""
-        return self.name.split(" ")[0]
-
-
-FAMILIES = ("fused", "ggs", "implicit")
+FAMILIES = tuple(spec.family for spec in REGISTRY.values())
 
 
 def check_families(families) -> None:
@@ -44,48 +26,17 @@ def check_families(families) -> None:
 
 
 def candidates(device: torch.device, num_offsets: int, quick: bool = False) -> List[Strategy]:
-    """Every strategy that runs on ``device`` for a kernel of ``num_offsets`` offsets: fused (CPU),
-    gather-GEMM-scatter with each grouping (an epsilon x threshold grid for ADAPTIVE) and implicit
-    GEMM unsorted / sorted with 1-4 splits (at most one per offset) and tiles of 16-128 rows.
-    ``quick`` keeps one setting of each family (for tests and smoke runs)."""
-    ggs = Dataflow.GATHER_GEMM_SCATTER
-    found = []
-    if device.type == "cpu":
-        found.append(Strategy("fused", ConvConfig(dataflow=Dataflow.FUSED)))
-    for strategy in (Grouping.SEPARATE, Grouping.SYMMETRIC, Grouping.DENSE):
-        found.append(Strategy(f"ggs {strategy.value}", ConvConfig(dataflow=ggs, grouping=strategy)))
-    epsilons, thresholds = ((0.3,), (20000,)) if quick else (ADAPTIVE_EPSILONS, ADAPTIVE_THRESHOLDS)
-    for epsilon in epsilons:
-        for threshold in thresholds:
-            grouping = GroupingConfig(Grouping.ADAPTIVE, epsilon=epsilon, threshold=threshold)
-            found.append(Strategy(f"ggs adaptive e{epsilon} t{threshold}", ConvConfig(dataflow=ggs, grouping=grouping)))
-    tiles, splits = ((32,), (1, 2)) if quick else (IMPLICIT_TILES, IMPLICIT_SPLITS)
-    for tile in tiles:
-        found.append(Strategy(f"implicit t{tile} unsorted", ConvConfig(
-            dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(tile, False, 1))))
-        for split in (s for s in splits if s <= num_offsets):
-            found.append(Strategy(f"implicit t{tile} sorted s{split}", ConvConfig(
-                dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(tile, True, split))))
-    return found
-
-
-@dataclass(frozen=True)
-class Work(RowWork):
-    useful_rows: int
-    computed_rows: int
-    gemm_calls: Optional[int]  # None where the dataflow makes no GEMM calls (fused, implicit)
+    """Every strategy of every dataflow that runs on ``device``, for a kernel of ``num_offsets``
+    offsets (see each dataflow's ``candidates``). ``quick`` keeps one setting of each family (for
+    tests and smoke runs)."""
+    device = torch.device(device)
+    return [strategy for spec in REGISTRY.values() if device.type in spec.devices
+            for strategy in spec.candidates(num_offsets, quick)]
 
 
 def work_of(config: ConvConfig, kmap: KernelMap, identity_offset: int) -> Work:
     """The forward pass's work under ``config`` on ``kmap``."""
-    useful = int(kmap.pair_counts.sum())
-    if config.dataflow is Dataflow.IMPLICIT_GEMM:
-        work = implicit_gemm_work(kmap.neighbors, config.implicit)
-        return Work(work.useful_rows, work.computed_rows, None)
-    if config.dataflow is Dataflow.GATHER_GEMM_SCATTER:
-        plan = kmap.grouping_plan(config.grouping.forward, identity_offset)
-        return Work(plan.useful_rows, plan.computed_rows, plan.gemm_calls)
-    return Work(useful, useful, None)
+    return resolve(config.dataflow, kmap.neighbors.device, torch.float32).work(config, kmap, identity_offset)
 
 
 def config_to_dict(config: ConvConfig) -> Dict[str, object]:

@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import pointsparse as ps  # noqa: E402
 from pointsparse import ConvGrouping, Grouping, GroupingConfig, ImplicitGemmConfig, kernel_offsets, ops  # noqa: E402
-from pointsparse.dataflows import _encoded_plans  # noqa: E402
+from pointsparse.dataflows.ggs import _encoded_plans  # noqa: E402
+from pointsparse.dataflows.implicit import reordering as reordering_of  # noqa: E402
 
-from test_conv import random_tensor  # noqa: E402
+from helpers import random_tensor  # noqa: E402
 
 EXPECTED = (ValueError, TypeError, RuntimeError, IndexError, OverflowError)
 
@@ -36,7 +37,7 @@ def valid_calls(device: str) -> Dict[str, Tuple]:
     kmap = ps.kernel_map(x, 3)
     identity = 13
     implicit = ImplicitGemmConfig(8, True, 2)
-    forward, backward = kmap.reordering(implicit), kmap.reordering(implicit, transposed=True)
+    forward, backward = reordering_of(kmap, implicit), reordering_of(kmap, implicit, transposed=True)
     grouping = ConvGrouping(GroupingConfig(Grouping.DENSE), GroupingConfig(Grouping.SYMMETRIC),
                             GroupingConfig(Grouping.ADAPTIVE))
     plans = _encoded_plans(kmap, grouping, identity)

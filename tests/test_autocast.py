@@ -1,27 +1,18 @@
 """Conv ops under torch.autocast (bfloat16 on the CPU, float16 / bfloat16 on CUDA), every conv kind
 and dataflow, forward and backward; half precision sums offsets in float32; MinkUNet18 under AMP."""
 
+import math
+
 import pytest
 import torch
 
 import pointsparse as ps
-from pointsparse import ConvConfig, Dataflow, SparseTensor
+from pointsparse import ConvConfig, Dataflow, SparseTensor, dataflows
 from pointsparse import functional as F
 from pointsparse.crosscheck import REDUCED_TOLERANCE
 from pointsparse.models import minkunet18
 
-from conftest import DEVICES
-from test_conv import random_tensor
-
-KINDS = {  # name: (kernel_size, stride, dilation, transposed)
-    "submanifold k3": (3, 1, 1, False),
-    "submanifold k1": (1, 1, 1, False),
-    "submanifold k5 dilation 2": (5, 1, 2, False),
-    "strided k3 s2": (3, 2, 1, False),
-    "tiling k2 s2": (2, 2, 1, False),
-    "transposed k2 s2": (2, 2, 1, True),
-}
-
+from helpers import DEVICES, KINDS, kind_input, random_tensor, skip_unless_runs
 
 def autocast_dtypes(device):
     return [torch.bfloat16] if device == "cpu" else [torch.float16, torch.bfloat16]
@@ -33,19 +24,14 @@ def cases():
         marks = () if isinstance(device, str) else device.marks
         for dtype in autocast_dtypes(name):
             for dataflow in (Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED):
-                if dataflow is Dataflow.FUSED and name != "cpu":
+                if not dataflows.runs_on(dataflow, name, dtype):
                     continue
                 yield pytest.param(name, dtype, dataflow, marks=marks,
                                    id=f"{name}-{str(dtype)[6:]}-{dataflow.value}")
 
 
 def conv_input(device, kind):
-    x = random_tensor(num_points=200, channels=8, span=9, seed=3, device=device, dtype=torch.float32)
-    size, stride, _dilation, transposed = kind
-    if transposed:
-        down = ps.kernel_map(x, size, stride)
-        x = SparseTensor(torch.randn(down.num_out, 8, device=device), down.out_coords, stride, x.cache)
-    return x
+    return kind_input(kind, device, num_points=200, channels=8, span=9, seed=3, dtype=torch.float32)
 
 
 @pytest.mark.parametrize("kind_name", list(KINDS))
@@ -53,7 +39,8 @@ def conv_input(device, kind):
 def test_conv_under_autocast_matches_float64(device, dtype, dataflow, kind_name):
     size, stride, dilation, transposed = KINDS[kind_name]
     x = conv_input(device, KINDS[kind_name])
-    weight = (torch.randn(size ** 3, 8, 6, device=device) / (8 * size ** 3) ** 0.5).requires_grad_()
+    volume = math.prod(ps.offsets.as_triple(size, "kernel_size"))
+    weight = (torch.randn(volume, 8, 6, device=device) / (8 * volume) ** 0.5).requires_grad_()
     bias = torch.randn(6, device=device, requires_grad=True)
     feats = x.feats.clone().requires_grad_()
     config = ConvConfig(dataflow=dataflow)
@@ -86,8 +73,7 @@ def centre_of_a_full_cube(device, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("dataflow", [Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED])
 def test_half_precision_sums_offsets_in_float32(device, dtype, dataflow):
-    if dataflow is Dataflow.FUSED and device != "cpu":
-        pytest.skip("the fused dataflow runs on the CPU only")
+    skip_unless_runs(dataflow, device)
     # Centre weight 2^m (m = mantissa bits + 1), the 26 others 1: at 2^m the spacing of the dtype is 2,
     # so rounded after every offset the sum would stay at 2^m (2^m + 1 rounds back to it); summed in
     # float32 the centre gets 2^m + 26, which the dtype holds exactly.

@@ -8,7 +8,7 @@ import torch
 import pointsparse as ps
 from pointsparse.ops import norm
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 
 def features(n=3000, c=20, dtype=torch.float64, seed=0, device="cpu"):

@@ -8,7 +8,7 @@ import torch
 
 from pointsparse.bench.__main__ import main
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,7 @@ CUDA backward runs on autograd's device thread), GPU time and counts on CUDA."""
 import pytest
 import torch
 
-from conftest import DEVICES
+from helpers import DEVICES
 from pointsparse import SparseTensor
 from pointsparse.breakdown import CONV_PARTS, breakdown, count_host_syncs
 from pointsparse.models import minkunet18

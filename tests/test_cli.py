@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from conftest import require_extra
+from helpers import require_extra
 from pointsparse.cli import main
 from pointsparse.datasets.synthetic import LidarConfig, generate_dataset
 

@@ -10,8 +10,7 @@ import pointsparse as ps
 import pointsparse.compat.spconv as spconv
 from pointsparse.convert import convert_state_dict
 
-from conftest import DEVICES, require_extra
-from test_conv import random_tensor
+from helpers import DEVICES, random_tensor, require_extra
 
 REACHED = ps.OutputRule.REACHED
 SHAPE = [21, 13, 9]

@@ -22,8 +22,7 @@ from torchsparse.nn.utils import get_kernel_offsets  # noqa: E402
 from torchsparse.utils.collate import sparse_collate  # noqa: E402
 from torchsparse.utils.quantize import sparse_quantize  # noqa: E402
 
-from conftest import DEVICES  # noqa: E402
-from test_conv import random_tensor  # noqa: E402
+from helpers import DEVICES, random_tensor  # noqa: E402
 
 
 # ---- a MinkUNet-like network written as for TorchSparse (SPVNAS style) ----

@@ -7,20 +7,7 @@ import pointsparse as ps
 from pointsparse import ConvConfig, Dataflow, KernelMapAlgo, SparseTensor
 from pointsparse import functional as F
 
-from conftest import DEVICES
-from dense_oracle import dense_conv
-
-
-def random_tensor(num_points=60, channels=3, span=7, batches=2, stride=1, seed=0, device="cpu",
-                  dtype=torch.float64) -> SparseTensor:
-    """Unique non-negative coords (multiples of stride) over ragged batches, random feats."""
-    gen = torch.Generator().manual_seed(seed)
-    coords = torch.cat([torch.randint(0, batches, (num_points, 1), generator=gen),
-                        torch.randint(0, span, (num_points, 3), generator=gen) * stride], 1)
-    coords = torch.unique(coords, dim=0).int()
-    coords = coords[torch.randperm(coords.shape[0], generator=gen)]
-    feats = torch.randn(coords.shape[0], channels, generator=gen, dtype=dtype)
-    return SparseTensor(feats.to(device), coords.to(device), stride)
+from helpers import DEVICES, assert_gradcheck, dense_conv, random_tensor, skip_unless_runs, sparse_then_dense
 
 
 def run_sparse_and_dense(x: SparseTensor, kernel_size, stride, dilation, transposed, algo,
@@ -30,22 +17,15 @@ def run_sparse_and_dense(x: SparseTensor, kernel_size, stride, dilation, transpo
     size = ps.offsets.as_triple(kernel_size, "kernel_size")
     weight = torch.randn(size[0] * size[1] * size[2], x.num_channels, out_channels, generator=gen,
                          dtype=x.feats.dtype).to(x.feats.device)
-    results = []
-    for path in ("sparse", "dense"):
-        feats = x.feats.detach().clone().requires_grad_()
-        w = weight.clone().requires_grad_()
-        xin = x.with_feats(feats)
-        y = F.conv3d(xin, w, kernel_size=size, stride=stride, dilation=dilation, transposed=transposed,
-                     config=ConvConfig(algo, dataflow))
-        if path == "sparse":
-            out, out_coords, out_stride = y.feats, y.coords, y.stride
-        else:
-            out = dense_conv(xin, w, size, (stride,) * 3, (dilation,) * 3, transposed, out_coords, out_stride)
-        probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1),
-                            dtype=out.dtype).to(out.device)
-        (out * probe).sum().backward()
-        results.append((out, feats.grad, w.grad))
-    return results
+
+    def sparse(xin, w):
+        return F.conv3d(xin, w, kernel_size=size, stride=stride, dilation=dilation, transposed=transposed,
+                        config=ConvConfig(algo, dataflow))
+
+    def dense(xin, w, y):
+        return dense_conv(xin, w, size, (stride,) * 3, (dilation,) * 3, transposed, y.coords, y.stride)
+
+    return sparse_then_dense(x, weight, sparse, dense, seed)[1]
 
 
 def assert_matches_oracle(results):
@@ -66,8 +46,7 @@ DATAFLOWS = [Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED]
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("kernel_size", [1, 2, 3, 5])
 def test_conv_matches_dense_oracle(device, dataflow, algo, kind, dilation, kernel_size):
-    if dataflow is Dataflow.FUSED and device != "cpu":
-        pytest.skip("the fused dataflow runs on the CPU only")
+    skip_unless_runs(dataflow, device)
     x = random_tensor(device=device)
     if kind == "submanifold":
         results = run_sparse_and_dense(x, kernel_size, 1, dilation, False, algo, dataflow=dataflow)
@@ -108,27 +87,8 @@ def test_submanifold_on_a_coarser_tensor(device):
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("kind", KINDS)
 def test_gradcheck_float64(kind, dataflow, device):
-    if dataflow is Dataflow.FUSED and device != "cpu":
-        pytest.skip("the fused dataflow runs on the CPU only")
+    skip_unless_runs(dataflow, device)
     assert_gradcheck(kind, device, ConvConfig(dataflow=dataflow))
-
-
-def assert_gradcheck(kind: str, device: str, config: ConvConfig) -> None:
-    """gradcheck in float64 of a k3 conv of ``kind`` (submanifold, strided or transposed) in feats,
-    weight and bias under ``config``."""
-    x = random_tensor(num_points=12, channels=2, span=3, seed=6, device=device)
-    stride, transposed = (1, False) if kind == "submanifold" else (2, kind == "transposed")
-    if transposed:
-        x = F.conv3d(x, torch.zeros(8, 2, 2, dtype=torch.float64, device=device), kernel_size=2, stride=2)
-    weight = torch.randn(27, 2, 3, dtype=torch.float64).to(device).requires_grad_()
-    bias = torch.randn(3, dtype=torch.float64).to(device).requires_grad_()
-    feats = x.feats.detach().clone().requires_grad_()
-
-    def conv(f, w, b):
-        return F.conv3d(x.with_feats(f), w, kernel_size=3, bias=b, stride=stride, transposed=transposed,
-                        config=config).feats
-
-    assert torch.autograd.gradcheck(conv, (feats, weight, bias))
 
 
 def test_bias_is_added_per_output_channel():

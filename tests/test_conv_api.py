@@ -8,8 +8,7 @@ from pointsparse import SparseTensor
 from pointsparse import functional as F
 from pointsparse import nn as spnn
 
-from conftest import DEVICES
-from test_conv import random_tensor
+from helpers import DEVICES, assert_compiles_fullgraph, random_tensor, skip_unless_runs
 
 
 def conv_op_cases(device):
@@ -65,32 +64,8 @@ def test_torch_compile_matches_eager():
 @pytest.mark.parametrize("dataflow", [ps.Dataflow.GATHER_GEMM_SCATTER, ps.Dataflow.FUSED])
 def test_torch_compile_fullgraph_of_cached_convs(device, dataflow):
     # With the kernel maps cached the whole network, forward and backward, is one graph.
-    if dataflow is ps.Dataflow.FUSED and device != "cpu":
-        pytest.skip("the fused dataflow runs on the CPU only")
+    skip_unless_runs(dataflow, device)
     assert_compiles_fullgraph(ps.ConvConfig(dataflow=dataflow), device)
-
-
-def assert_compiles_fullgraph(config: ps.ConvConfig, device: str) -> None:
-    """A two-layer net under ``config`` compiles to one graph once its maps are cached, with the
-    eager forward and gradients (feats and first weight)."""
-    torch.manual_seed(0)
-    net = torch.nn.Sequential(spnn.SparseConv3d(3, 8, 3, config=config), spnn.ReLU(),
-                              spnn.SparseConv3d(8, 4, 2, stride=2, config=config)).to(device)
-    x = random_tensor(num_points=50, seed=9, dtype=torch.float32, device=device)
-    feats = x.feats.clone().requires_grad_()
-    eager = net(x.with_feats(feats))  # builds the maps into x.cache
-    eager.feats.square().sum().backward()
-    ref_feats, ref_weight = feats.grad, net[0].weight.grad
-    net.zero_grad()
-
-    # Forward traced as one graph; AOTAutograd compiles its backward.
-    compiled = torch.compile(lambda f: net(x.with_feats(f)).feats, fullgraph=True)
-    feats2 = x.feats.clone().requires_grad_()
-    out = compiled(feats2)
-    out.square().sum().backward()
-    torch.testing.assert_close(out, eager.feats)
-    torch.testing.assert_close(feats2.grad, ref_feats)
-    torch.testing.assert_close(net[0].weight.grad, ref_weight)
 
 
 def test_module_parameters_and_initialisation():

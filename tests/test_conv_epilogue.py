@@ -11,9 +11,7 @@ from pointsparse import functional as F
 from pointsparse import nn as spnn
 from pointsparse.ops import norm
 
-from dense_oracle import dense_conv
-from test_conv import random_tensor
-from test_conv_fused import ISAS, use_isa
+from helpers import ISAS, dense_conv, random_tensor, use_isa
 
 ops = torch.ops.pointsparse
 

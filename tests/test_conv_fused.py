@@ -7,31 +7,9 @@ import pointsparse as ps
 from pointsparse import ConvConfig, Dataflow, dataflows
 from pointsparse import functional as F
 
-from test_conv import random_tensor
+from helpers import ISAS, both_dataflows, random_tensor, use_isa
 
 ops = torch.ops.pointsparse
-ISAS = ["avx512", "avx2", "baseline"]
-
-
-def use_isa(monkeypatch, isa: str) -> None:
-    monkeypatch.setenv("POINTSPARSE_CPU_ISA", isa)
-    if ops.fused_cpu_isa() != isa:
-        pytest.skip(f"this CPU cannot run {isa}")
-
-
-def both_dataflows(x, weight, kernel_size, stride, configs=(ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
-                                                              ConvConfig(dataflow=Dataflow.FUSED))):
-    """(out, grad feats, grad weight) under each config (by default gather-GEMM-scatter, then FUSED)
-    and one random loss."""
-    results = []
-    for config in configs:
-        feats = x.feats.detach().clone().requires_grad_()
-        w = weight.detach().clone().requires_grad_()
-        y = F.conv3d(x.with_feats(feats), w, kernel_size=kernel_size, stride=stride, config=config)
-        probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(3), dtype=y.feats.dtype)
-        (y.feats * probe).sum().backward()
-        results.append((y.feats, feats.grad, w.grad))
-    return results
 
 
 # Channel counts around the register tile (16 float32 lanes x 2 vectors on AVX-512, 8 on AVX2,

@@ -10,9 +10,8 @@ from pointsparse import ConvConfig, Dataflow, KernelMapAlgo, OutputRule, SparseT
 from pointsparse import functional as F
 from pointsparse.offsets import as_triple, default_padding
 
-from conftest import DEVICES, load_scan, with_batch
-from dense_oracle import dense_weight
-from test_conv import random_tensor
+from helpers import (DEVICES, dense_weight, gather, load_scan, random_tensor, skip_unless_runs,
+                     sparse_then_dense, with_batch)
 
 SPAN = 7
 DATAFLOWS = [Dataflow.GATHER_GEMM_SCATTER, Dataflow.FUSED]
@@ -23,12 +22,6 @@ def ranged_tensor(device, seed=0, channels=3) -> SparseTensor:
     return SparseTensor(x.feats, x.coords, spatial_range=(SPAN,) * 3)
 
 
-def dense_at(out: torch.Tensor, coords: torch.Tensor, stride) -> torch.Tensor:
-    """Rows ``[N, C]`` of a dense ``[B, C, X, Y, Z]`` at ``coords / stride``."""
-    index = (coords[:, 1:] // torch.tensor(stride, device=coords.device)).long()
-    return out[coords[:, 0].long(), :, index[:, 0], index[:, 1], index[:, 2]]
-
-
 def run_both(x, kernel_size, stride, padding, transposed, generative, config, seed=1):
     """Sparse then dense outputs and gradients (feats, weight) under one random probe; also the
     number of non-zero cells of the dense result, which a reached-cell conv must output."""
@@ -37,24 +30,20 @@ def run_both(x, kernel_size, stride, padding, transposed, generative, config, se
     gen = torch.Generator().manual_seed(seed)
     weight = torch.randn(size[0] * size[1] * size[2], x.num_channels, 4, generator=gen,
                          dtype=x.feats.dtype).to(x.feats.device)
-    results = []
-    for path in ("sparse", "dense"):
-        feats = x.feats.detach().clone().requires_grad_()
-        w = weight.clone().requires_grad_()
-        xin = x.with_feats(feats)
-        if path == "sparse":
-            y = F.conv3d(xin, w, kernel_size=size, stride=step, transposed=transposed, padding=padding,
-                         outputs=OutputRule.REACHED, generative=generative, config=config)
-            out, coords, out_stride = y.feats, y.coords, y.stride
-        else:
-            conv = TF.conv_transpose3d if transposed else TF.conv3d
-            grid = conv(xin.dense(), dense_weight(w, size, transposed), stride=step, padding=pad)
-            occupied = int((grid.detach().abs().sum(1) > 0).sum())
-            out = dense_at(grid, coords, out_stride)
-        probe = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed + 1),
-                            dtype=out.dtype).to(out.device)
-        (out * probe).sum().backward()
-        results.append((out, feats.grad, w.grad))
+    occupied = 0
+
+    def sparse(xin, w):
+        return F.conv3d(xin, w, kernel_size=size, stride=step, transposed=transposed, padding=padding,
+                        outputs=OutputRule.REACHED, generative=generative, config=config)
+
+    def dense(xin, w, y):
+        nonlocal occupied
+        conv = TF.conv_transpose3d if transposed else TF.conv3d
+        grid = conv(xin.dense(), dense_weight(w, size, transposed), stride=step, padding=pad)
+        occupied = int((grid.detach().abs().sum(1) > 0).sum())
+        return gather(grid, y.coords, y.stride)
+
+    y, results = sparse_then_dense(x, weight, sparse, dense, seed)
     for got, want in zip(*results):
         torch.testing.assert_close(got, want)
     return y, occupied
@@ -67,8 +56,7 @@ def run_both(x, kernel_size, stride, padding, transposed, generative, config, se
     (3, 2, None), (3, 2, 0), (3, 2, (0, 1, 1)), (2, 2, None), (3, 1, None), (5, 2, 1), ((3, 1, 1), (2, 1, 1), 0)])
 def test_reached_cells_match_the_dense_conv_everywhere_it_is_nonzero(device, dataflow, algo, kernel_size,
                                                                      stride, padding):
-    if dataflow is Dataflow.FUSED and device != "cpu":
-        pytest.skip("the fused dataflow runs on the CPU only")
+    skip_unless_runs(dataflow, device)
     x = ranged_tensor(device)
     y, occupied = run_both(x, kernel_size, stride, padding, False, False, ConvConfig(algo, dataflow))
     # Random weights make every reached cell non-zero: the outputs are exactly those cells.
@@ -83,8 +71,7 @@ def test_reached_cells_match_the_dense_conv_everywhere_it_is_nonzero(device, dat
 @pytest.mark.parametrize("dataflow", DATAFLOWS)
 @pytest.mark.parametrize("kernel_size,padding", [(2, None), (3, None), (3, 0)])
 def test_generative_transposed_conv_outputs_every_reached_finer_cell(device, dataflow, kernel_size, padding):
-    if dataflow is Dataflow.FUSED and device != "cpu":
-        pytest.skip("the fused dataflow runs on the CPU only")
+    skip_unless_runs(dataflow, device)
     coarse = F.conv3d(ranged_tensor(device, channels=2), torch.randn(8, 2, 3, dtype=torch.float64, device=device),
                       kernel_size=2, stride=2)
     assert coarse.spatial_range == (4, 4, 4)
@@ -104,7 +91,7 @@ def test_transposed_conv_inverts_the_reached_strided_conv(device):
     assert up.coords is x.coords and up.spatial_range == x.spatial_range
     grid = TF.conv_transpose3d(down.dense(), dense_weight(w, (3, 3, 3), True), stride=2, padding=0,
                                output_padding=1)  # back to the 7-cell range
-    torch.testing.assert_close(up.feats, dense_at(grid, x.coords, (1, 1, 1)))
+    torch.testing.assert_close(up.feats, gather(grid, x.coords, (1, 1, 1)))
 
 
 @pytest.mark.parametrize("kind", ["reached", "generative"])

@@ -6,7 +6,7 @@ import torch
 
 from pointsparse import crosscheck
 
-from test_conv import random_tensor
+from helpers import random_tensor
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from pointsparse import crosscheck
 from pointsparse import functional as F
 from pointsparse.models import minkunet18
 
-from conftest import load_scan, with_batch
+from helpers import load_scan, with_batch
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

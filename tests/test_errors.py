@@ -7,7 +7,7 @@ import torch
 import pointsparse as ps
 from pointsparse import SparseTensor, kernel_offsets, ops
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 GOOD = [[0, 0, 0, 0], [0, 1, 0, 0]]
 

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import require_extra
+from helpers import require_extra
 from pointsparse import pointclouds
 from pointsparse.cli import main
 from pointsparse.extras import EXTRAS, ExtraUnavailableError, import_extra

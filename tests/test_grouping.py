@@ -6,16 +6,13 @@ import pytest
 import torch
 
 import pointsparse as ps
-from pointsparse import ConvConfig, ConvGrouping, Dataflow, Grouping, GroupingConfig, KernelMapAlgo, plan_grouping
-from pointsparse import functional as F
+from pointsparse import ConvConfig, ConvGrouping, Grouping, GroupingConfig, KernelMapAlgo, plan_grouping
+from pointsparse.dataflows.ggs import grouping_plan
 from pointsparse.grouping import symmetric_order
 
-from conftest import DEVICES
-from dense_oracle import dense_conv
-from test_conv import assert_gradcheck, random_tensor
-from test_conv_api import assert_compiles_fullgraph
+from helpers import (DEVICES, GGS, KINDS, assert_compiles_fullgraph, assert_gradcheck, check_against_oracle, kind_input,
+                     kind_weight, random_tensor)
 
-GGS = Dataflow.GATHER_GEMM_SCATTER
 
 
 # ---------------------------------------------------------------------------------------------- planner
@@ -57,7 +54,7 @@ def test_dense_is_one_batched_group_and_skips_the_identity_and_empty_offsets():
 def test_symmetric_pairs_mirrors_without_padding_on_a_submanifold_map():
     x = random_tensor(num_points=300, span=8, seed=2)
     kmap = ps.kernel_map(x, 3)
-    plan = kmap.grouping_plan(GroupingConfig(Grouping.SYMMETRIC), 13)
+    plan = grouping_plan(kmap, GroupingConfig(Grouping.SYMMETRIC), 13)
     assert all(len(g) == 2 and g[0] + g[1] == 26 for g in plan.groups)
     assert plan.computed_rows == plan.useful_rows and plan.redundancy == 0.0
     assert plan.gemm_calls == 1 + 13
@@ -94,7 +91,7 @@ def test_accounting_equals_a_brute_force_count(config, kind):
     x = random_tensor(num_points=200, span=7, seed=3)
     stride = 1 if kind == "submanifold" else 2
     kmap = ps.kernel_map(x, 3, stride)
-    plan = kmap.grouping_plan(config, 13 if stride == 1 else -1)
+    plan = grouping_plan(kmap, config, 13 if stride == 1 else -1)
     useful, computed, calls = brute_force_accounting(kmap.neighbors, plan)
     assert (plan.useful_rows, plan.computed_rows, plan.gemm_calls) == (useful, computed, calls)
     assert plan.useful_macs(16, 32) == useful * 16 * 32 and plan.computed_macs(16, 32) == computed * 16 * 32
@@ -130,7 +127,7 @@ def test_plans_are_built_once_per_kernel_map():
     x = random_tensor(num_points=100, seed=4)
     kmap = ps.kernel_map(x, 3)
     config = GroupingConfig(Grouping.ADAPTIVE)
-    assert kmap.grouping_plan(config, 13) is kmap.grouping_plan(config, 13)
+    assert grouping_plan(kmap, config, 13) is grouping_plan(kmap, config, 13)
 
 
 # -------------------------------------------------------------------------------------------- execution
@@ -148,65 +145,6 @@ def groupings(volume: int):
         "per pass": ConvGrouping(GroupingConfig(Grouping.DENSE), GroupingConfig(Grouping.SYMMETRIC),
                                  GroupingConfig(Grouping.ADAPTIVE, epsilon=0.2)),
     }
-
-
-KINDS = {  # name: (kernel_size, stride, dilation, transposed)
-    "submanifold k1": (1, 1, 1, False),
-    "submanifold k3": (3, 1, 1, False),
-    "submanifold k5": (5, 1, 1, False),
-    "dilated k3": (3, 1, 2, False),
-    "strided k2s2": (2, 2, 1, False),
-    "strided k3s2": (3, 2, 1, False),
-    "transposed k2s2": (2, 2, 1, True),
-    "anisotropic (3, 1, 2)": ((3, 1, 2), 1, 1, False),
-}
-
-
-def conv_results(x, weight, kind, config, probe_seed=11):
-    """(out, grad feats, grad weight) of one conv under a random probe loss, sparse and dense."""
-    size, stride, dilation, transposed = kind
-    feats = x.feats.detach().clone().requires_grad_()
-    w = weight.detach().clone().requires_grad_()
-    y = F.conv3d(x.with_feats(feats), w, kernel_size=size, stride=stride, dilation=dilation,
-                 transposed=transposed, config=config)
-    probe = torch.randn(y.feats.shape, generator=torch.Generator().manual_seed(probe_seed),
-                        dtype=y.feats.dtype).to(y.feats.device)
-    (y.feats * probe).sum().backward()
-    return y, (y.feats.detach(), feats.grad, w.grad), probe
-
-
-def kind_input(kind, device, algo):
-    size, stride, _dilation, transposed = kind
-    x = random_tensor(num_points=150, channels=5, span=8, seed=21, device=device)
-    if transposed:
-        coarse = ps.kernel_map(x, size, stride, config=ConvConfig(kmap=algo))
-        x = ps.SparseTensor(torch.randn(coarse.num_out, 5, dtype=x.feats.dtype, generator=torch.Generator()
-                                        .manual_seed(5)).to(device), coarse.out_coords, stride, x.cache)
-    return x
-
-
-def kind_weight(kind, device):
-    """Random, asymmetric weights [K, 5, 4]: a slice applied to the wrong offset cannot pass."""
-    size = ps.offsets.as_triple(kind[0], "kernel_size")
-    volume = size[0] * size[1] * size[2]
-    return torch.randn(volume, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).to(device)
-
-
-def check_against_oracle(x, weight, kind, config):
-    """Output and both gradients under ``config`` equal gather-GEMM-scatter with one GEMM per
-    offset and the dense oracle."""
-    y, results, probe = conv_results(x, weight, kind, config)
-    separate = conv_results(x, weight, kind, ConvConfig(config.kmap, GGS))[1]
-    for value, reference in zip(results, separate):
-        torch.testing.assert_close(value, reference)
-    size = ps.offsets.as_triple(kind[0], "kernel_size")
-    _, stride, dilation, transposed = kind
-    feats = x.feats.detach().clone().requires_grad_()
-    w = weight.clone().requires_grad_()
-    dense = dense_conv(x.with_feats(feats), w, size, (stride,) * 3, (dilation,) * 3, transposed, y.coords, y.stride)
-    (dense * probe).sum().backward()
-    for value, reference in zip(results, (dense, feats.grad, w.grad)):
-        torch.testing.assert_close(value, reference)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -230,7 +168,7 @@ def test_gradcheck_float64_per_strategy(device, strategy, kind):
 def grouped_op_args(device, dtype=torch.float32):
     x = random_tensor(num_points=40, channels=3, seed=8, device=device, dtype=dtype)
     kmap = ps.kernel_map(x, 3)
-    plans = [kmap.grouping_plan(GroupingConfig(s), 13).encode()
+    plans = [grouping_plan(kmap, GroupingConfig(s), 13).encode()
              for s in (Grouping.DENSE, Grouping.SYMMETRIC, Grouping.ADAPTIVE)]
     weight = torch.randn(27, 3, 5, device=device, dtype=dtype)
     return x, kmap, weight, (x.feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.out_pos, kmap.in_pos,

@@ -8,14 +8,12 @@ import torch
 import pointsparse as ps
 from pointsparse import ConvConfig, Dataflow, ImplicitGemmConfig, KernelMapAlgo, implicit_gemm_work
 from pointsparse import functional as F
+from pointsparse.dataflows.implicit import reordering as reordering_of
 from pointsparse.implicit import reorder_rows, split_ranges
 from pointsparse.testing import reference_transpose
 
-from conftest import DEVICES
-from test_conv import assert_gradcheck, random_tensor
-from test_conv_api import assert_compiles_fullgraph
-from test_conv_fused import ISAS, both_dataflows, use_isa
-from test_grouping import KINDS, check_against_oracle, kind_input, kind_weight
+from helpers import (DEVICES, ISAS, KINDS, assert_compiles_fullgraph, assert_gradcheck, both_dataflows,
+                     check_against_oracle, kind_input, kind_weight, random_tensor, use_isa)
 
 IMPLICIT = Dataflow.IMPLICIT_GEMM
 
@@ -249,7 +247,7 @@ def test_opcheck_and_compile_fullgraph(device):
     x = random_tensor(num_points=40, channels=3, seed=8, device=device, dtype=torch.float32)
     kmap = ps.kernel_map(x, 3)
     implicit = ImplicitGemmConfig(tile_rows=8, reorder=True, splits=2)
-    fwd, bwd = kmap.reordering(implicit), kmap.reordering(implicit, transposed=True)
+    fwd, bwd = reordering_of(kmap, implicit), reordering_of(kmap, implicit, transposed=True)
     feats = x.feats.clone().requires_grad_()
     weight = torch.randn(27, 3, 5, device=device, requires_grad=True)
     args = (feats, weight, kmap.neighbors, fwd.order, fwd.tile_masks, kmap.neighbors_t, bwd.order, bwd.tile_masks,
@@ -263,7 +261,7 @@ def test_opcheck_and_compile_fullgraph(device):
 def test_bad_reorderings_raise(device):
     x = random_tensor(num_points=40, channels=3, seed=8, device=device, dtype=torch.float32)
     kmap = ps.kernel_map(x, 3)
-    r = kmap.reordering(ImplicitGemmConfig(tile_rows=8))
+    r = reordering_of(kmap, ImplicitGemmConfig(tile_rows=8))
     weight = torch.randn(27, 3, 5, device=device)
 
     def call(order=r.order, masks=r.tile_masks, neighbors=kmap.neighbors):

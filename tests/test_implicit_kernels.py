@@ -17,9 +17,9 @@ import torch
 
 import pointsparse as ps
 from pointsparse import ImplicitGemmConfig
+from pointsparse.dataflows.implicit import reordering as reordering_of
 
-from conftest import load_scan, with_batch
-from test_conv import random_tensor
+from helpers import load_scan, random_tensor, with_batch
 
 TENSOR_CORE_GPU = torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 8
 
@@ -138,7 +138,7 @@ def test_tiled_kernels_match_the_cpu(run, kernel, dtype, tolerance, tile_rows, r
     # 13 -> 40 channels: partial input slabs of the MMA depth and a partial second column block.
     feats, weight, kmap = layer(13, 40, seed=tile_rows + splits)
     feats, weight = feats.to(dtype), weight.to(dtype)
-    reordering = kmap.reordering(ImplicitGemmConfig(tile_rows, reorder, splits))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(tile_rows, reorder, splits))
     result = run(kernel, feats, weight, kmap, reordering)
     error = relative_error(result, reference(feats, weight, kmap, reordering))
     assert error < tolerance
@@ -153,7 +153,7 @@ def test_tiled_kernels_on_channel_counts(run, kernel, dtype, tolerance, C_in, C_
     # for float) and element by element elsewhere; one or several slabs of input channels per offset.
     feats, weight, kmap = layer(C_in, C_out, num_points=150, seed=C_in * 100 + C_out)
     feats, weight = feats.to(dtype), weight.to(dtype)
-    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 2))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 2))
     result = run(kernel, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < tolerance
 
@@ -165,7 +165,7 @@ def test_kernels_on_multiword_masks_and_strided_maps(run, kernel, kernel_size, s
     feats, weight, kmap = layer(8, 24, kernel_size, stride, seed=kernel_size * 10 + stride)
     dtype = {SIMT: torch.float64, TENSOR_CORE: torch.bfloat16, FMA_TILE: torch.float32}[kernel]
     feats, weight = feats.to(dtype), weight.to(dtype)
-    reordering = kmap.reordering(ImplicitGemmConfig(16, True, splits))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(16, True, splits))
     result = run(kernel, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
 
@@ -174,7 +174,7 @@ def test_kernels_on_multiword_masks_and_strided_maps(run, kernel, kernel_size, s
 def test_simt_kernel_matches_the_cpu(run, dtype, tolerance):
     feats, weight, kmap = layer(7, 37, seed=3)
     feats, weight = feats.to(dtype), weight.to(dtype)
-    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 3))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 3))
     result = run(SIMT, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < tolerance
 
@@ -192,14 +192,14 @@ def test_tiled_kernels_on_a_real_scan(run, kernel, dtype, kernel_size, stride, c
     kmap = ps.kernel_map(x, kernel_size, stride)
     weight = torch.randn(kmap.num_offsets, c_in, c_out, generator=generator, dtype=torch.float64)
     feats, weight = x.feats.to(dtype), weight.to(dtype)
-    reordering = kmap.reordering(ImplicitGemmConfig(tile_rows, True, splits))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(tile_rows, True, splits))
     result = run(kernel, feats, weight, kmap, reordering)
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
 
 
 def test_an_output_row_out_of_range_fails_the_kernel_assertion(emulated):
     feats, weight, kmap = layer(4, 8, seed=5)
-    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 1))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))
     broken = type(reordering)(reordering.order.clone(), reordering.tile_masks, reordering.tile_rows)
     broken.order[0, 3] = kmap.neighbors.shape[0]  # one past the last output row
     for kernel in (SIMT, TENSOR_CORE, FMA_TILE):
@@ -220,7 +220,7 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
         .replace('#include "../conv_element.h"', f'#include "{REPO}/csrc/conv/conv_element.h"'))
     entry = entry_point(build_emulated(tmp_path / "libbroken.so", tmp_path, flags=("-O1",)))
     feats, weight, kmap = layer(16, 16, seed=6)
-    reordering = kmap.reordering(ImplicitGemmConfig(32, True, 1))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))
     with pytest.raises(AssertionError, match="256-bit aligned"):
         run_emulated(entry, TENSOR_CORE, feats.half(), weight.half(), kmap.neighbors, reordering)
 
@@ -230,6 +230,7 @@ RACE_CASES = """
 import sys, ctypes, torch
 sys.path.insert(0, {tests!r})
 from pointsparse import ImplicitGemmConfig
+from pointsparse.dataflows.implicit import reordering as reordering_of
 import test_implicit_kernels as t
 entry = t.entry_point({library!r})
 for kernel, dtype, c_in, c_out, tile, splits in [(t.TENSOR_CORE, torch.float16, 13, 40, 32, 2),
@@ -239,7 +240,7 @@ for kernel, dtype, c_in, c_out, tile, splits in [(t.TENSOR_CORE, torch.float16, 
                                                 (t.SIMT, torch.float64, 7, 37, 32, 3)]:
     feats, weight, kmap = t.layer(c_in, c_out, num_points=120, seed=c_in)
     feats, weight = feats.to(dtype), weight.to(dtype)
-    reordering = kmap.reordering(ImplicitGemmConfig(tile, True, splits))
+    reordering = reordering_of(kmap, ImplicitGemmConfig(tile, True, splits))
     t.run_emulated(entry, kernel, feats, weight, kmap.neighbors, reordering)
 print("ran")
 """

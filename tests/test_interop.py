@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import pointsparse as ps
-from conftest import require_extra
+from helpers import require_extra
 from pointsparse import pointclouds
 from pointsparse.compat.torchsparse import SparseTensor as TSTensor
 from pointsparse.compat.torchsparse.utils import sparse_quantize as ts_sparse_quantize

@@ -9,8 +9,7 @@ from pointsparse.functional import conv3d
 from pointsparse import SparseTensor
 from pointsparse.kmap import cached_kernel_map
 
-from conftest import DEVICES
-from dense_oracle import dense_conv
+from helpers import DEVICES, dense_conv
 
 ONES_K3 = torch.ones(27, 1, 1)  # [K, C_in, C_out]: each output sums its occupied neighbours
 

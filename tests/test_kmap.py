@@ -10,7 +10,7 @@ from pointsparse import ConvConfig, KernelMapAlgo, SparseTensor, kernel_offsets,
 from pointsparse.testing import (reference_bitmask, reference_csr, reference_downsample,
                                  reference_neighbors)
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 ALGOS = list(KernelMapAlgo)
 

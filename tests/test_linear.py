@@ -6,9 +6,9 @@ from torch import nn
 
 import pointsparse.nn as spnn
 import pointsparse.nn.feature_ops as feature_ops
-from pointsparse.ops.conv import linear_fused
+from pointsparse.ops.conv_fused import linear_fused
 
-from test_conv import random_tensor
+from helpers import random_tensor
 
 
 def pair(c_in, c_out, bias, dtype, seed=0):

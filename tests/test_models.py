@@ -6,7 +6,7 @@ import torch
 from pointsparse import SparseTensor
 from pointsparse.models import MODELS, build_model
 
-from conftest import load_scan, with_batch
+from helpers import load_scan, with_batch
 
 
 def test_registry_and_parameter_counts():

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 SWEEP = Path(__file__).parent / "op_mutations.py"
 

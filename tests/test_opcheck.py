@@ -5,7 +5,7 @@ import torch
 
 from pointsparse import kernel_offsets
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 COORDS = [[0, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, -1], [1, -2, 3, 4], [1, -1, 3, 4], [0, 5, 5, 5]]
 

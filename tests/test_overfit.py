@@ -8,7 +8,7 @@ from pointsparse.datasets import CLASS_NAMES, SemanticKITTI, VoxelConfig, collat
 from pointsparse.metrics import ConfusionMatrix
 from pointsparse.models import build_model
 
-from conftest import SHARED_DATA
+from helpers import SHARED_DATA
 
 MAX_STEPS = 300
 

@@ -6,7 +6,7 @@ import torch
 from pointsparse import SparseTensor
 from pointsparse import point_voxel as pv
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 
 def grid_tensor(device, stride=1, size=4, channels=2, seed=0, dtype=torch.float64):

@@ -14,7 +14,7 @@ from pointsparse.cli import main
 from pointsparse.models import build_model, minkunet18
 from pointsparse.profiler import scan_input
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 
 @pytest.fixture(scope="module")

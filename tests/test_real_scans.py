@@ -6,7 +6,7 @@ import torch
 import pointsparse as ps
 from pointsparse import ConvConfig, KernelMapAlgo, SparseTensor
 
-from conftest import DEVICES, load_scan, with_batch
+from helpers import DEVICES, load_scan, with_batch
 
 FRAME_964 = "semantickitti/sequences/07/velodyne/000964.bin"
 

@@ -7,7 +7,7 @@ import pointsparse as ps
 from pointsparse.datasets import NUM_CLASSES, raw_to_train, read_labels, read_points
 from pointsparse.datasets.synthetic import LidarConfig, generate_dataset, make_scene, scan
 
-from conftest import SHARED_DATA, load_scan
+from helpers import SHARED_DATA, load_scan
 
 SMALL = LidarConfig(beams=16, azimuth_steps=360)
 

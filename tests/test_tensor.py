@@ -7,7 +7,7 @@ import torch
 import pointsparse as ps
 from pointsparse import SparseTensor
 
-from conftest import DEVICES
+from helpers import DEVICES
 
 
 def sample_tensor(device="cpu"):

@@ -20,9 +20,12 @@ import torch
 
 import pointsparse as ps
 from pointsparse import SparseTensor, crosscheck
-from pointsparse.timing import environment as library_environment
-from pointsparse.models import minkunet18
 from pointsparse.profiler import scan_input
+from pointsparse.timing import environment as library_environment
+from pointsparse.timing import time_ms
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_summary import Network, Precision  # noqa: E402  (the summary's training step, one definition)
 
 REPO = Path(__file__).resolve().parents[1]
 SCANS = ("semantickitti/sequences/07/velodyne/000964.bin", "semantickitti/sequences/00/velodyne/000000.bin")
@@ -59,46 +62,21 @@ def environment(device: str) -> dict:
     return dict(library_environment(), requested_device=device)
 
 
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def training_step_times(batch: SparseTensor, device: str, cr: float, amp: bool, repeats: int) -> dict:
-    """Median wall time of one SGD step of MinkUNet18 (fresh kernel maps each step) and peak memory."""
-    torch.manual_seed(0)
-    model = minkunet18(in_channels=4, num_classes=19, cr=cr).to(device).train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    """Median wall time of one SGD step of MinkUNet18 (gpu_summary's step: fresh kernel maps each
+    step, loss scaling under float16), peak memory, and whether every loss stayed finite."""
     device_type = torch.device(device).type
     # float16 with loss scaling on CUDA (what `pointsparse train` runs), bfloat16 on the CPU.
     dtype = torch.float16 if device_type == "cuda" else torch.bfloat16
-    scaler = torch.amp.GradScaler(device_type, enabled=amp and device_type == "cuda")
-    coords, feats = batch.coords.to(device), batch.feats.to(device)
-    labels = torch.randint(0, 19, (coords.shape[0],), generator=torch.Generator().manual_seed(0)).to(device)
-
-    def step() -> float:
-        optimizer.zero_grad(set_to_none=True)
-        with torch.autocast(device_type, dtype=dtype, enabled=amp):
-            logits = model(SparseTensor(feats, coords))
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return loss.item()
-
-    step()  # warm-up: allocator, cuBLAS handles
+    precision = Precision("amp", dtype) if amp else Precision("float32")
+    net = Network(SparseTensor(batch.feats.to(device), batch.coords.to(device)), cr)
+    scaler = net.scaler(precision)
+    losses = [net.train_step(precision, scaler)]  # warm-up: allocator, cuBLAS handles
     if device_type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    samples, losses = [], []
-    for _ in range(repeats):
-        synchronize(device)
-        start = time.perf_counter()
-        losses.append(step())
-        synchronize(device)
-        samples.append((time.perf_counter() - start) * 1e3)
-    record = {"voxels": int(coords.shape[0]), "cr": cr, "amp": amp, "dtype": str(dtype if amp else torch.float32),
-              "median_ms": float(np.median(samples)), "best_ms": min(samples),
-              "losses_finite": bool(np.isfinite(losses).all())}
+    timing = time_ms(lambda: losses.append(net.train_step(precision, scaler)), repeats, warmup=0)
+    record = {"voxels": int(batch.coords.shape[0]), "cr": cr, "amp": amp, "dtype": str(dtype if amp else torch.float32),
+              **timing, "losses_finite": bool(torch.isfinite(torch.stack(losses).float()).all())}
     if device_type == "cuda":
         record["peak_memory_mib"] = torch.cuda.max_memory_allocated() / 2 ** 20
     return record

@@ -76,7 +76,8 @@ class Network:
     def fresh(self) -> SparseTensor:
         return SparseTensor(self.x.feats, self.x.coords)
 
-    def train_step(self, precision: Precision, scaler: torch.amp.GradScaler) -> None:
+    def train_step(self, precision: Precision, scaler: torch.amp.GradScaler) -> torch.Tensor:
+        """One SGD step; returns the loss (on the device: no read-back)."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
         with running_in(precision, self.device_type):
@@ -84,6 +85,7 @@ class Network:
         scaler.scale(loss).backward()
         scaler.step(self.optimizer)
         scaler.update()
+        return loss.detach()
 
     def infer(self, precision: Precision) -> None:
         self.model.eval()

@@ -35,13 +35,6 @@ PS_HD int64_t pack_coord(const int32_t* coord) {
   return pack_key(coord[0], coord[1], coord[2], coord[3]);
 }
 
-PS_HD void unpack_key(int64_t key, int32_t* coord) {
-  coord[0] = int32_t(key >> (3 * kAxisBits));
-  coord[1] = int32_t((key >> (2 * kAxisBits)) & kAxisMask) - kAxisBias;
-  coord[2] = int32_t((key >> kAxisBits) & kAxisMask) - kAxisBias;
-  coord[3] = int32_t(key & kAxisMask) - kAxisBias;
-}
-
 // Key of (b, x+dx, y+dy, z+dz); kEmptyKey when the shifted coordinate leaves the packable range
 // (no input can live there, and the plain key sum would alias another coordinate).
 PS_HD int64_t shift_key(int64_t key, int32_t dx, int32_t dy, int32_t dz) {

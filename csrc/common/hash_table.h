@@ -73,10 +73,15 @@ PS_HD void atomic_min_i32(int32_t* addr, int32_t value) {
 #endif
 }
 
-// Claims the slot of key (or finds it). Returns the slot; *was_new tells whether this call claimed it.
+// Probes visit every slot at most once, so a full table (which the load factor rules out) ends a
+// probe instead of looping forever.
+
+// Claims the slot of key (or finds it). Returns the slot, or -1 when the table is full; *was_new
+// tells whether this call claimed it.
 PS_HD int64_t hash_insert(HashTable table, int64_t key, bool* was_new) {
   uint64_t slot = hash_key(key) & table.mask;
-  while (true) {
+  *was_new = false;
+  for (uint64_t probe = 0; probe <= table.mask; ++probe) {
     const int64_t seen = atomic_cas_i64(&table.keys[slot], kEmptyKey, key);
     if (seen == kEmptyKey || seen == key) {
       *was_new = seen == kEmptyKey;
@@ -84,17 +89,19 @@ PS_HD int64_t hash_insert(HashTable table, int64_t key, bool* was_new) {
     }
     slot = (slot + 1) & table.mask;
   }
+  return -1;
 }
 
 // Slot holding key, or -1. Call only after all inserts have finished.
 PS_HD int64_t hash_find(HashTable table, int64_t key) {
   uint64_t slot = hash_key(key) & table.mask;
-  while (true) {
+  for (uint64_t probe = 0; probe <= table.mask; ++probe) {
     const int64_t seen = table.keys[slot];
     if (seen == key) return int64_t(slot);
     if (seen == kEmptyKey) return -1;
     slot = (slot + 1) & table.mask;
   }
+  return -1;
 }
 
 PS_HD int32_t hash_lookup(HashTable table, int64_t key) {

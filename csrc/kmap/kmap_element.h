@@ -71,7 +71,7 @@ PS_HD bool insert_row_element(HashTable table, const int32_t* coords, int64_t i)
   bool was_new = false;
   const int64_t slot = hash_insert(table, pack_coord(coords + 4 * i), &was_new);
   if (was_new) table.values[slot] = int32_t(i);
-  return !was_new;
+  return slot >= 0 && !was_new;
 }
 
 // Floors row i of coords to a multiple of factor: writes out_coords[i] and its key out_keys[i].
@@ -85,12 +85,13 @@ PS_HD void downsample_element(const int32_t* coords, const int32_t* factor, int6
 PS_HD void insert_first_row_element(HashTable table, const int64_t* keys, int64_t i) {
   bool was_new = false;
   const int64_t slot = hash_insert(table, keys[i], &was_new);
-  atomic_min_i32(&table.values[slot], int32_t(i));
+  if (slot >= 0) atomic_min_i32(&table.values[slot], int32_t(i));
 }
 
 // Row i is the first occurrence of its key when the table kept i for it.
 PS_HD bool is_first_row_element(HashTable table, const int64_t* keys, int64_t i) {
-  return table.values[hash_find(table, keys[i])] == int32_t(i);
+  const int64_t slot = hash_find(table, keys[i]);
+  return slot >= 0 && table.values[slot] == int32_t(i);
 }
 
 // Kernel that tiles its stride: per axis offsets 0 .. size-1 in units of the tensor stride t, so

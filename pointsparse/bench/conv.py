@@ -21,10 +21,11 @@ from torch import Tensor
 from .. import functional as F
 from ..config import ConvConfig, Dataflow, KernelMapAlgo
 from ..convert import from_pointsparse_weight
+from ..dataflows import dataflows_for
 from ..kmap import build_kernel_map
 from ..tensor import SparseTensor
-from .common import add_scan_arguments, check_device, load_voxels, write_json
 from ..timing import environment, time_ms
+from .common import add_scan_arguments, check_device, load_voxels, write_json
 from .kmap import naive_neighbors
 from .spconv_baseline import import_spconv, spconv_available, spconv_input
 
@@ -139,7 +140,7 @@ def run_case(coords: Tensor, kernel: int, stride: int, c_in: int, c_out: int, ca
 
 def _dataflows_on(device: torch.device):
     """Every explicit dataflow that runs on ``device``."""
-    return [d for d in Dataflow if d is not Dataflow.AUTO and (d is not Dataflow.FUSED or device.type == "cpu")]
+    return [spec.dataflow for spec in dataflows_for(device)]
 
 
 def _time_spconv(coords, feats, weight, kernel, stride, c_in, c_out, cached, backward, grad, repeats,

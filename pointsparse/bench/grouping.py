@@ -16,10 +16,12 @@ import torch
 
 from .. import functional as F
 from ..config import ConvConfig, Dataflow
+from ..dataflows import runs_on
+from ..dataflows.ggs import grouping_plan
 from ..grouping import ConvGrouping, Grouping, GroupingConfig, symmetric_order
 from ..tensor import SparseTensor, kernel_map
-from .common import add_scan_arguments, check_device, load_voxels, ratios_against, write_json
 from ..timing import environment, time_ms
+from .common import add_scan_arguments, check_device, load_voxels, ratios_against, write_json
 
 WIDTHS = {1: 32, 2: 64, 4: 128, 8: 256}  # tensor stride: MinkUNet channels there
 
@@ -82,12 +84,12 @@ def run_layer(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, 
         return {"forward": time_ms(forward, repeats), "forward_backward": time_ms(forward_backward, repeats)}
 
     for name, grouping in strategies(volume).items():
-        plan = kmap.grouping_plan(grouping, identity)
+        plan = grouping_plan(kmap, grouping, identity)
         record = {"useful_macs": plan.useful_macs(c_in, c_out), "computed_macs": plan.computed_macs(c_in, c_out),
                   "redundancy": plan.redundancy, "gemm_calls": plan.gemm_calls, "groups": len(plan.groups)}
         record.update(timings(ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=ConvGrouping.of(grouping))))
         rows[name] = record
-    if x.feats.device.type == "cpu":
+    if runs_on(Dataflow.FUSED, x.feats.device):
         rows["fused dataflow"] = timings(ConvConfig(dataflow=Dataflow.FUSED))
     separate = rows["separate"]
     for name, record in rows.items():

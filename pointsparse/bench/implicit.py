@@ -18,10 +18,11 @@ import torch
 
 from .. import functional as F
 from ..config import ConvConfig, Dataflow
+from ..dataflows import runs_on
 from ..implicit import ImplicitGemmConfig, implicit_gemm_work
 from ..tensor import SparseTensor, kernel_map
-from .common import add_scan_arguments, check_device, load_voxels, ratios_against, write_json
 from ..timing import environment, time_ms
+from .common import add_scan_arguments, check_device, load_voxels, ratios_against, write_json
 from .grouping import layers as grouping_layers
 
 TILES = (16, 32, 64, 128)
@@ -76,7 +77,7 @@ def timings(x: SparseTensor, kernel: int, stride: int, c_in: int, c_out: int, re
     w = weight.clone().requires_grad_()
     rows: Dict[str, object] = {}
     for name, config in TIMED.items():
-        if config.dataflow is Dataflow.FUSED and device.type != "cpu":
+        if not runs_on(config.dataflow, device, dtype):
             continue
 
         def forward(config=config):

@@ -17,8 +17,8 @@ from .. import ops
 from ..config import ConvConfig, KernelMapAlgo
 from ..kmap import build_kernel_map, build_neighbors, downsample_coords
 from ..offsets import kernel_offsets
-from .common import add_scan_arguments, load_voxels, write_json
 from ..timing import environment, time_ms
+from .common import add_scan_arguments, load_voxels, write_json
 
 CASES = {"subm_k3": (3, 1), "strided_k2_s2": (2, 2)}
 

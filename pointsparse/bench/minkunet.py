@@ -35,8 +35,8 @@ from ..memory import retain_freed_memory
 from ..models import MODELS, build_model
 from ..quantize import sparse_quantize
 from ..tensor import SparseTensor
-from .common import check_device, write_json
 from ..timing import environment
+from .common import check_device, write_json
 from .spconv_baseline import SpconvMinkUNet, spconv_available, spconv_input
 
 BLOCKS = {"minkunet18": (2, 2, 2, 2), "minkunet34": (2, 3, 4, 6)}

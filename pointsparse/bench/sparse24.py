@@ -17,8 +17,8 @@ from .. import pruning, semi_structured
 from ..models import build_model
 from ..pointclouds import voxelize_scan
 from ..profiler import capture_conv_inputs
-from .common import add_scan_arguments, check_device, write_json
 from ..timing import environment, time_ms
+from .common import add_scan_arguments, check_device, write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

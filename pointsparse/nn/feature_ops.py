@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
 from .. import functional as F
-from ..ops.conv import linear_fused
+from ..ops.conv_fused import linear_fused
 from ..ops.norm import batch_norm_relu, eval_affine, fused_on
 from ..tensor import SparseTensor, check_same_coords
 
@@ -118,7 +118,7 @@ class Linear(nn.Linear):
     """``torch.nn.Linear`` (its parameters and their names) over features: a tensor ``[N, C_in]``
     (returns the tensor) or a SparseTensor (returns one, coordinates kept), e.g. a segmentation head.
     On the CPU (float32 / float64, no autocast) it runs as a 1x1 conv through the fused kernels
-    (:func:`pointsparse.ops.conv.linear_fused`): MinkUNet's 96 -> 19 head on 78,744 voxels took 1.2 ms
+    (:func:`pointsparse.ops.conv_fused.linear_fused`): MinkUNet's 96 -> 19 head on 78,744 voxels took 1.2 ms
     against torch's 3.8 ms here (forward and backward 5.5 ms against 12.7 ms); elsewhere, and for
     tensors that are not ``[N, C_in]``, torch's."""
 

@@ -1,16 +1,8 @@
 """Typed wrappers over ``torch.ops.pointsparse``; importing registers the fake kernels."""
 
-from .conv import (
-    conv_fused,
-    conv_fused_affine_relu,
-    conv_fused_weight_grad,
-    conv_gather_scatter,
-    conv_grouped,
-    conv_grouped_weight_grad,
-    conv_implicit,
-    conv_implicit_weight_grad,
-    conv_weight_grad,
-)
+from .conv_fused import conv_fused, conv_fused_affine_relu, conv_fused_weight_grad, linear_fused
+from .conv_ggs import conv_gather_scatter, conv_grouped, conv_grouped_weight_grad, conv_weight_grad
+from .conv_implicit import conv_implicit, conv_implicit_weight_grad
 from .kmap import (
     BATCH_RANGE,
     COORD_RANGE,
@@ -52,6 +44,7 @@ __all__ = [
     "kmap_reorder",
     "kmap_tiling",
     "kmap_transpose",
+    "linear_fused",
     "pack_coords",
     "unique_coords",
 ]

@@ -1,8 +1,6 @@
-// Register-blocked CPU convolutions, for the widest vector ISA the CPU has:
-// - fused gather-GEMM-scatter (pointsparse::conv_fused and its weight gradient): the pairs and the
-//   results of conv_gather_scatter without gathered copies or ATen GEMM calls;
-// - implicit GEMM (pointsparse::conv_implicit): output-stationary tiles of (reordered) output rows
-//   that walk the offsets their tile needs, accumulators held in registers across offsets.
+// The fused CPU dataflow (pointsparse::conv_fused, conv_fused_affine_relu and their weight
+// gradient): the pairs and the results of conv_gather_scatter without gathered copies or ATen GEMM
+// calls, output rows in L2-sized blocks, register-blocked kernels of fused_kernels.h.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -13,137 +11,19 @@
 #include <cstdint>
 #include <cstring>
 #include <optional>
-#include <string>
-#include <type_traits>
 #include <vector>
 
 #include <unistd.h>
 
-#include "../../common/cpu_isa.h"
 #include "../../common/for_each_task.h"
-#include "../conv_checks.h"
 #include "../../norm/norm_checks.h"
+#include "../conv_checks.h"
+#include "fused_kernels.h"
 
 namespace pointsparse {
-
-// Tile shape of every ISA: 6 rows x 2 vectors = 12 accumulators, within the 16 registers of AVX2.
-constexpr int kTileRows = 6;
-constexpr int kTileVecs = 2;
-constexpr int64_t kGradChunk = 64;  // pairs gathered at once for the weight gradient (L1-sized)
-constexpr int64_t kPrefetchTiles = 2;  // how many tiles ahead the forward kernel fetches rows
-constexpr int64_t kPrefetchOffsets = 3;  // how many offsets ahead the implicit GEMM fetches rows
-
-// The AVX-512 and AVX2 variants exist on x86-64 only; elsewhere (aarch64) the baseline kernel,
-// plain GCC vectors of 16 bytes, is the one variant.
-#if defined(__x86_64__) || defined(__i386__)
-#define POINTSPARSE_X86 1
-#pragma GCC push_options
-#pragma GCC target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")
-namespace fused_avx512 {
-constexpr int kVectorBytes = 64;
-constexpr int kMaxTileVecs = 4, kAccumulators = 24;  // of 32 vector registers
-#define POINTSPARSE_MAX_TILE_VECS 4
-#include "conv_fused_kernels.inc"
-#include "../../norm/affine_rows.inc"
-#undef POINTSPARSE_MAX_TILE_VECS
-}  // namespace fused_avx512
-#pragma GCC pop_options
-
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-namespace fused_avx2 {
-constexpr int kVectorBytes = 32;
-constexpr int kMaxTileVecs = 2, kAccumulators = 12;  // of 16 vector registers
-#define POINTSPARSE_MAX_TILE_VECS 2
-#include "conv_fused_kernels.inc"
-#include "../../norm/affine_rows.inc"
-#undef POINTSPARSE_MAX_TILE_VECS
-}  // namespace fused_avx2
-#pragma GCC pop_options
-
-#endif
-
-namespace fused_baseline {
-constexpr int kVectorBytes = 16;
-constexpr int kMaxTileVecs = 2, kAccumulators = 12;  // of 16 vector registers
-#define POINTSPARSE_MAX_TILE_VECS 2
-#include "conv_fused_kernels.inc"
-#include "../../norm/affine_rows.inc"
-#undef POINTSPARSE_MAX_TILE_VECS
-}  // namespace fused_baseline
-
 namespace {
 
-std::string fused_cpu_isa() { return isa_name(cpu_isa()); }
-
-int vector_bytes(Isa isa) { return isa == Isa::kAvx512 ? 64 : isa == Isa::kAvx2 ? 32 : 16; }
-
-int64_t round_up(int64_t value, int64_t multiple) { return (value + multiple - 1) / multiple * multiple; }
-
-template <typename T>
-struct FusedKernels {
-  void (*forward_assign)(const T*, int64_t, const int32_t*, const int32_t*, int64_t, int64_t, const T*,
-                         int64_t, T*, int64_t);
-  void (*forward_add)(const T*, int64_t, const int32_t*, const int32_t*, int64_t, int64_t, const T*,
-                      int64_t, T*, int64_t);
-  void (*weight_grad)(const T*, int64_t, const T*, int64_t, const int32_t*, const int32_t*, int64_t,
-                      int64_t, int64_t, int64_t, T*, T*, T*);
-  void (*implicit_assign)(const T*, int64_t, const int32_t*, int64_t, const int32_t*, int64_t, const int32_t*,
-                          int64_t, const T*, int64_t, const T*, T*, int64_t);
-  void (*implicit_add)(const T*, int64_t, const int32_t*, int64_t, const int32_t*, int64_t, const int32_t*,
-                       int64_t, const T*, int64_t, const T*, T*, int64_t);
-  void (*epilogue)(const T*, T*, int64_t, int64_t, const T*, const T*, const T*, bool);
-};
-
-template <typename T>
-FusedKernels<T> fused_kernels(Isa isa) {
-  switch (isa) {
-#ifdef POINTSPARSE_X86
-    case Isa::kAvx512:
-      return {&fused_avx512::forward_pairs<T, true>, &fused_avx512::forward_pairs<T, false>,
-              &fused_avx512::weight_grad_pairs<T>,
-              &fused_avx512::implicit_rows<T, true>, &fused_avx512::implicit_rows<T, false>,
-              &fused_avx512::affine_relu_rows<T>};
-    case Isa::kAvx2:
-      return {&fused_avx2::forward_pairs<T, true>, &fused_avx2::forward_pairs<T, false>,
-              &fused_avx2::weight_grad_pairs<T>,
-              &fused_avx2::implicit_rows<T, true>, &fused_avx2::implicit_rows<T, false>,
-              &fused_avx2::affine_relu_rows<T>};
-#endif
-    default:
-      return {&fused_baseline::forward_pairs<T, true>, &fused_baseline::forward_pairs<T, false>,
-              &fused_baseline::weight_grad_pairs<T>,
-              &fused_baseline::implicit_rows<T, true>, &fused_baseline::implicit_rows<T, false>,
-              &fused_baseline::affine_relu_rows<T>};
-  }
-}
-
-// Output columns padded to whole register tiles (the weight gradient's buffers, whose tiles run over
-// every padded column).
-int64_t tile_cols_of(int64_t C_out, Isa isa, const at::Tensor& like) {
-  return round_up(std::max<int64_t>(C_out, 1), vector_bytes(isa) / int64_t(like.element_size()) * kTileVecs);
-}
-
-// The forward kernels' weight [K, C_in, ldw] (fused and implicit GEMM): their tiles read whole
-// vectors, so rows are padded with zeros to a multiple of the vector, and the weight itself serves
-// when C_out already is one (every width of MinkUNet: no copy per call). (Padding rows off multiples of 512 bytes, once thought to
-// spare L1 sets, measured no faster with the current tiles on 128- and 256-channel layers.)
-at::Tensor vector_padded_weight(const at::Tensor& weight, Isa isa) {
-  const int64_t C_out = weight.size(2), lanes = vector_bytes(isa) / int64_t(weight.element_size());
-  const int64_t ldw = round_up(std::max<int64_t>(C_out, 1), lanes);
-  if (ldw == C_out) return weight.contiguous();
-  at::Tensor packed = at::zeros({weight.size(0), weight.size(1), ldw}, weight.options());
-  packed.narrow(2, 0, C_out).copy_(weight);
-  return packed;
-}
-
-constexpr int64_t kGradTask = 4096;     // pairs per weight-gradient task
-
-// Half and bfloat16 run the float32 kernels on converted operands and round the result once: the
-// sum over offsets stays in float32, as in the gather-GEMM-scatter dataflow.
-bool runs_in_float(const at::Tensor& a, const at::Tensor& b) {
-  return at::isReducedFloatingType(a.scalar_type()) && b.scalar_type() == a.scalar_type();
-}
+constexpr int64_t kGradTask = 4096;  // pairs per weight-gradient task
 
 // Output rows in blocks small enough to stay in L2 while every offset adds into them: one pass
 // over the output instead of one per offset. The pairs of offset k whose output row lies in block b
@@ -329,6 +209,8 @@ struct GradTask {
   int64_t k, begin, end;  // pairs [begin, end) of offset k; null indices for the identity offset
 };
 
+}  // namespace
+
 at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor& grad_out_,
                                       const at::Tensor& offset_ptr, const at::Tensor& in_idx_,
                                       const at::Tensor& out_idx_, int64_t identity_offset) {
@@ -380,86 +262,10 @@ at::Tensor conv_fused_weight_grad_cpu(const at::Tensor& feats_, const at::Tensor
   return grad_weight.narrow(1, 0, C_in).narrow(2, 0, C_out).contiguous();  // [K, C_in, C_out]
 }
 
-// Offsets whose bit is set in one tile's mask words, ascending, into `offsets` (reused across tiles).
-void tile_offsets(const int32_t* words, int64_t n_words, int64_t K, std::vector<int32_t>& offsets) {
-  offsets.clear();
-  for (int64_t w = 0; w < n_words; ++w) {
-    uint32_t bits = uint32_t(words[w]);
-    while (bits) {
-      const int32_t k = int32_t(32 * w + __builtin_ctz(bits));
-      if (k < K) offsets.push_back(k);
-      bits &= bits - 1;
-    }
-  }
-}
-
-// Splits run one after another (the first assigns, the others add: a fixed order of the sum); the
-// tiles of one split in parallel, each output row in exactly one tile.
-at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& neighbors_,
-                             const at::Tensor& order_, const at::Tensor& tile_masks_, const at::Tensor& neighbors_t,
-                             const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
-                             const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
-  if (runs_in_float(feats_, weight)) {
-    return conv_implicit_cpu(feats_.to(at::kFloat), weight.to(at::kFloat), neighbors_, order_, tile_masks_,
-                             neighbors_t, order_t, tile_masks_t, offset_ptr, in_idx, out_idx, tile_rows)
-        .to(feats_.scalar_type());
-  }
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const ImplicitInputs in = check_conv_implicit(feats_, weight, neighbors_, order_, tile_masks_, tile_rows);
-  const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
-  const Isa isa = cpu_isa();
-  const at::Tensor packed = vector_padded_weight(weight, isa);  // [K, C_in, ldw]
-  const int64_t ldw = packed.size(2);
-  // Not zeroed: split 0 runs every tile, and each row once (order is checked to be a permutation).
-  at::Tensor out = at::empty({n_out, C_out}, weight.options());
-  if (n_out == 0 || C_out == 0) return out;
-  const at::Tensor zero = at::zeros({std::max<int64_t>(C_in, 1)}, weight.options());  // the absent neighbour
-  AT_DISPATCH_FLOATING_TYPES(weight.scalar_type(), "conv_implicit_cpu", [&] {
-    const FusedKernels<scalar_t> kernels = fused_kernels<scalar_t>(isa);
-    const scalar_t* feats = in.feats.data_ptr<scalar_t>();
-    const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
-    const int32_t* order = in.order.data_ptr<int32_t>();
-    const int32_t* masks = in.tile_masks.data_ptr<int32_t>();
-    for (int64_t split = 0; split < in.splits; ++split) {
-      auto run = split == 0 ? kernels.implicit_assign : kernels.implicit_add;
-      at::parallel_for(0, in.tiles, 1, [&](int64_t first, int64_t last) {
-        std::vector<int32_t> offsets;
-        offsets.reserve(K);
-        for (int64_t t = first; t < last; ++t) {
-          tile_offsets(masks + (split * in.tiles + t) * in.words, in.words, K, offsets);
-          if (offsets.empty() && split > 0) continue;
-          const int64_t begin = t * tile_rows, rows = std::min(tile_rows, n_out - begin);
-          run(feats, C_in, nbr, K, order + split * n_out + begin, rows, offsets.data(), int64_t(offsets.size()),
-              packed.data_ptr<scalar_t>(), ldw, zero.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), C_out);
-        }
-      });
-    }
-  });
-  return out;
-}
-
-// The weight gradient of the implicit GEMM, from the map's pairs: the fused kernels' (deterministic:
-// fixed tasks, per-task partial sums reduced in order).
-at::Tensor conv_implicit_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out,
-                                         const at::Tensor& offset_ptr, const at::Tensor& in_idx,
-                                         const at::Tensor& out_idx) {
-  return conv_fused_weight_grad_cpu(feats, grad_out, offset_ptr, in_idx, out_idx, -1);
-}
-
-}  // namespace
-
-// No tensor arguments, so no dispatch key: a catch-all kernel.
-TORCH_LIBRARY_FRAGMENT(pointsparse, m) {
-  // The instruction set the fused CPU kernels run with now: avx512, avx2 or baseline.
-  m.def("fused_cpu_isa() -> str", &fused_cpu_isa);
-}
-
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("conv_fused", &conv_fused_cpu);
   m.impl("conv_fused_affine_relu", &conv_fused_affine_relu_cpu);
   m.impl("conv_fused_weight_grad", &conv_fused_weight_grad_cpu);
-  m.impl("conv_implicit", &conv_implicit_cpu);
-  m.impl("conv_implicit_weight_grad", &conv_implicit_weight_grad_cpu);
 }
 
 }  // namespace pointsparse

@@ -16,31 +16,26 @@ constexpr int64_t kGrain = 1024;
 
 at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                const at::Tensor& offsets_, bool symmetric) {
-  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
-  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
-  const at::Tensor& offsets = inputs.offsets;
-  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
-  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
-  const int32_t K = inputs.K;
-  if (n_in == 0 || n_out == 0) return neighbors;
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
 
-  const OwnedHashTable table = make_hash_table(n_in, -1, in_coords.options());
-  const int32_t* in_ptr = in_coords.data_ptr<int32_t>();
-  check_no_duplicates(any_row(n_in, [&](int64_t i) { return insert_row_element(table.view, in_ptr, i); }),
+  const OwnedHashTable table = make_hash_table(args.n_in, -1, args.in_coords.options());
+  const int32_t* in_ptr = args.in_coords.data_ptr<int32_t>();
+  check_no_duplicates(any_row(args.n_in, [&](int64_t i) { return insert_row_element(table.view, in_ptr, i); }),
                       "in_coords");
 
-  const int32_t* out_ptr = out_coords.data_ptr<int32_t>();
-  const int32_t* off_ptr = offsets.data_ptr<int32_t>();
-  int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
-  const int32_t queried = num_queried_offsets(K, symmetric);
-  at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
+  const int32_t* out_ptr = args.out_coords.data_ptr<int32_t>();
+  const int32_t* off_ptr = args.offsets.data_ptr<int32_t>();
+  int32_t* nbr_ptr = args.neighbors.data_ptr<int32_t>();
+  const int32_t queried = num_queried_offsets(args.K, symmetric);
+  at::parallel_for(0, args.n_out, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       for (int32_t k = 0; k < queried; ++k) {
-        kmap_hash_element(table.view, out_ptr, off_ptr, K, symmetric, o, k, nbr_ptr);
+        kmap_hash_element(table.view, out_ptr, off_ptr, args.K, symmetric, o, k, nbr_ptr);
       }
     }
   });
-  return neighbors;
+  return args.neighbors;
 }
 
 at::Tensor kmap_tiling_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,

@@ -175,17 +175,13 @@ void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& col
 
 at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                const at::Tensor& offsets_, bool symmetric) {
-  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
-  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
-  const at::Tensor& offsets = inputs.offsets;
-  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
-  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
-  const int32_t K = inputs.K;
-  if (n_in == 0 || n_out == 0) return neighbors;
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
+  at::Tensor neighbors = args.neighbors;  // [N_out, K]
 
-  const SortedKeys in = sort_keys(pack_rows_cpu(in_coords));
+  const SortedKeys in = sort_keys(pack_rows_cpu(args.in_coords));
   check_no_duplicates(has_adjacent_equal(in.keys), "in_coords");
-  const SortedKeys out = in_coords.is_same(out_coords) ? in : sort_keys(pack_rows_cpu(out_coords));
+  const SortedKeys out = args.in_coords.is_same(args.out_coords) ? in : sort_keys(pack_rows_cpu(args.out_coords));
 
   // Outputs not in key order (downsampled rows come in first-occurrence order): the merge fills a
   // table whose rows are sorted positions, written nearly in order (the mirrored entries of a
@@ -198,51 +194,67 @@ at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   int32_t* table_ptr = table.data_ptr<int32_t>();
   const int64_t* out_rows = out.rows.data_ptr<int64_t>();
   if (symmetric) {
-    at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) table_ptr[j * K + K / 2] = int32_t(out_rows[j]);
+    at::parallel_for(0, args.n_out, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) table_ptr[j * args.K + args.K / 2] = int32_t(out_rows[j]);
     });
   }
-  const std::vector<Column> columns = query_columns(offsets.data_ptr<int32_t>(), K, symmetric);
-  const int64_t chunks = (n_out + kMergeChunk - 1) / kMergeChunk;
+  const std::vector<Column> columns = query_columns(args.offsets.data_ptr<int32_t>(), args.K, symmetric);
+  const int64_t chunks = (args.n_out + kMergeChunk - 1) / kMergeChunk;
   // Columns differ in cost (the symmetric map's centre column has one member, the others three):
   // tasks go to whichever thread is free (a static split left one thread waiting a quarter of the merge).
   for_each_task(int64_t(columns.size()) * chunks, [&](int64_t task) {
     const Column& column = columns[task / chunks];
     const int64_t first = (task % chunks) * kMergeChunk;
-    merge_column(in, out, column, K, symmetric, by_position, first, std::min(first + kMergeChunk, n_out), table_ptr);
+    merge_column(in, out, column, args.K, symmetric, by_position, first, std::min(first + kMergeChunk, args.n_out),
+                 table_ptr);
   });
   if (by_position) {
     int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
-    at::parallel_for(0, n_out, kGrain, [&](int64_t begin, int64_t end) {
-      for (int64_t j = begin; j < end; ++j) std::memcpy(nbr_ptr + out_rows[j] * K, table_ptr + j * K, K * sizeof(int32_t));
+    at::parallel_for(0, args.n_out, kGrain, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        std::memcpy(nbr_ptr + out_rows[j] * args.K, table_ptr + j * args.K, args.K * sizeof(int32_t));
+      }
     });
   }
   return neighbors;
 }
 
-at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
-  const auto factor = check_downsample_inputs(coords_, factor_);
-  const at::Tensor coords = coords_.contiguous();
-  const int64_t n = coords.size(0);
-  at::Tensor floored = at::empty_like(coords);                          // [N, 4]
-  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
-  if (n == 0) return floored;
+// Rows of coords floored to multiples of cell, grouped into runs of equal corners by one sort of
+// their keys: corners int32 [N, 4], the sort, and is_first bool [N] marking each run's first row
+// in coords' order (the numbering downsample_coords_* gives outputs).
+struct FlooredRuns {
+  at::Tensor corners;
+  SortedKeys sorted;
+  at::Tensor is_first;
+};
 
+FlooredRuns floor_to_runs(const at::Tensor& coords, const int32_t* cell) {
+  const int64_t n = coords.size(0);
+  at::Tensor corners = at::empty_like(coords);                          // [N, 4]
+  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
   const int32_t* in_ptr = coords.data_ptr<int32_t>();
-  int32_t* floored_ptr = floored.data_ptr<int32_t>();
+  int32_t* corner_ptr = corners.data_ptr<int32_t>();
   int64_t* key_ptr = keys.data_ptr<int64_t>();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) downsample_element(in_ptr, factor.data(), i, floored_ptr, key_ptr);
+    for (int64_t i = begin; i < end; ++i) downsample_element(in_ptr, cell, i, corner_ptr, key_ptr);
   });
-  const SortedKeys sorted = sort_keys(keys);
-  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));
+  SortedKeys sorted = sort_keys(keys);
+  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));  // [N]
   const int64_t* sorted_ptr = sorted.keys.data_ptr<int64_t>();
   const int64_t* rows_ptr = sorted.rows.data_ptr<int64_t>();
   bool* first_ptr = is_first.data_ptr<bool>();
   at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t j = begin; j < end; ++j) first_ptr[rows_ptr[j]] = is_run_start(sorted_ptr, j);
   });
-  return floored.index({is_first});
+  return {corners, std::move(sorted), is_first};
+}
+
+at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
+  const auto factor = check_downsample_inputs(coords_, factor_);
+  const at::Tensor coords = coords_.contiguous();
+  if (coords.size(0) == 0) return at::empty_like(coords);
+  const FlooredRuns runs = floor_to_runs(coords, factor.data());
+  return runs.corners.index({runs.is_first});
 }
 
 // Downsampling and tiling map from one sort of the cell-corner keys: runs of equal corners are the
@@ -254,23 +266,13 @@ std::tuple<at::Tensor, at::Tensor> downsample_tiling_cpu(const at::Tensor& coord
   const Tiling tiling = check_tiling(coords_, kernel_size, tensor_stride, &K);
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
-  at::Tensor corners = at::empty_like(coords);                          // [N, 4]
-  at::Tensor keys = at::empty({n}, coords.options().dtype(at::kLong));  // [N]
-  if (n == 0) return {corners, at::full({0, K}, -1, coords.options())};
+  if (n == 0) return {at::empty_like(coords), at::full({0, K}, -1, coords.options())};
+  const FlooredRuns runs = floor_to_runs(coords, tiling.cell);
+  const at::Tensor &corners = runs.corners, &is_first = runs.is_first;
   const int32_t* in_ptr = coords.data_ptr<int32_t>();
-  int32_t* corner_ptr = corners.data_ptr<int32_t>();
-  int64_t* key_ptr = keys.data_ptr<int64_t>();
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) downsample_element(in_ptr, tiling.cell, i, corner_ptr, key_ptr);
-  });
-  const SortedKeys sorted = sort_keys(keys);
-  const int64_t* sorted_ptr = sorted.keys.data_ptr<int64_t>();
-  const int64_t* rows_ptr = sorted.rows.data_ptr<int64_t>();
-  at::Tensor is_first = at::empty({n}, coords.options().dtype(at::kBool));  // [N]
-  bool* first_ptr = is_first.data_ptr<bool>();
-  at::parallel_for(0, n, kGrain, [&](int64_t begin, int64_t end) {
-    for (int64_t j = begin; j < end; ++j) first_ptr[rows_ptr[j]] = is_run_start(sorted_ptr, j);
-  });
+  const int32_t* corner_ptr = corners.data_ptr<int32_t>();
+  const int64_t* sorted_ptr = runs.sorted.keys.data_ptr<int64_t>();
+  const int64_t* rows_ptr = runs.sorted.rows.data_ptr<int64_t>();
   const at::Tensor first_output = at::cumsum(is_first, 0, at::kInt) - 1;  // [N], valid at first rows
   const int32_t* first_output_ptr = first_output.data_ptr<int32_t>();
   at::Tensor output = at::empty({n}, coords.options());  // [N] output row of every input

@@ -142,55 +142,45 @@ at::Tensor pack_coords_cuda(const at::Tensor& coords) {
 at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                 const at::Tensor& offsets_, bool symmetric) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
-  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
-  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
-  const at::Tensor& offsets = inputs.offsets;
-  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
-  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
-  const int32_t K = inputs.K;
-  if (n_in == 0 || n_out == 0) return neighbors;
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
 
-  const OwnedHashTable owned = make_hash_table(n_in, -1, in_coords.options());
+  const OwnedHashTable owned = make_hash_table(args.n_in, -1, args.in_coords.options());
   const HashTable table = owned.view;
-  at::Tensor duplicate = at::zeros({1}, in_coords.options());
-  insert_rows_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
-      table, in_coords.data_ptr<int32_t>(), n_in, duplicate.data_ptr<int>());
+  at::Tensor duplicate = at::zeros({1}, args.in_coords.options());
+  insert_rows_kernel<<<blocks_for(args.n_in), kThreads, 0, stream()>>>(
+      table, args.in_coords.data_ptr<int32_t>(), args.n_in, duplicate.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
 
-  const int32_t queried = num_queried_offsets(K, symmetric);
-  kmap_hash_kernel<<<blocks_for(n_out * queried), kThreads, 0, stream()>>>(
-      table, out_coords.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), K, symmetric, n_out,
-      queried, neighbors.data_ptr<int32_t>());
+  const int32_t queried = num_queried_offsets(args.K, symmetric);
+  kmap_hash_kernel<<<blocks_for(args.n_out * queried), kThreads, 0, stream()>>>(
+      table, args.out_coords.data_ptr<int32_t>(), args.offsets.data_ptr<int32_t>(), args.K, symmetric, args.n_out,
+      queried, args.neighbors.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return neighbors;
+  return args.neighbors;
 }
 
 at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
                                 const at::Tensor& offsets_, bool symmetric) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
-  const KmapInputs inputs = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
-  const at::Tensor &in_coords = inputs.in_coords, &out_coords = inputs.out_coords;
-  const at::Tensor& offsets = inputs.offsets;
-  at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
-  const int64_t n_in = inputs.n_in, n_out = inputs.n_out;
-  const int32_t K = inputs.K;
-  if (n_in == 0 || n_out == 0) return neighbors;
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
 
-  auto [sorted_keys, sorted_rows] = at::sort(pack_rows_cuda(in_coords), /*stable=*/true, 0, false);
-  at::Tensor duplicate = at::zeros({1}, in_coords.options());
-  adjacent_equal_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
-      sorted_keys.data_ptr<int64_t>(), n_in, duplicate.data_ptr<int>());
+  auto [sorted_keys, sorted_rows] = at::sort(pack_rows_cuda(args.in_coords), /*stable=*/true, 0, false);
+  at::Tensor duplicate = at::zeros({1}, args.in_coords.options());
+  adjacent_equal_kernel<<<blocks_for(args.n_in), kThreads, 0, stream()>>>(
+      sorted_keys.data_ptr<int64_t>(), args.n_in, duplicate.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
 
-  const int32_t queried = num_queried_offsets(K, symmetric);
-  kmap_search_kernel<<<blocks_for(n_out * queried), kThreads, 0, stream()>>>(
-      sorted_keys.data_ptr<int64_t>(), sorted_rows.data_ptr<int64_t>(), n_in,
-      out_coords.data_ptr<int32_t>(), offsets.data_ptr<int32_t>(), K, symmetric, n_out, queried,
-      neighbors.data_ptr<int32_t>());
+  const int32_t queried = num_queried_offsets(args.K, symmetric);
+  kmap_search_kernel<<<blocks_for(args.n_out * queried), kThreads, 0, stream()>>>(
+      sorted_keys.data_ptr<int64_t>(), sorted_rows.data_ptr<int64_t>(), args.n_in,
+      args.out_coords.data_ptr<int32_t>(), args.offsets.data_ptr<int32_t>(), args.K, symmetric, args.n_out, queried,
+      args.neighbors.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  return neighbors;
+  return args.neighbors;
 }
 
 at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,

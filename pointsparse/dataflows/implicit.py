@@ -1,0 +1,60 @@
+"""Implicit GEMM: output-stationary tiles of mask-sorted output rows over the neighbour table,
+offsets skipped per tile, no atomics (:mod:`pointsparse.ops.conv_implicit`; config, reordering and
+exact accounting: :mod:`pointsparse.implicit`)."""
+
+from typing import List
+
+from torch import Tensor
+
+from .. import ops
+from ..config import ConvConfig, Dataflow
+from ..implicit import ImplicitGemmConfig, Reordering, implicit_gemm_work, reorder_rows
+from ..kmap import KernelMap
+from .spec import FLOATS, DataflowSpec, Strategy, Work, needs_input_grad
+
+TILES = (16, 32, 64, 128)
+SPLITS = (1, 2, 3, 4)
+
+
+def reordering(kmap: KernelMap, config: ImplicitGemmConfig, transposed: bool = False) -> Reordering:
+    """The row order and tile masks of ``config`` for the map's table, or for its transpose
+    (``transposed``: the input gradient's), made once and kept with the map."""
+    return kmap.memo(("implicit", config, transposed),
+                     lambda: reorder_rows(kmap.neighbors_t if transposed else kmap.neighbors, config))
+
+
+def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig) -> Tensor:
+    implicit = config.implicit
+    forward = reordering(kmap, implicit)
+    if needs_input_grad(feats):
+        table_t, backward = kmap.neighbors_t, reordering(kmap, implicit, transposed=True)
+    else:  # no input gradient: no transposed table (empty stand-ins the forward never reads)
+        table_t = kmap.neighbors.new_empty((0, kmap.num_offsets))
+        backward = Reordering(forward.order[:, :0], forward.tile_masks[:, :0], implicit.tile_rows)
+    return ops.conv_implicit(feats, weight, kmap.neighbors, forward.order, forward.tile_masks, table_t,
+                             backward.order, backward.tile_masks, kmap.offset_ptr, kmap.in_idx, kmap.out_idx,
+                             implicit.tile_rows)
+
+
+def candidates(num_offsets: int, quick: bool = False) -> List[Strategy]:
+    """Unsorted and sorted tiles of 16-128 rows, sorted with 1-4 splits (at most one per offset);
+    tiles of 32 and 1-2 splits when ``quick``."""
+    tiles, splits = ((32,), (1, 2)) if quick else (TILES, SPLITS)
+    found = []
+    for tile in tiles:
+        found.append(Strategy(f"implicit t{tile} unsorted", ConvConfig(
+            dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(tile, False, 1)), "implicit"))
+        for split in (s for s in splits if s <= num_offsets):
+            found.append(Strategy(f"implicit t{tile} sorted s{split}", ConvConfig(
+                dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(tile, True, split)), "implicit"))
+    return found
+
+
+def work(config: ConvConfig, kmap: KernelMap, identity_offset: int) -> Work:
+    counted = implicit_gemm_work(kmap.neighbors, config.implicit)
+    return Work(counted.useful_rows, counted.computed_rows, None)
+
+
+SPEC = DataflowSpec(Dataflow.IMPLICIT_GEMM, "implicit", frozenset({"cpu", "cuda"}), FLOATS, run,
+                    "output-stationary tiles of mask-sorted rows, offsets skipped per tile, no atomics",
+                    candidates, work)

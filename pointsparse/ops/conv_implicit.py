@@ -1,0 +1,65 @@
+"""Implicit-GEMM ops (:mod:`pointsparse.dataflows.implicit`): output-stationary tiles over the
+neighbour table; their fake kernels and autograd (conventions: :mod:`.conv`)."""
+
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from .autocast import register_autocast
+from .conv import LIBRARY, OPS
+
+
+def conv_implicit(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
+                  neighbors_t: Tensor, order_t: Tensor, tile_masks_t: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                  out_idx: Tensor, tile_rows: int) -> Tensor:
+    """Implicit GEMM: ``out [N_out, C_out]``, ``out[o] = sum_k feats[neighbors[o, k]] @ weight[k]``, in
+    tiles of ``tile_rows`` rows of each split's ``order`` running the offsets of ``tile_masks``
+    (:class:`pointsparse.implicit.Reordering`); ``*_t``: the same for the transposed table (input
+    gradient); the CSR pairs serve the weight gradient."""
+    return OPS.conv_implicit(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t,
+                              offset_ptr, in_idx, out_idx, tile_rows)
+
+
+def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
+                              out_idx: Tensor) -> Tensor:
+    """``[K, C_in, C_out]`` weight gradient of :func:`conv_implicit` from the map's pairs."""
+    return OPS.conv_implicit_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx)
+
+
+def _implicit_fake(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr,
+                   in_idx, out_idx, tile_rows):
+    return feats.new_empty((neighbors.shape[0], weight.shape[2]))
+
+
+def _implicit_weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx):
+    return feats.new_empty((offset_ptr.shape[0] - 1, feats.shape[1], grad_out.shape[1]))
+
+
+def _implicit_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
+    *tensors, tile_rows = inputs
+    ctx.save_for_backward(*tensors)
+    ctx.tile_rows = tile_rows
+
+
+def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
+    (feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr, in_idx,
+     out_idx) = ctx.saved_tensors
+    grad = grad.contiguous()
+    grad_feats = grad_weight = None
+    if ctx.needs_input_grad[0]:
+        # The transposed table: input row i sums grad[o] @ weight[k]^T over its outputs o.
+        grad_feats = conv_implicit(grad, weight.transpose(1, 2), neighbors_t, order_t, tile_masks_t, neighbors,
+                                   order, tile_masks, offset_ptr, out_idx, in_idx, ctx.tile_rows)
+    if ctx.needs_input_grad[1]:
+        grad_weight = conv_implicit_weight_grad(feats, grad, offset_ptr, in_idx, out_idx)
+    return (grad_feats, grad_weight) + (None,) * 10
+
+
+torch.library.register_fake("pointsparse::conv_implicit")(_implicit_fake)
+torch.library.register_fake("pointsparse::conv_implicit_weight_grad")(_implicit_weight_grad_fake)
+torch.library.register_autograd("pointsparse::conv_implicit", _implicit_backward,
+                                setup_context=_implicit_setup_context)
+register_autocast("pointsparse::conv_implicit", LIBRARY)
+register_autocast("pointsparse::conv_implicit_weight_grad", LIBRARY)
+

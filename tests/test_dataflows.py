@@ -1,0 +1,72 @@
+"""The dataflow registry and its modules: strategies and work from each dataflow, plans kept in the
+kernel map's memo, and input-gradient tables built only when that gradient is asked for."""
+
+import pytest
+import torch
+
+import pointsparse as ps
+from pointsparse import ConvConfig, Dataflow, Grouping, ImplicitGemmConfig, dataflows
+from pointsparse import functional as F
+from pointsparse.strategies import FAMILIES, candidates, work_of
+
+from helpers import random_tensor
+
+GROUPED = ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=Grouping.DENSE)
+IMPLICIT = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(8, True, 2))
+
+
+def input_gradient_tables(kmap) -> set:
+    """Which of the map's input-gradient tables exist (cached properties and memo entries)."""
+    built = {name for name in ("neighbors_t", "in_pos") if name in kmap.__dict__}
+    return built | {key[0] + " transposed" for key in kmap._memo if key[0] == "implicit" and key[2]}
+
+
+@pytest.mark.parametrize("config", [GROUPED, IMPLICIT], ids=["grouped", "implicit"])
+def test_inference_builds_no_input_gradient_tables(config):
+    x = random_tensor(num_points=80, channels=4, seed=3, dtype=torch.float32)
+    weight = torch.randn(27, 4, 5)
+    with torch.no_grad():
+        y = F.conv3d(x, weight, config=config)
+    kmap = ps.kernel_map(x, 3)
+    assert input_gradient_tables(kmap) == set()
+    # A weight gradient alone needs only the pairs.
+    w = weight.clone().requires_grad_()
+    F.conv3d(x, w, config=config).feats.sum().backward()
+    assert input_gradient_tables(kmap) == set() and w.grad is not None
+    # The features' gradient builds them, once, and the results agree with separate GEMMs.
+    feats = x.feats.clone().requires_grad_()
+    out = F.conv3d(x.with_feats(feats), weight, config=config)
+    out.feats.sum().backward()
+    assert input_gradient_tables(kmap) == ({"in_pos"} if config is GROUPED else {"neighbors_t", "implicit transposed"})
+    reference = x.feats.clone().requires_grad_()
+    separate = ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER)
+    F.conv3d(x.with_feats(reference), weight, config=separate).feats.sum().backward()
+    torch.testing.assert_close(feats.grad, reference.grad)
+    torch.testing.assert_close(out.feats, y.feats)
+
+
+def test_the_memo_builds_once_per_key():
+    kmap = ps.kernel_map(random_tensor(num_points=30, seed=4), 3)
+    calls = []
+    first = kmap.memo(("test", 1), lambda: calls.append(1) or object())
+    assert kmap.memo(("test", 1), lambda: calls.append(1) or object()) is first and calls == [1]
+    assert kmap.memo(("test", 2), lambda: calls.append(2) or object()) is not first and calls == [1, 2]
+
+
+def test_strategies_and_their_families_come_from_the_registry():
+    on_cpu, on_cuda = candidates(torch.device("cpu"), 27, quick=True), candidates(torch.device("cuda"), 27, quick=True)
+    assert {s.family for s in on_cpu} == set(FAMILIES) == {"fused", "ggs", "implicit"}
+    assert {s.family for s in on_cuda} == {"ggs", "implicit"}  # FUSED's spec runs on the CPU only
+    for strategy in on_cpu:
+        assert dataflows.REGISTRY[strategy.config.dataflow].family == strategy.family
+    kmap = ps.kernel_map(random_tensor(num_points=60, seed=5), 3)
+    useful = int(kmap.pair_counts.sum())
+    for strategy in on_cpu:
+        work = work_of(strategy.config, kmap, 13)
+        assert work.useful_rows == useful and work.computed_rows >= useful
+
+
+def test_which_dataflow_runs_where_is_the_registrys_answer():
+    assert dataflows.runs_on(Dataflow.FUSED, "cpu") and not dataflows.runs_on(Dataflow.FUSED, "cuda")
+    assert [s.dataflow for s in dataflows.dataflows_for("cuda")] == [Dataflow.GATHER_GEMM_SCATTER,
+                                                                     Dataflow.IMPLICIT_GEMM]
