@@ -14,6 +14,7 @@ from .config import ConvConfig, OutputRule
 from .kmap import output_cache
 from .offsets import IntOrTriple, as_triple
 from .ops import norm
+from .pooling import max_over_neighbors
 from .tensor import SparseTensor, check_same_coords, kernel_map, same_coords
 
 
@@ -71,7 +72,7 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     the result has the autocast dtype (float32 accumulation inside).
     """
     config = config or ConvConfig()
-    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+    size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     _check_conv_inputs(x, weight, bias, size)
     spec = dataflows.resolve(config.dataflow, x.feats.device, x.feats.dtype)
     kmap = kernel_map(x, size, step, dilation, transposed, config, outputs=outputs, padding=padding,
@@ -111,7 +112,7 @@ def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: b
     """The offset whose pairs are i -> i for every row (the centre of a submanifold odd kernel),
     computed as one GEMM without gather or scatter; -1 when there is none (and for any conv with
     ``OutputRule.REACHED``, whose outputs are not its inputs)."""
-    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
+    size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     if transposed or step != (1, 1, 1) or not all(k % 2 for k in size):
         return -1
     return size[0] * size[1] * size[2] // 2
@@ -147,6 +148,21 @@ def cat(tensors: Sequence[SparseTensor]) -> SparseTensor:
         raise ValueError("cat needs at least one tensor")
     check_same_coords(tensors, "cat")
     return tensors[0].with_feats(torch.cat([t.feats for t in tensors], 1))
+
+
+def max_pool3d(x: SparseTensor, kernel_size: IntOrTriple = 2, stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
+               *, outputs: OutputRule = OutputRule.OCCUPIED, padding: Optional[IntOrTriple] = None,
+               config: Optional[ConvConfig] = None, initial: float = float("-inf")) -> SparseTensor:
+    """Max pooling of ``x`` over the kernel map of a conv of the same geometry (stride 1: in place,
+    submanifold; stride s: at the strided conv's outputs, by ``outputs``); per output and channel
+    ``max(initial, inputs)`` (:func:`pointsparse.pooling.max_over_neighbors`)."""
+    if not isinstance(x, SparseTensor):
+        raise TypeError(f"max_pool3d expects a SparseTensor, got {type(x).__name__}")
+    if not x.feats.is_floating_point():
+        raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
+    kmap = kernel_map(x, kernel_size, stride, dilation, False, config or ConvConfig(), outputs=outputs,
+                      padding=padding)
+    return conv_output(x, kmap, max_over_neighbors(x.feats, kmap.neighbors, initial))
 
 
 def global_pool(x: SparseTensor, reduce: str) -> Tensor:

@@ -177,13 +177,13 @@ class KernelMapKey:
            dilation: IntOrTriple = 1, transposed: bool = False, outputs: OutputRule = OutputRule.OCCUPIED,
            padding: Optional[IntOrTriple] = None, spatial_range: Optional[Triple] = None,
            generative: bool = False) -> "KernelMapKey":
-        size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
-        dil = as_triple(dilation, "dilation")
+        size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
+        dil = as_triple(dilation, "dilation", planar=1)
         if not isinstance(outputs, OutputRule):
             raise TypeError(f"outputs must be an OutputRule, got {outputs!r}")
         if generative and not transposed:
             raise ValueError("a generative conv is a transposed conv: pass transposed=True")
-        pad = None if padding is None else as_triple(padding, "padding", minimum=0)
+        pad = None if padding is None else as_triple(padding, "padding", minimum=0, planar=0)
         if pad == default_padding(size, dil):
             pad = None
         if generative:
@@ -198,7 +198,7 @@ class KernelMapKey:
                                  f"{default_padding(size, dil)})")
             spatial_range = None  # it bounds no occupied cell
         elif spatial_range is not None:
-            spatial_range = as_triple(tuple(spatial_range), "spatial_range", minimum=0)
+            spatial_range = as_triple(tuple(spatial_range), "spatial_range", minimum=0, planar=1)
         return KernelMapKey(tensor_stride, size, step, dil, transposed, outputs, pad, spatial_range, generative)
 
     @property
@@ -312,8 +312,8 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     ``out_coords`` may supply the coarser coordinates of a strided conv (they must be what
     downsampling would give, possibly in another order); by default they are computed.
     """
-    size, step = as_triple(kernel_size, "kernel_size"), as_triple(stride, "stride")
-    dil = as_triple(dilation, "dilation")
+    size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
+    dil = as_triple(dilation, "dilation", planar=1)
     offsets = (kernel_offsets(size, dil) * torch.tensor(tensor_stride, dtype=torch.int32)).to(coords.device)
     submanifold = step == (1, 1, 1)
     out_stride = _mul(tensor_stride, step)

@@ -9,11 +9,16 @@ from torch import Tensor
 IntOrTriple = Union[int, Sequence[int]]
 
 
-def as_triple(value: IntOrTriple, name: str, minimum: int = 1) -> Tuple[int, int, int]:
-    """An int or 3 ints, each an int >= minimum, as a 3-tuple; ValueError / TypeError otherwise."""
+def as_triple(value: IntOrTriple, name: str, minimum: int = 1, planar: Optional[int] = None) -> Tuple[int, int, int]:
+    """An int or 3 ints, each an int >= minimum, as a 3-tuple; ValueError / TypeError otherwise.
+    With ``planar`` (the unit of the third axis: 1 for sizes, strides and dilations, 0 for
+    padding), 2 ints mean a 2-D value: ``(a, b, planar)`` (2-D data lies in the plane z = 0)."""
     triple = (value,) * 3 if isinstance(value, int) else tuple(value)
+    if planar is not None and len(triple) == 2:
+        triple = (*triple, planar)
     if len(triple) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in triple):
-        raise TypeError(f"{name} must be an int or 3 ints, got {value!r}")
+        what = "an int, 2 ints (2-D) or 3 ints" if planar is not None else "an int or 3 ints"
+        raise TypeError(f"{name} must be {what}, got {value!r}")
     if min(triple) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
     return triple
@@ -22,7 +27,7 @@ def as_triple(value: IntOrTriple, name: str, minimum: int = 1) -> Tuple[int, int
 def default_padding(kernel_size: IntOrTriple, dilation: IntOrTriple = 1) -> Tuple[int, int, int]:
     """The padding, in spconv's and ``torch.nn.Conv3d``'s sense, that our kernel anchoring means:
     ``(k // 2) * d`` for odd sizes (centred kernels), 0 for even sizes."""
-    size, dil = as_triple(kernel_size, "kernel_size"), as_triple(dilation, "dilation")
+    size, dil = as_triple(kernel_size, "kernel_size", planar=1), as_triple(dilation, "dilation", planar=1)
     return tuple((k // 2) * d if k % 2 else 0 for k, d in zip(size, dil))
 
 
@@ -36,9 +41,9 @@ def kernel_offsets(kernel_size: IntOrTriple, dilation: IntOrTriple = 1,
     is :func:`default_padding`: odd kernels centred, even kernels from 0. With it, for odd kernels
     offset ``K-1-k`` is the negation of offset ``k`` and the centre is ``K // 2``.
     """
-    size = as_triple(kernel_size, "kernel_size")
-    dil = as_triple(dilation, "dilation")
-    pad = default_padding(size, dil) if padding is None else as_triple(padding, "padding", minimum=0)
+    size = as_triple(kernel_size, "kernel_size", planar=1)
+    dil = as_triple(dilation, "dilation", planar=1)
+    pad = default_padding(size, dil) if padding is None else as_triple(padding, "padding", minimum=0, planar=0)
     axes = [[m * d - p for m in range(k)] for k, d, p in zip(size, dil, pad)]
     rows = [(dx, dy, dz) for dz, dy, dx in itertools.product(axes[2], axes[1], axes[0])]
     return torch.tensor(rows, dtype=torch.int32)

@@ -66,14 +66,14 @@ class SparseTensor:
         feats, coords = _array_in(feats, "feats"), _array_in(coords, "coords")
         check_coords_tensor(coords)
         _check_feats(feats, coords)
-        stride = as_triple(stride, "stride")
+        stride = as_triple(stride, "stride", planar=1)
         joins = cache is not None
         if not joins:
             cache = KernelMapCache()
         elif not isinstance(cache, KernelMapCache):
             raise TypeError(f"cache must be a KernelMapCache, got {type(cache).__name__}")
         bind_coords(cache, stride, coords, foreign=joins)
-        spatial_range = None if spatial_range is None else as_triple(tuple(spatial_range), "spatial_range", minimum=0)
+        spatial_range = None if spatial_range is None else as_triple(tuple(spatial_range), "spatial_range", minimum=0, planar=1)
         if spatial_range is not None:
             cache.ranges.setdefault(stride, spatial_range)
         self._init(feats, coords, stride, cache, spatial_range)
@@ -177,7 +177,7 @@ class SparseTensor:
             spatial_shape = self.spatial_range
         if spatial_shape is None:
             spatial_shape = (index.max(0).values + 1).tolist() if index.shape[0] else [0, 0, 0]
-        shape = as_triple(tuple(spatial_shape), "spatial_shape", minimum=0)
+        shape = as_triple(tuple(spatial_shape), "spatial_shape", minimum=0, planar=1)
         if index.shape[0] and (bool((index < 0).any()) or
                                bool((index >= torch.tensor(shape, device=index.device)).any())):
             raise ValueError(f"coordinates fall outside the dense grid {shape} at origin {tuple(origin)}")

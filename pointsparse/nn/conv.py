@@ -35,12 +35,12 @@ class SparseConv3d(nn.Module):
         if in_channels < 1 or out_channels < 1:
             raise ValueError(f"channels must be positive, got {in_channels} -> {out_channels}")
         self.in_channels, self.out_channels = in_channels, out_channels
-        self.kernel_size = as_triple(kernel_size, "kernel_size")
-        self.stride = as_triple(stride, "stride")
-        self.dilation = as_triple(dilation, "dilation")
+        self.kernel_size = as_triple(kernel_size, "kernel_size", planar=1)
+        self.stride = as_triple(stride, "stride", planar=1)
+        self.dilation = as_triple(dilation, "dilation", planar=1)
         self.transposed = transposed
         self.outputs, self.generative = outputs, generative
-        self.padding = None if padding is None else as_triple(padding, "padding", minimum=0)
+        self.padding = None if padding is None else as_triple(padding, "padding", minimum=0, planar=0)
         # Checks the combination now rather than at the first forward.
         KernelMapKey.of((1, 1, 1), self.kernel_size, self.stride, self.dilation, transposed, outputs,
                         self.padding, None, generative)

@@ -1,0 +1,20 @@
+"""``spconv.constants``: the switches detection code sets (OpenPCDet sets
+``SPCONV_USE_DIRECT_TABLE = False``). Accepted and inert: pointsparse's kernels do not read them."""
+
+PACKAGE_NAME = "spconv"
+NDIM_DONT_CARE = 3
+FILTER_HWIO = False
+SAVED_WEIGHT_LAYOUT = ""
+ALL_WEIGHT_IS_KRSC = True
+SPCONV_DEBUG_SAVE_PATH = ""
+SPCONV_BWD_SPLITK = [1, 2, 4, 8, 16, 32, 64]
+SPCONV_DEBUG_WEIGHT = False
+SPCONV_CPP_INDICE_PAIRS = True
+SPCONV_USE_DIRECT_TABLE = True
+SPCONV_CPP_INDICE_PAIRS_IGEMM = False
+SPCONV_CPP_GEMM = True
+SPCONV_FX_TRACE_MODE = False
+SPCONV_DIRECT_TABLE_HASH_SIZE_SCALE = 1.1
+SPCONV_ALLOW_TF32 = False
+SPCONV_INT8_DEBUG = False
+SPCONV_DO_SORT = True
