@@ -1,13 +1,16 @@
-"""spconv's 3-D convolutions over pointsparse.
+"""spconv's 1-, 2- and 3-D convolutions over pointsparse (1-D and 2-D ones as 3-D ones with unit
+axes).
 
-``weight`` keeps spconv 2.x's KRSC layout ``[C_out, k0, k1, k2, C_in]`` (a checkpoint in the older
-RSCK layout ``[k0, k1, k2, C_in, C_out]`` is recognised by shape and converted on load), converted
-to pointsparse's ``[K, C_in, C_out]`` in each forward. Index axes (d0, d1, d2) run as pointsparse's
-(x, y, z). Semantics: ``SubMConv3d`` is submanifold (odd kernels centred, padding ignored);
-``SparseConv3d`` outputs every reached cell inside the output's spatial shape
-(``OutputRule.REACHED`` with spconv's padding); ``SparseInverseConv3d`` returns to the input of the
-``SparseConv3d`` that recorded its ``indice_key``; ``SparseConvTranspose3d`` is the generative
-transposed conv.
+``weight`` keeps spconv 2.x's KRSC layout ``[C_out, *kernel_size, C_in]`` (a checkpoint in the older
+RSCK layout ``[*kernel_size, C_in, C_out]`` is recognised by shape and converted on load), converted
+to pointsparse's ``[K, C_in, C_out]`` in each forward; a kernel of one cell with stride 1 is, as in
+spconv, ``features @ weight.view(C_in, C_out)`` at the input's indices. Index axes (d0, d1, d2) run
+as pointsparse's (x, y, z). Semantics: ``SubMConv*d`` is submanifold (odd kernels centred, padding ignored);
+``SparseConv*d`` outputs every reached cell inside the output's spatial shape
+(``OutputRule.REACHED`` with spconv's padding); ``SparseInverseConv*d`` returns to the input of the
+``SparseConv*d`` or ``SparseMaxPool*d`` that recorded its ``indice_key``; ``SparseConvTranspose*d``
+is the generative transposed conv. 4-D classes exist, so that imports of them succeed, and raise
+``NotImplementedError`` when built.
 """
 
 import math
@@ -19,14 +22,15 @@ from torch import nn
 from ... import functional as NF
 from ...config import OutputRule
 from ...convert import to_pointsparse_weight
-from .core import IndiceData, SparseConvTensor
+from .core import IndiceData, SparseConvTensor, check_ndim, pad3
 from .modules import SparseModule
 
 
-def _triple(value, name):
-    value = (value,) * 3 if isinstance(value, int) else tuple(int(v) for v in value)
-    if len(value) != 3:
-        raise ValueError(f"{name} must be an int or 3 ints, got {value}")
+def ntuple(value, ndim: int, name: str) -> tuple:
+    """An int or ``ndim`` ints as an ``ndim``-tuple (spconv's ``expand_nd``)."""
+    value = (value,) * ndim if isinstance(value, int) else tuple(int(v) for v in value)
+    if len(value) != ndim:
+        raise ValueError(f"{name} must be an int or {ndim} ints, got {value}")
     return value
 
 
@@ -39,27 +43,35 @@ class SparseConvolution(SparseModule):
                  transposed: bool = False, inverse: bool = False, indice_key: Optional[str] = None,
                  algo=None, fp32_accum=None, name=None, **_):
         super().__init__(name=name)
-        if ndim != 3:
-            raise NotImplementedError(f"pointsparse runs 3-D sparse convolutions; got ndim={ndim}")
+        check_ndim(ndim, type(self).__name__)
         if groups != 1:
             raise NotImplementedError("grouped sparse convolutions are not supported (nor are they in spconv)")
         self.ndim, self.in_channels, self.out_channels = ndim, in_channels, out_channels
-        self.kernel_size, self.stride = _triple(kernel_size, "kernel_size"), _triple(stride, "stride")
-        self.padding, self.dilation = _triple(padding, "padding"), _triple(dilation, "dilation")
-        self.output_padding = _triple(output_padding, "output_padding")
+        self.kernel_size, self.stride = ntuple(kernel_size, ndim, "kernel_size"), ntuple(stride, ndim, "stride")
+        self.padding, self.dilation = ntuple(padding, ndim, "padding"), ntuple(dilation, ndim, "dilation")
+        self.output_padding = ntuple(output_padding, ndim, "output_padding")
         if transposed and any(self.output_padding):
-            raise NotImplementedError("output_padding of SparseConvTranspose3d is not supported")
+            raise NotImplementedError("output_padding of SparseConvTranspose is not supported")
         if subm and any(k % 2 == 0 for k in self.kernel_size):
             raise NotImplementedError("submanifold convs with even kernel sizes anchor differently in spconv; "
                                       "not supported")
         if inverse and indice_key is None:
-            raise ValueError("SparseInverseConv3d needs the indice_key of the conv it inverts")
+            raise ValueError("SparseInverseConv needs the indice_key of the conv it inverts")
         self.groups, self.subm, self.transposed, self.inverse = groups, subm, transposed, inverse
         self.indice_key, self.algo, self.fp32_accum = indice_key, algo, fp32_accum
-        self.conv1x1 = math.prod(self.kernel_size) == 1 and (subm or self.stride == (1, 1, 1))
+        # spconv's shortcut: one kernel cell and stride 1 is a matrix product at the input's indices.
+        self.conv1x1 = math.prod(self.kernel_size) == 1 and (subm or math.prod(self.stride) == 1)
+        if self.conv1x1 and not subm and any(self.padding):
+            raise ValueError("padding must be zero for 1x1 conv (k=1,s=1)")
         self.weight = nn.Parameter(torch.zeros(out_channels, *self.kernel_size, in_channels))   # KRSC
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.reset_parameters()
+
+    @property
+    def geometry3(self) -> dict:
+        """Kernel size, stride, padding and dilation as pointsparse's 3-D ones (unit axes added)."""
+        return dict(kernel_size=pad3(self.kernel_size, 1), stride=pad3(self.stride, 1),
+                    padding=pad3(self.padding, 0), dilation=pad3(self.dilation, 1))
 
     def reset_parameters(self) -> None:
         # torch's kaiming-uniform default for conv weights, fan-in C_in * K as spconv computes it.
@@ -74,7 +86,7 @@ class SparseConvolution(SparseModule):
         rsck = (*self.kernel_size, self.in_channels, self.out_channels)
         if key in state_dict and tuple(state_dict[key].shape) != tuple(self.weight.shape) \
                 and tuple(state_dict[key].shape) == rsck:
-            state_dict[key] = state_dict[key].permute(4, 0, 1, 2, 3).contiguous()   # RSCK -> KRSC
+            state_dict[key] = state_dict[key].movedim(-1, 0).contiguous()   # RSCK -> KRSC
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
@@ -85,66 +97,85 @@ class SparseConvolution(SparseModule):
             text += f", dilation={list(self.dilation)}"
         return text + (", bias=False" if self.bias is None else "")
 
+    def native_weight(self):
+        """``weight`` as pointsparse's ``[K, C_in, C_out]`` for the 3-D kernel."""
+        k3 = pad3(self.kernel_size, 1)
+        grid = self.weight.reshape(self.out_channels, *k3, self.in_channels)
+        return to_pointsparse_weight(grid, "spconv", k3)
+
     def forward(self, input: SparseConvTensor) -> SparseConvTensor:
         if not isinstance(input, SparseConvTensor):
             raise TypeError(f"{type(self).__name__} expects a SparseConvTensor, got {type(input).__name__}")
-        weight = to_pointsparse_weight(self.weight, "spconv", self.kernel_size)
+        if input.ndim != self.ndim:
+            raise ValueError(f"{type(self).__name__} takes {self.ndim}-D tensors, got a {input.ndim}-D one")
+        if self.conv1x1:
+            features = input.features @ self.weight.reshape(self.in_channels, self.out_channels)
+            return input.replace_feature(features if self.bias is None else features + self.bias)
+        weight = self.native_weight()
+        geometry = self.geometry3
         if self.inverse:
-            return self._inverse(input, weight)
-        x = input.to_native()
+            return self._inverse(input, weight, geometry)
+        if self.transposed:
+            x = input.to_native_rebased(geometry["stride"])
+        else:
+            x = input.to_native()
         if self.subm:
             rule = dict(stride=1)
         elif self.transposed:
-            rule = dict(stride=self.stride, transposed=True, generative=True, padding=self.padding)
+            rule = dict(stride=geometry["stride"], transposed=True, generative=True, padding=geometry["padding"])
         else:
-            rule = dict(stride=self.stride, outputs=OutputRule.REACHED, padding=self.padding)
-        y = NF.conv3d(x, weight, kernel_size=self.kernel_size, bias=self.bias, dilation=self.dilation, **rule)
+            rule = dict(stride=geometry["stride"], outputs=OutputRule.REACHED, padding=geometry["padding"])
+        y = NF.conv3d(x, weight, kernel_size=geometry["kernel_size"], bias=self.bias, dilation=geometry["dilation"],
+                      **rule)
         out = input.from_native(y)
         if self.indice_key is not None and not self.subm and not self.transposed:
-            input.indice_dict[self.indice_key] = IndiceData(
-                out.indices, input.indices, input.spatial_shape, out.spatial_shape, self.kernel_size, self.stride,
-                self.padding, self.dilation, False, x.stride, x.coords, x.cache)
+            record_indices(self.indice_key, input, out, x, geometry)
         return out
 
-    def _inverse(self, input: SparseConvTensor, weight) -> SparseConvTensor:
+    def _inverse(self, input: SparseConvTensor, weight, geometry: dict) -> SparseConvTensor:
         record = input.find_indice_pair(self.indice_key)
         if record is None:
-            raise ValueError(f"SparseInverseConv3d: no conv recorded indice_key {self.indice_key!r} on this tensor")
-        if record.ksize != self.kernel_size:
-            raise ValueError(f"SparseInverseConv3d kernel {self.kernel_size} differs from the kernel "
-                             f"{record.ksize} of the conv it inverts ({self.indice_key!r})")
+            raise ValueError(f"{type(self).__name__}: no conv recorded indice_key {self.indice_key!r} on this tensor")
+        if record.ksize != geometry["kernel_size"]:
+            raise ValueError(f"{type(self).__name__} kernel {self.kernel_size} differs from the kernel "
+                             f"{record.ksize[:self.ndim]} of the layer it inverts ({self.indice_key!r})")
         x = input.to_native(cache=record.cache)
         y = NF.conv3d(x, weight, kernel_size=record.ksize, bias=self.bias, stride=record.stride,
                       dilation=record.dilation, transposed=True, outputs=OutputRule.REACHED, padding=record.padding)
         out = input.from_native(y)
-        out.indices, out._native_coords = record.indices, (record.indices, y.coords)
+        out.indices = record.indices
+        out._native_coords = (record.indices, record.indices._version, y.coords)
         return out
 
 
-class SubMConv3d(SparseConvolution):
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, indice_key=None, algo=None, fp32_accum=None, name=None, **kwargs):
-        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         subm=True, indice_key=indice_key, algo=algo, fp32_accum=fp32_accum, name=name, **kwargs)
+def record_indices(key: str, input: SparseConvTensor, out: SparseConvTensor, x, geometry: dict) -> None:
+    """What a strided conv or pool with an ``indice_key`` leaves for the inverse conv of that key."""
+    input.indice_dict[key] = IndiceData(
+        out.indices, input.indices, input.spatial_shape, out.spatial_shape, geometry["kernel_size"],
+        geometry["stride"], geometry["padding"], geometry["dilation"], False, x.stride, x.coords, x.cache)
 
 
-class SparseConv3d(SparseConvolution):
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, indice_key=None, algo=None, fp32_accum=None, name=None, **kwargs):
-        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         indice_key=indice_key, algo=algo, fp32_accum=fp32_accum, name=name, **kwargs)
+def _conv_class(name: str, ndim: int, **kind):
+    """spconv's ``name`` (``SubMConv2d``, ...): its constructor signature over SparseConvolution."""
+    if kind.get("inverse"):
+        def __init__(self, in_channels, out_channels, kernel_size, indice_key, bias=True, algo=None,
+                     fp32_accum=None, name=None, **kwargs):
+            SparseConvolution.__init__(self, ndim, in_channels, out_channels, kernel_size, bias=bias,
+                                       indice_key=indice_key, algo=algo, fp32_accum=fp32_accum, name=name,
+                                       **kind, **kwargs)
+    else:
+        def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, dilation=1, groups=1,
+                     bias=True, indice_key=None, algo=None, fp32_accum=None, name=None, **kwargs):
+            SparseConvolution.__init__(self, ndim, in_channels, out_channels, kernel_size, stride, padding,
+                                       dilation, groups, bias, indice_key=indice_key, algo=algo,
+                                       fp32_accum=fp32_accum, name=name, **kind, **kwargs)
+    return type(name, (SparseConvolution,), {"__init__": __init__, "__module__": __name__,
+                                             "__qualname__": name})
 
 
-class SparseConvTranspose3d(SparseConvolution):
-    def __init__(self, in_channels, out_channels, kernel_size=3, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, indice_key=None, algo=None, fp32_accum=None, name=None, **kwargs):
-        super().__init__(3, in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias,
-                         transposed=True, indice_key=indice_key, algo=algo, fp32_accum=fp32_accum, name=name,
-                         **kwargs)
-
-
-class SparseInverseConv3d(SparseConvolution):
-    def __init__(self, in_channels, out_channels, kernel_size, indice_key, bias=True, algo=None, fp32_accum=None,
-                 name=None, **kwargs):
-        super().__init__(3, in_channels, out_channels, kernel_size, bias=bias, inverse=True, indice_key=indice_key,
-                         algo=algo, fp32_accum=fp32_accum, name=name, **kwargs)
+SubMConv1d, SubMConv2d, SubMConv3d, SubMConv4d = (_conv_class(f"SubMConv{n}d", n, subm=True) for n in (1, 2, 3, 4))
+SparseConv1d, SparseConv2d, SparseConv3d, SparseConv4d = (_conv_class(f"SparseConv{n}d", n) for n in (1, 2, 3, 4))
+SparseConvTranspose1d, SparseConvTranspose2d, SparseConvTranspose3d, SparseConvTranspose4d = (
+    _conv_class(f"SparseConvTranspose{n}d", n, transposed=True) for n in (1, 2, 3, 4))
+SparseInverseConv1d, SparseInverseConv2d, SparseInverseConv3d, SparseInverseConv4d = (
+    _conv_class(f"SparseInverseConv{n}d", n, inverse=True) for n in (1, 2, 3, 4))

@@ -1,11 +1,14 @@
-"""spconv 2.x's SparseConvTensor over pointsparse's SparseTensor.
+"""spconv 2.x's SparseConvTensor over pointsparse's SparseTensor, in 1, 2 or 3 dimensions.
 
-spconv indices are (batch, d0, d1, d2) cell indices of each level, with the level's
-``spatial_shape``; pointsparse keeps multiples of the tensor stride on the finest grid. The
-tensor carries its stride and its pointsparse cache family, so that indices convert once per level
-and submanifold maps are shared by every conv of a level, with or without ``indice_key``.
+spconv indices are (batch, d0, .., d_{n-1}) cell indices of each level, with the level's
+``spatial_shape``; pointsparse keeps multiples of the tensor stride on the finest 3-D grid (1-D and
+2-D tensors fill the missing axes with 0 and stride 1). The tensor carries its stride and its
+pointsparse cache family, so that indices convert once per level and submanifold maps are shared by
+every conv of a level, with or without ``indice_key``. ``indices`` may be replaced or changed in
+place (detection code does): the next conv converts them afresh, in a family of their own.
 """
 
+import enum
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -18,6 +21,33 @@ from ...interop import as_torch
 from ...kmap import KernelMapCache
 
 Triple = Tuple[int, int, int]
+NDIMS = (1, 2, 3)  # spconv's 4-D tensors have no pointsparse counterpart
+
+
+class ConvAlgo(enum.Enum):
+    """spconv's kernel choice; accepted and ignored (pointsparse.ConvConfig picks kernels)."""
+
+    Native = 0
+    MaskImplicitGemm = 1
+    MaskSplitImplicitGemm = 2
+
+
+class AlgoHint(enum.Enum):
+    NoHint = 0b000
+    Fowrard = 0b001  # sic, spconv's name
+    BackwardInput = 0b010
+    BackwardWeight = 0b100
+
+
+def check_ndim(ndim: int, what: str) -> None:
+    if ndim not in NDIMS:
+        raise NotImplementedError(f"{what}: pointsparse runs 1-, 2- and 3-D sparse tensors (as 3-D ones with unit "
+                                  f"axes); {ndim}-D is not provided")
+
+
+def pad3(values: Sequence[int], fill: int) -> Triple:
+    """An n-D geometry (n <= 3) as pointsparse's 3-D one, the missing axes at ``fill``."""
+    return tuple(int(v) for v in values) + (fill,) * (3 - len(values))
 
 
 @dataclass
@@ -48,13 +78,15 @@ class SparseConvTensor:
                  grid: Optional[Tensor] = None, voxel_num: Optional[Tensor] = None,
                  indice_dict: Optional[Dict[str, IndiceData]] = None, benchmark: bool = False, **_):
         features, indices = as_torch(features), as_torch(indices)
-        if features.dim() != 2 or indices.dim() != 2 or indices.shape[1] != 4:
-            raise ValueError(f"features must be [N, C] and indices [N, 4] (3-D only here), got "
-                             f"{tuple(features.shape)} and {tuple(indices.shape)}")
+        if features.dim() != 2 or indices.dim() != 2:
+            raise ValueError(f"features must be [N, C] and indices [N, ndim + 1], got {tuple(features.shape)} and "
+                             f"{tuple(indices.shape)}")
+        check_ndim(indices.shape[1] - 1, "SparseConvTensor")
         if indices.dtype != torch.int32:
             raise TypeError(f"indices must be int32 (spconv's rule), got {indices.dtype}")
-        if len(spatial_shape) != 3:
-            raise ValueError(f"spatial_shape must have 3 entries, got {list(spatial_shape)}")
+        if len(spatial_shape) != indices.shape[1] - 1:
+            raise ValueError(f"spatial_shape must have {indices.shape[1] - 1} entries for indices "
+                             f"{tuple(indices.shape)}, got {list(spatial_shape)}")
         self._features = features
         self.indices = indices
         self.spatial_shape = [int(v) for v in spatial_shape]
@@ -64,7 +96,12 @@ class SparseConvTensor:
         self.benchmark_record = {}
         self._stride: Triple = (1, 1, 1)
         self._cache = KernelMapCache()
-        self._native_coords: Optional[Tuple[Tensor, Tensor]] = None   # (indices, native coords)
+        # (indices, their version, native coords): recomputed when indices are replaced or changed.
+        self._native_coords: Optional[Tuple[Tensor, int, Tensor]] = None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.spatial_shape)
 
     @property
     def features(self) -> Tensor:
@@ -103,15 +140,15 @@ class SparseConvTensor:
         return None if key is None else self.indice_dict.get(key)
 
     def dense(self, channels_first: bool = True) -> Tensor:
-        """``[B, C, d0, d1, d2]`` (``channels_first``) or ``[B, d0, d1, d2, C]``."""
+        """``[B, C, *spatial_shape]`` (``channels_first``) or ``[B, *spatial_shape, C]``."""
         grid = self._features.new_zeros((self.batch_size, *self.spatial_shape, self._features.shape[1]))
         index = self.indices.long()
-        grid = grid.index_put((index[:, 0], index[:, 1], index[:, 2], index[:, 3]), self._features)
-        return grid.permute(0, 4, 1, 2, 3).contiguous() if channels_first else grid
+        grid = grid.index_put(tuple(index.t()), self._features)
+        return grid.movedim(-1, 1).contiguous() if channels_first else grid
 
     @classmethod
     def from_dense(cls, x: Tensor) -> "SparseConvTensor":
-        """From a channel-last dense ``[B, d0, d1, d2, C]``: its non-zero cells."""
+        """From a channel-last dense ``[B, *spatial, C]``: its non-zero cells."""
         sparse = x.to_sparse(x.dim() - 1)
         return cls(sparse.values(), sparse.indices().t().contiguous().int(), x.shape[1:-1], x.shape[0])
 
@@ -124,26 +161,45 @@ class SparseConvTensor:
         self._features = self._features + (other.features if isinstance(other, SparseConvTensor) else other)
         return self
 
-    def to_native(self, cache: Optional[KernelMapCache] = None) -> NativeTensor:
-        """The pointsparse tensor (indices times the stride), in ``cache`` or the tensor's family."""
-        if self._native_coords is None or self._native_coords[0] is not self.indices:
-            coords = self.indices
+    def native_coords(self) -> Tensor:
+        """int32 ``[N, 4]``: the indices times the stride, missing axes 0 (converted once)."""
+        record = self._native_coords
+        if record is None or record[0] is not self.indices or record[1] != self.indices._version:
+            if record is not None:  # other indices than the family's: maps of their own
+                self._cache = KernelMapCache()
+            coords = torch.nn.functional.pad(self.indices, (0, 3 - self.ndim))
             if self._stride != (1, 1, 1):
                 coords = coords * torch.tensor((1, *self._stride), dtype=torch.int32, device=coords.device)
-            self._native_coords = (self.indices, coords.contiguous())
-        return NativeTensor(self._features, self._native_coords[1], self._stride,
-                            self._cache if cache is None else cache, spatial_range=self.spatial_shape)
+            self._native_coords = (self.indices, self.indices._version, coords.contiguous())
+        return self._native_coords[2]
+
+    def to_native(self, cache: Optional[KernelMapCache] = None) -> NativeTensor:
+        """The pointsparse tensor (indices times the stride), in ``cache`` or the tensor's family."""
+        coords = self.native_coords()
+        return NativeTensor(self._features, coords, self._stride, self._cache if cache is None else cache,
+                            spatial_range=pad3(self.spatial_shape, 1))
+
+    def to_native_rebased(self, stride: Triple) -> NativeTensor:
+        """The pointsparse tensor of these indices at tensor stride ``stride`` over a unit grid, in a
+        family of its own: a generative transposed conv's input (its output cells are spconv's
+        ``i * s - p + k * d``, whatever stride the level had in this tensor's family)."""
+        coords = torch.nn.functional.pad(self.indices, (0, 3 - self.ndim))
+        coords = coords * torch.tensor((1, *stride), dtype=torch.int32, device=coords.device)
+        return NativeTensor(self._features, coords.contiguous(), stride, spatial_range=pad3(self.spatial_shape, 1))
 
     def from_native(self, y: NativeTensor) -> "SparseConvTensor":
         """A tensor of this batch for the pointsparse result ``y``."""
-        indices = y.coords
         if y.stride != (1, 1, 1):
             indices = y.coords // torch.tensor((1, *y.stride), dtype=torch.int32, device=y.coords.device)
-        shape = list(y.spatial_range) if y.spatial_range is not None else self.spatial_shape
+            indices = indices[:, :self.ndim + 1].contiguous()
+        else:  # a copy: code that edits indices in place must not move the family's coordinates
+            indices = y.coords[:, :self.ndim + 1].clone()
+        shape = list(y.spatial_range[:self.ndim]) if y.spatial_range is not None else self.spatial_shape
         out = SparseConvTensor(y.feats, indices, shape, self.batch_size, self.grid, self.voxel_num,
                                self.indice_dict, self.benchmark)
         out.benchmark_record = self.benchmark_record
-        out._stride, out._cache, out._native_coords = y.stride, y.cache, (indices, y.coords)
+        out._stride, out._cache = y.stride, y.cache
+        out._native_coords = (indices, indices._version, y.coords)
         return out
 
     def __repr__(self) -> str:

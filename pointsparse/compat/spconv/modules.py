@@ -1,7 +1,9 @@
-"""spconv's module plumbing: SparseModule, SparseSequential and the feature-only modules."""
+"""spconv's module plumbing: SparseModule, SparseSequential, the feature-only modules and the tables."""
 
 from collections import OrderedDict
+from typing import List
 
+import torch
 from torch import nn
 
 from .core import SparseConvTensor
@@ -82,3 +84,53 @@ class RemoveGrid(SparseModule):
     def forward(self, x: SparseConvTensor):
         x.grid = None
         return x
+
+
+class Identity(nn.Module):
+    def forward(self, input):
+        return input
+
+
+def assign_name_for_sparse_modules(module: nn.Module) -> None:
+    for name, child in module.named_modules():
+        if isinstance(child, SparseModule):
+            child._sparse_unique_name = name
+
+
+def _same_indices(tensors: List[SparseConvTensor], what: str) -> None:
+    first = tensors[0]
+    for other in tensors[1:]:
+        if other.spatial_shape != first.spatial_shape or other.indices.shape != first.indices.shape:
+            raise ValueError(f"you can't use {what} in two sptensor with different indices.")
+
+
+class JoinTable(SparseModule):
+    """Features of tensors at the same indices, concatenated along channels."""
+
+    def forward(self, input: List[SparseConvTensor]) -> SparseConvTensor:
+        _same_indices(input, "JoinTable")
+        return input[0].replace_feature(torch.cat([t.features for t in input], 1))
+
+
+class AddTable(SparseModule):
+    """Features of tensors at the same indices, summed."""
+
+    def forward(self, input: List[SparseConvTensor]) -> SparseConvTensor:
+        _same_indices(input, "AddTable")
+        return input[0].replace_feature(sum(t.features for t in input))
+
+
+class ConcatTable(SparseModule):
+    """Every module applied to the input: a list of their outputs."""
+
+    def __init__(self, *modules):
+        super().__init__()
+        for index, module in enumerate(modules):
+            self.add_module(str(index), module)
+
+    def add(self, module, name=None):
+        self.add_module(str(len(self._modules)) if name is None else name, module)
+        return self
+
+    def forward(self, input) -> list:
+        return [module(input) for module in self._modules.values()]
