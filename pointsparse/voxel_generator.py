@@ -53,41 +53,37 @@ def voxelize(points: Tensor, voxel_size: Sequence[float], coors_range: Sequence[
     if max_points < 1 or max_voxels < 0:
         raise ValueError(f"max_points must be >= 1 and max_voxels >= 0, got {max_points} and {max_voxels}")
     size, bounds, grid = grid_of(voxel_size, coors_range)
-    device, n = points.device, points.shape[0]
+    device = points.device
     # The cell arithmetic of spconv: in the points' precision, from float32 range and size.
     low = torch.from_numpy(bounds[:3]).to(device, points.dtype)
     step = torch.from_numpy(size).to(device, points.dtype)
     cells = torch.floor((points[:, :3] - low) / step).long()                         # [N, 3] (x, y, z)
     inside = ((cells >= 0) & (cells < torch.from_numpy(grid).to(device))).all(1)    # [N]
-    key = (cells[:, 2] * int(grid[1]) + cells[:, 1]) * int(grid[0]) + cells[:, 0]   # [N], z-major
-    key = torch.where(inside, key, torch.full_like(key, -1))
-    # One stable sort by key: runs are voxels, in input order within each.
-    order = torch.sort(key, stable=True).indices                                     # [N]
-    sorted_key = key[order]
-    starts = torch.ones(n, dtype=torch.bool, device=device)
+    n = points.shape[0]
+    valid = torch.nonzero(inside).flatten()                                          # [V] ascending
+    key = (cells[valid, 2] * int(grid[1]) + cells[valid, 1]) * int(grid[0]) + cells[valid, 0]  # [V], z-major
+    # One stable sort by key: runs are voxels, points in input order within each.
+    order = torch.sort(key, stable=True).indices                                     # [V]
+    sorted_key, point = key[order], valid[order]                                     # [V]
+    starts = torch.ones_like(sorted_key, dtype=torch.bool)
     starts[1:] = sorted_key[1:] != sorted_key[:-1]
-    run = torch.cumsum(starts.long(), 0) - 1                                         # [N] run of each sorted point
-    first = order[starts]                                                            # [R] first point of each run
-    run_key = sorted_key[starts]
-    real = run_key >= 0
+    run = torch.cumsum(starts, 0) - 1                                                # [V] run of each point
+    run_start = torch.nonzero(starts).flatten()                                      # [R]
+    first = point[run_start]                                                         # [R] first point of each run
     # Voxels in the order of their first point; the first max_voxels survive.
-    rank = torch.full_like(run_key, -1)
-    real_runs = torch.nonzero(real).flatten()
-    by_first = real_runs[torch.argsort(first[real_runs])]
-    kept = by_first[:max_voxels]
+    kept = torch.argsort(first)[:max_voxels]                                         # [M] runs
+    rank = torch.full_like(first, -1)
     rank[kept] = torch.arange(kept.numel(), device=device)
-    point_voxel = torch.empty(n, dtype=torch.long, device=device)
-    point_voxel[order] = rank[run]
-    position = torch.empty(n, dtype=torch.long, device=device)
-    run_start = torch.nonzero(starts).flatten()                                      # sorted index of each run
-    position[order] = torch.arange(n, device=device) - run_start[run]
+    voxel_of = rank[run]                                                             # [V]
+    position = torch.arange(run.numel(), device=device) - run_start[run]             # [V] within its voxel
+    point_voxel = torch.full((n,), -1, dtype=torch.long, device=device)
+    point_voxel[point] = voxel_of
     m = kept.numel()
-    take = (point_voxel >= 0) & (position < max_points)
+    take = (voxel_of >= 0) & (position < max_points)
     voxels = points.new_zeros((m, max_points, points.shape[1]))
-    voxels[point_voxel[take], position[take]] = points[take]
-    counts = torch.bincount(point_voxel[take], minlength=m)                          # [M]
-    corner = cells[first[kept]]                                                      # [M, 3] (x, y, z)
-    indices = corner.flip(1).int()                                                   # (z, y, x)
+    voxels[voxel_of[take], position[take]] = points[point[take]]
+    counts = torch.bincount(voxel_of[take], minlength=m)                             # [M]
+    indices = cells[first[kept]].flip(1).int()                                       # [M, 3] as (z, y, x)
     if empty_mean and m:
         mean = voxels.sum(1) / counts.clamp_min(1)[:, None].to(points.dtype)         # [M, C]
         empty = torch.arange(max_points, device=device)[None] >= counts[:, None]     # [M, max_points]
