@@ -40,7 +40,12 @@ def test_neighbour_k_sits_at_offset_k(kernel_size):
             assert kmap.neighbors[o, k].item() == want
 
 
-@pytest.mark.parametrize("bad", [0, -1, (3, 3), (3, 3, 0)])
+@pytest.mark.parametrize("bad", [0, -1, (3,), (3, 3, 3, 3), (3, 3, 0), (3, 0)])
 def test_bad_kernel_sizes_raise(bad):
     with pytest.raises((ValueError, TypeError), match="kernel_size"):
         kernel_offsets(bad)
+
+
+def test_two_ints_are_a_2d_kernel_with_a_unit_third_axis():
+    assert torch.equal(kernel_offsets((3, 3)), kernel_offsets((3, 3, 1)))
+    assert torch.equal(kernel_offsets((3, 3), padding=(1, 0)), kernel_offsets((3, 3, 1), padding=(1, 0, 0)))
