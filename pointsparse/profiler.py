@@ -26,7 +26,7 @@ from .nn import SparseConv3d
 from .pointclouds import voxelize_scan
 from .strategies import Strategy, candidates, check_families, config_from_dict, config_to_dict, work_of
 from .tensor import SparseTensor, kernel_map
-from .timing import environment, time_ms
+from .timing import device_time_ms, environment, time_ms
 
 
 @dataclass
@@ -65,6 +65,10 @@ class Timing:
     forward_ms: float
     input_grad_ms: float
     weight_grad_ms: float
+    # On CUDA: GPU time of each pass's kernels (the wall times above include the host's share).
+    forward_gpu_ms: Optional[float] = None
+    input_grad_gpu_ms: Optional[float] = None
+    weight_grad_gpu_ms: Optional[float] = None
 
     @property
     def inference_ms(self) -> float:
@@ -75,8 +79,12 @@ class Timing:
         return self.forward_ms + self.input_grad_ms + self.weight_grad_ms
 
 
-def time_layer(layer: LayerInput, strategy: Strategy, repeats: int) -> Timing:
-    """Median forward, input-gradient and weight-gradient times of ``layer`` under ``strategy``."""
+GPU_REPEATS = 3  # profiled calls per pass for the GPU times (after the wall-time repeats)
+
+
+def time_layer(layer: LayerInput, strategy: Strategy, repeats: int, gpu_times: bool = True) -> Timing:
+    """Median forward, input-gradient and weight-gradient times of ``layer`` under ``strategy``;
+    on CUDA (and with ``gpu_times``) also the GPU time of each pass's kernels."""
     module, x = layer.module, layer.x
     weight = module.weight.detach()
 
@@ -93,10 +101,11 @@ def time_layer(layer: LayerInput, strategy: Strategy, repeats: int) -> Timing:
     by_feats = conv(feats, weight)
     w = weight.clone().requires_grad_()
     by_weight = conv(x.feats, w)
-    return Timing(
-        time_ms(forward, repeats)["median_ms"],
-        time_ms(lambda: torch.autograd.grad(by_feats, feats, grad, retain_graph=True), repeats)["median_ms"],
-        time_ms(lambda: torch.autograd.grad(by_weight, w, grad, retain_graph=True), repeats)["median_ms"])
+    passes = (forward, lambda: torch.autograd.grad(by_feats, feats, grad, retain_graph=True),
+              lambda: torch.autograd.grad(by_weight, w, grad, retain_graph=True))
+    walls = [time_ms(run, repeats)["median_ms"] for run in passes]
+    gpus = [device_time_ms(run, GPU_REPEATS, x.feats.device) if gpu_times else None for run in passes]
+    return Timing(*walls, *gpus)
 
 
 @dataclass
@@ -110,6 +119,9 @@ class StrategyResult:
     forward_ms: float
     input_grad_ms: float
     weight_grad_ms: float
+    forward_gpu_ms: Optional[float] = None  # on CUDA: the pass's kernels (see Timing)
+    input_grad_gpu_ms: Optional[float] = None
+    weight_grad_gpu_ms: Optional[float] = None
 
     @property
     def training_ms(self) -> float:
@@ -179,16 +191,21 @@ class ProfileReport:
                 "layers": layers, "totals": self.totals(), "end_to_end": self.end_to_end}
 
     def table(self) -> str:
+        on_gpu = any(r.forward_gpu_ms is not None for l in self.layers for r in l.results)
         header = (f"{'layer':<34}{'ts':>4}{'k':>3}{'s':>3}{'C_in->C_out':>13}{'N_in':>8}{'N_out':>8}"
-                  f"{'n_k min/med/max':>20}  {'best inference':<28}{'fwd ms':>8}  {'best training':<28}{'train ms':>9}")
+                  f"{'n_k min/med/max':>20}  {'best inference':<28}{'fwd ms':>8}  {'best training':<28}{'train ms':>9}"
+                  + (f"{'GPU fwd/in/w ms':>22}" if on_gpu else ""))
         lines = [header, "-" * len(header)]
         for l in self.layers:
             inf, tr = l.best_inference, l.best_training
             nk = [n for n in l.n_k if n > 0] or [0]
+            gpu = ""
+            if on_gpu:  # the best training strategy's kernels, per pass
+                gpu = f"{tr.forward_gpu_ms:.2f}/{tr.input_grad_gpu_ms:.2f}/{tr.weight_grad_gpu_ms:.2f}"
             lines.append(f"{l.name:<34}{l.tensor_stride[0]:>4}{l.kernel_size[0]:>3}{l.stride[0]:>3}"
                          f"{f'{l.c_in}->{l.c_out}':>13}{l.n_in:>8}{l.n_out:>8}"
                          f"{f'{min(nk)}/{statistics.median(nk):.0f}/{max(nk)}':>20}  {inf.strategy:<28}"
-                         f"{inf.forward_ms:>8.2f}  {tr.strategy:<28}{tr.training_ms:>9.2f}")
+                         f"{inf.forward_ms:>8.2f}  {tr.strategy:<28}{tr.training_ms:>9.2f}{gpu:>22}")
         lines.append("")
         lines.append(f"{'network total':<34}{'inference ms':>14}{'training ms':>14}")
         for name, total in sorted(self.totals().items(), key=lambda item: item[1]["training_ms"]):
@@ -208,12 +225,15 @@ class ProfileReport:
         with open(out_dir / "report.csv", "w", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(["layer", "strategy", "useful_macs", "computed_macs", "redundancy", "gemm_calls",
-                             "forward_ms", "input_grad_ms", "weight_grad_ms", "best_inference", "best_training"])
+                             "forward_ms", "input_grad_ms", "weight_grad_ms", "forward_gpu_ms", "input_grad_gpu_ms",
+                             "weight_grad_gpu_ms", "best_inference", "best_training"])
             for l in self.layers:
                 for r in l.results:
+                    gpu = [("" if t is None else f"{t:.4f}")
+                           for t in (r.forward_gpu_ms, r.input_grad_gpu_ms, r.weight_grad_gpu_ms)]
                     writer.writerow([l.name, r.strategy, r.useful_macs, r.computed_macs, f"{r.redundancy:.4f}",
                                      "" if r.gemm_calls is None else r.gemm_calls, f"{r.forward_ms:.4f}",
-                                     f"{r.input_grad_ms:.4f}", f"{r.weight_grad_ms:.4f}",
+                                     f"{r.input_grad_ms:.4f}", f"{r.weight_grad_ms:.4f}", *gpu,
                                      int(r is l.best_inference), int(r is l.best_training)])
         return [out_dir / "report.json", out_dir / "report.csv"] + plot_report(self, out_dir)
 
@@ -356,7 +376,8 @@ def profile(model: nn.Module, x: SparseTensor, *, model_name: str = "model", rep
             macs = m.in_channels * m.out_channels
             report.results.append(StrategyResult(
                 strategy.name, config_to_dict(strategy.config), work.useful_rows * macs, work.computed_rows * macs,
-                work.redundancy, work.gemm_calls, timing.forward_ms, timing.input_grad_ms, timing.weight_grad_ms))
+                work.redundancy, work.gemm_calls, timing.forward_ms, timing.input_grad_ms, timing.weight_grad_ms,
+                timing.forward_gpu_ms, timing.input_grad_gpu_ms, timing.weight_grad_gpu_ms))
         reports.append(report)
     env = environment()
     env["dtype"] = str(x.feats.dtype)

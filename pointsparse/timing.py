@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -25,6 +25,22 @@ def time_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> Dict[str
         sync()
         samples.append((time.perf_counter() - start) * 1e3)
     return {"median_ms": statistics.median(samples), "best_ms": min(samples)}
+
+
+def device_time_ms(fn: Callable[[], object], repeats: int, device: torch.device) -> Optional[float]:
+    """Mean GPU time of the kernels one call of fn launches (the profiler's CUDA activity, every
+    thread: autograd runs the CUDA backward on a thread of its own), after one warm-up call; None
+    off CUDA."""
+    if torch.device(device).type != "cuda":
+        return None
+    fn()
+    torch.cuda.synchronize()
+    activities = [torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(repeats):
+            fn()
+        torch.cuda.synchronize()
+    return sum(event.self_device_time_total for event in prof.events()) / 1e3 / repeats
 
 
 def _cpu_name() -> str:

@@ -59,7 +59,7 @@ def _measure(layers: List[LayerInput], mode: str, repeats: int, quick: bool) -> 
     combination beats every single candidate."""
     timed = []  # (strategy, forward ms, input-grad ms, weight-grad ms) summed over the layers
     for strategy in candidates(layers[0].x.feats.device, layers[0].module.weight.shape[0], quick):
-        timings = [time_layer(layer, strategy, repeats) for layer in layers]
+        timings = [time_layer(layer, strategy, repeats, gpu_times=False) for layer in layers]
         timed.append((strategy, sum(t.forward_ms for t in timings), sum(t.input_grad_ms for t in timings),
                       sum(t.weight_grad_ms for t in timings)))
     if mode == "inference":

@@ -52,6 +52,11 @@ def test_profile_reports_every_layer_and_strategy_consistently(small_scan, tmp_p
         for r in layer.results:
             assert r.computed_macs >= r.useful_macs > 0 and 0 <= r.redundancy < 1
             assert min(r.forward_ms, r.input_grad_ms, r.weight_grad_ms) > 0
+            gpu = (r.forward_gpu_ms, r.input_grad_gpu_ms, r.weight_grad_gpu_ms)
+            if device == "cuda":  # the kernels of each pass, seen on every thread (the backward's too)
+                assert min(gpu) > 0
+            else:
+                assert gpu == (None, None, None)
         assert layer.best_inference.forward_ms == min(r.forward_ms for r in layer.results)
         assert layer.best_training.training_ms == min(r.training_ms for r in layer.results)
         separate = layer.result("ggs separate")
@@ -64,6 +69,9 @@ def test_profile_reports_every_layer_and_strategy_consistently(small_scan, tmp_p
     assert all(p.stat().st_size > 0 for p in written)
     record = json.loads((tmp_path / "report.json").read_text())
     assert len(record["layers"]) == len(convs) and "best per layer" in record["totals"]
+    assert "forward_gpu_ms" in record["layers"][0]["results"][0]
+    header = (tmp_path / "report.csv").read_text().splitlines()[0]
+    assert "weight_grad_gpu_ms" in header and ("GPU fwd/in/w ms" in report.table()) == (device == "cuda")
 
 
 def test_profile_command_writes_the_report(small_scan, tmp_path, capsys):
