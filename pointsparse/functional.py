@@ -150,18 +150,20 @@ def cat(tensors: Sequence[SparseTensor]) -> SparseTensor:
     return tensors[0].with_feats(torch.cat([t.feats for t in tensors], 1))
 
 
-def max_pool3d(x: SparseTensor, kernel_size: IntOrTriple = 2, stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
-               *, outputs: OutputRule = OutputRule.OCCUPIED, padding: Optional[IntOrTriple] = None,
-               config: Optional[ConvConfig] = None, initial: float = float("-inf")) -> SparseTensor:
-    """Max pooling of ``x`` over the kernel map of a conv of the same geometry (stride 1: in place,
-    submanifold; stride s: at the strided conv's outputs, by ``outputs``); per output and channel
-    ``max(initial, inputs)`` (:func:`pointsparse.pooling.max_over_neighbors`)."""
+def max_pool3d(x: SparseTensor, kernel_size: IntOrTriple = 2, stride: Optional[IntOrTriple] = None,
+               dilation: IntOrTriple = 1, *, outputs: OutputRule = OutputRule.OCCUPIED,
+               padding: Optional[IntOrTriple] = None, config: Optional[ConvConfig] = None,
+               initial: float = float("-inf")) -> SparseTensor:
+    """Max pooling of ``x`` over the kernel map of a conv of the same geometry (``stride`` None: the
+    kernel size, as ``torch.nn.functional.max_pool3d``; stride 1: in place, submanifold; stride s: at
+    the strided conv's outputs, by ``outputs``); per output and channel ``max(initial, inputs)``
+    (:func:`pointsparse.pooling.max_over_neighbors`)."""
     if not isinstance(x, SparseTensor):
         raise TypeError(f"max_pool3d expects a SparseTensor, got {type(x).__name__}")
     if not x.feats.is_floating_point():
         raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
-    kmap = kernel_map(x, kernel_size, stride, dilation, False, config or ConvConfig(), outputs=outputs,
-                      padding=padding)
+    kmap = kernel_map(x, kernel_size, kernel_size if stride is None else stride, dilation, False,
+                      config or ConvConfig(), outputs=outputs, padding=padding)
     return conv_output(x, kmap, max_over_neighbors(x.feats, kmap.neighbors, initial))
 
 

@@ -251,6 +251,14 @@ class KernelMapCache:
     # made them, or a user supplied them with cache=): an occupied-cell strided conv computes its
     # own outputs instead of taking these.
     foreign: Set[Triple] = field(default_factory=set)
+    # The version (torch's in-place counter) of coords[t] when the family took it: an in-place edit
+    # afterwards would move the coordinates under their maps.
+    versions: Dict[Triple, int] = field(default_factory=dict)
+
+    def __setstate__(self, state: dict) -> None:
+        # Unpickled and deep-copied tensors start new version counters.
+        self.__dict__.update(state)
+        self.versions = {stride: coords._version for stride, coords in self.coords.items()}
 
 
 def same_rows(a: Tensor, b: Tensor) -> bool:
@@ -266,9 +274,12 @@ def bind_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor, *,
     coordinates come from outside the family (see :attr:`KernelMapCache.foreign`)."""
     known = cache.coords.get(tensor_stride)
     if known is None:
-        cache.coords[tensor_stride] = coords
+        register_coords(cache, tensor_stride, coords)
         if foreign:
             cache.foreign.add(tensor_stride)
+    elif known._version != cache.versions.get(tensor_stride, known._version):
+        raise ValueError(f"the coordinates at tensor stride {tensor_stride} were changed in place after the "
+                         f"kernel-map cache took them; build a new SparseTensor from a copy instead")
     elif not same_rows(known, coords):
         raise ValueError(
             f"the kernel-map cache holds other coordinates at tensor stride {tensor_stride} "
@@ -276,6 +287,12 @@ def bind_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor, *,
             f"a cache serves the one coordinate set it was built on. Leave out cache= for new coordinates "
             f"(they get a cache of their own), or derive the tensor from the one whose coordinates these "
             f"are (with_feats)")
+
+
+def register_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor) -> None:
+    """Record ``coords`` as the family's at a stride it does not hold yet (and their version)."""
+    cache.coords.setdefault(tensor_stride, coords)
+    cache.versions.setdefault(tensor_stride, cache.coords[tensor_stride]._version)
 
 
 def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:
@@ -371,7 +388,7 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
             kmap = build_kernel_map(coords, tensor_stride, key.kernel_size, key.stride, key.dilation, config,
                                     out_coords=known)
         if kmap.out_stride not in cache.coords:
-            cache.coords[kmap.out_stride] = kmap.out_coords
+            register_coords(cache, kmap.out_stride, kmap.out_coords)
             cache.ranges[kmap.out_stride] = kmap.out_range
             if key.outputs is OutputRule.REACHED and not transposed or key.generative:
                 cache.foreign.add(kmap.out_stride)

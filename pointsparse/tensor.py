@@ -8,7 +8,7 @@ from torch import Tensor
 
 from .config import ConvConfig, OutputRule
 from .interop import as_torch, is_cupy
-from .kmap import KernelMap, KernelMapCache, Triple, bind_coords, cached_kernel_map, same_rows
+from .kmap import KernelMap, KernelMapCache, Triple, bind_coords, cached_kernel_map, register_coords, same_rows
 from .offsets import IntOrTriple, as_triple
 
 
@@ -92,7 +92,7 @@ class SparseTensor:
         """A tensor of the family ``cache``, whose coordinates at ``stride`` are ``coords`` (the
         library's own path: a conv's output, new features; nothing re-checked). A new family gets
         them as its coordinates at ``stride``."""
-        cache.coords.setdefault(stride, coords)
+        register_coords(cache, stride, coords)
         if spatial_range is not None:
             cache.ranges.setdefault(stride, spatial_range)
         out = cls.__new__(cls)
@@ -123,6 +123,10 @@ class SparseTensor:
     @property
     def spatial_range(self) -> Optional[Triple]:
         return self._spatial_range
+
+    def __reduce__(self):
+        # pickle and copy (DataLoader workers, torch.save): the same features, coordinates and family
+        return SparseTensor._derive, (self._feats, self._coords, self._stride, self._cache, self._spatial_range)
 
     def __setattr__(self, name: str, value) -> None:
         if name == "feats":

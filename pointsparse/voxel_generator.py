@@ -54,10 +54,12 @@ def voxelize(points: Tensor, voxel_size: Sequence[float], coors_range: Sequence[
         raise ValueError(f"max_points must be >= 1 and max_voxels >= 0, got {max_points} and {max_voxels}")
     size, bounds, grid = grid_of(voxel_size, coors_range)
     device = points.device
-    # The cell arithmetic of spconv: in the points' precision, from float32 range and size.
-    low = torch.from_numpy(bounds[:3]).to(device, points.dtype)
-    step = torch.from_numpy(size).to(device, points.dtype)
-    cells = torch.floor((points[:, :3] - low) / step).long()                         # [N, 3] (x, y, z)
+    # The cell arithmetic of spconv: in the points' precision (float32 at least), from float32 range
+    # and size.
+    xyz = points[:, :3] if points.dtype == torch.float64 else points[:, :3].float()
+    low = torch.from_numpy(bounds[:3]).to(device, xyz.dtype)
+    step = torch.from_numpy(size).to(device, xyz.dtype)
+    cells = torch.floor((xyz - low) / step).long()                                   # [N, 3] (x, y, z)
     inside = ((cells >= 0) & (cells < torch.from_numpy(grid).to(device))).all(1)    # [N]
     n = points.shape[0]
     valid = torch.nonzero(inside).flatten()                                          # [V] ascending

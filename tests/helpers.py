@@ -31,10 +31,13 @@ def _shared_data() -> Path:
     inside = repo / "shared" / "data"
     return inside if inside.exists() else repo.parent / "shared" / "data"
 
+
 SHARED_DATA = _shared_data()
+
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))]
+
 
 def require_extra(name: str):
     """The optional extra's module (``pointsparse.extras.EXTRAS``), used for real where it loads;
@@ -45,12 +48,14 @@ def require_extra(name: str):
         pytest.skip(reason)
     return import_extra(name, "This test")
 
+
 def load_scan(relative: str) -> np.ndarray:
     """xyz float32 [N, 3] of a KITTI .bin under ../shared/data; skips the test when absent."""
     path = SHARED_DATA / relative
     if not path.exists():
         pytest.skip(f"real scan {path} not present")
     return np.fromfile(path, dtype=np.float32).reshape(-1, 4)[:, :3]
+
 
 def with_batch(coords: np.ndarray, batch: int = 0) -> torch.Tensor:
     """int32 [N, 4] from xyz int32 [N, 3]."""
@@ -66,18 +71,22 @@ def dense_weight(weight: Tensor, kernel_size: Tuple[int, int, int], transposed: 
     grid = weight.reshape(kz, ky, kx, weight.shape[1], weight.shape[2])  # [kz, ky, kx, C_in, C_out]
     return grid.permute(3, 4, 2, 1, 0) if transposed else grid.permute(4, 3, 2, 1, 0)
 
+
 def padding(kernel_size, dilation) -> Tuple[int, int, int]:
     # Odd kernels are centred: offset m * d - p = (m - k // 2) * d. Even kernels start at 0.
     return tuple((k // 2) * d if k % 2 else 0 for k, d in zip(kernel_size, dilation))
+
 
 def grid_shape(x: SparseTensor, margin: int) -> Tuple[int, int, int]:
     top = (x.coords[:, 1:].max(0).values // torch.tensor(x.stride, device=x.coords.device)).tolist() if x.coords.shape[0] else [0] * 3
     return tuple(int(t) + 1 + margin for t in top)
 
+
 def gather(dense: Tensor, coords: Tensor, stride: Tuple[int, int, int]) -> Tensor:
     """Rows [N, C] of a dense [B, C, X, Y, Z] at coords / stride."""
     index = (coords[:, 1:] // torch.tensor(stride, device=coords.device)).long()
     return dense[coords[:, 0].long(), :, index[:, 0], index[:, 1], index[:, 2]]
+
 
 def dense_conv(x: SparseTensor, weight: Tensor, kernel_size, stride, dilation, transposed: bool,
                out_coords: Tensor, out_stride) -> Tensor:
@@ -128,6 +137,7 @@ def random_tensor(num_points=60, channels=3, span=7, batches=2, stride=1, seed=0
     feats = torch.randn(coords.shape[0], channels, generator=gen, dtype=dtype)
     return SparseTensor(feats.to(device), coords.to(device), stride)
 
+
 def assert_gradcheck(kind: str, device: str, config: ConvConfig) -> None:
     """gradcheck in float64 of a k3 conv of ``kind`` (submanifold, strided or transposed) in feats,
     weight and bias under ``config``."""
@@ -172,10 +182,12 @@ def assert_compiles_fullgraph(config: ps.ConvConfig, device: str) -> None:
 # The fused CPU kernels: ISA variants and the comparison with gather-GEMM-scatter.
 ISAS = ["avx512", "avx2", "baseline"]
 
+
 def use_isa(monkeypatch, isa: str) -> None:
     monkeypatch.setenv("POINTSPARSE_CPU_ISA", isa)
     if torch.ops.pointsparse.fused_cpu_isa() != isa:
         pytest.skip(f"this CPU cannot run {isa}")
+
 
 def both_dataflows(x, weight, kernel_size, stride, configs=(ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER),
                                                               ConvConfig(dataflow=Dataflow.FUSED))):
@@ -204,6 +216,7 @@ KINDS = {  # name: (kernel_size, stride, dilation, transposed)
     "anisotropic (3, 1, 2)": ((3, 1, 2), 1, 1, False),
 }
 
+
 def conv_results(x, weight, kind, config, probe_seed=11):
     """(out, grad feats, grad weight) of one conv under a random probe loss, sparse and dense."""
     size, stride, dilation, transposed = kind
@@ -215,6 +228,7 @@ def conv_results(x, weight, kind, config, probe_seed=11):
                         dtype=y.feats.dtype).to(y.feats.device)
     (y.feats * probe).sum().backward()
     return y, (y.feats.detach(), feats.grad, w.grad), probe
+
 
 def kind_input(kind, device, algo=ps.KernelMapAlgo.SORT, *, num_points=150, channels=5, span=8, seed=21,
                dtype=torch.float64) -> SparseTensor:
@@ -234,6 +248,7 @@ def kind_weight(kind, device):
     size = ps.offsets.as_triple(kind[0], "kernel_size")
     volume = size[0] * size[1] * size[2]
     return torch.randn(volume, 5, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(9)).to(device)
+
 
 def check_against_oracle(x, weight, kind, config):
     """Output and both gradients under ``config`` equal gather-GEMM-scatter with one GEMM per

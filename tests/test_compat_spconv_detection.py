@@ -12,6 +12,7 @@ import pytest
 import torch
 
 import pointsparse.compat.spconv as spconv
+from pointsparse.voxel_generator import voxelize
 from pointsparse.extras import extra_unavailable_reason
 
 from helpers import SHARED_DATA, load_scan, require_extra
@@ -177,6 +178,27 @@ def test_layers_equal_spconvs_forward_and_backward(name, one_thread):
     torch.testing.assert_close(ours[3], theirs[3], rtol=1e-10, atol=1e-10)
 
 
+class _TwoBranches(torch.nn.Module):
+    """A conv and a max pool down from one level, the pool inverted (two coarse coordinate sets at
+    one stride), with spconv's record_voxel_count buffers."""
+
+    def __init__(self, sp):
+        super().__init__()
+        self.subm = sp.SubMConv3d(3, 6, 3, indice_key="s1")
+        self.down = sp.SparseConv3d(6, 6, 3, 2, 1, indice_key="down", record_voxel_count=True)
+        self.pool = sp.SparseMaxPool3d(2, indice_key="pool", record_voxel_count=True)
+        self.up = sp.SparseInverseConv3d(6, 4, 2, indice_key="pool")
+
+    def forward(self, x):
+        x = self.subm(x)
+        down = self.down(x)
+        up = self.up(self.pool(x))
+        return up.replace_feature(up.features + down.features.sum() * 0.01)
+
+
+NETS["a conv and an inverted pool from one level"] = (3, _TwoBranches)
+
+
 def test_max_pooling_starts_from_zero_as_spconvs_does():
     x = spconv.SparseConvTensor(torch.tensor([[-1.0, 2.0], [-3.0, 2.5], [-0.5, -4.0]]),
                                 torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 1, 1, 1]], dtype=torch.int32), [4] * 3, 1)
@@ -205,6 +227,14 @@ def test_the_voxel_generator_equals_spconvs_on_a_real_scan(grid, max_points, max
     assert ours.grid_size == Theirs(**kwargs).grid_size
     for g, w in zip(got, want):
         assert g.dtype == w.dtype and np.array_equal(g, w)
+
+
+def test_half_precision_points_voxelise_as_their_float32_values():
+    points = torch.from_numpy(load_scan(SCAN)[::20].copy()).half()
+    grid = ([0.05, 0.05, 0.1], [0, -40, -3, 70.4, 40, 1])
+    half, single = voxelize(points, *grid, 5, 20000), voxelize(points.float(), *grid, 5, 20000)
+    assert torch.equal(half.indices, single.indices) and torch.equal(half.num_points, single.num_points)
+    assert torch.equal(half.voxels.float(), single.voxels)
 
 
 def test_the_voxel_generators_bookkeeping():

@@ -30,9 +30,24 @@ def test_the_graph_finds_a_cycle_hidden_in_a_function_and_a_back_edge(tmp_path):
             return a, X
     """))
     edges = import_graph.graph("pkg", tmp_path)
-    assert edges["pkg.a"] == {"pkg.b"} and edges["pkg.b"] == {"pkg.a", "pkg.bench.common"}
+    assert edges["pkg.a"] == {"pkg.b"} and edges["pkg.b"] == {"pkg.a", "pkg.bench", "pkg.bench.common"}
     assert import_graph.cycles(edges) == [["pkg.a", "pkg.b"]]
-    assert import_graph.back_edges(edges, "pkg") == [["pkg.b", "pkg.bench.common"]]
+    assert import_graph.back_edges(edges, "pkg") == [["pkg.b", "pkg.bench"], ["pkg.b", "pkg.bench.common"]]
+
+
+def test_the_graph_follows_imports_through_a_packages_init(tmp_path):
+    """pkg.y imports pkg.sub.z, which runs pkg/sub/__init__, which imports pkg.sub.x, which imports
+    pkg.y: a cycle no single import line shows."""
+    package = tmp_path / "pkg"
+    (package / "sub").mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "sub" / "__init__.py").write_text("from .x import X\n")
+    (package / "sub" / "x.py").write_text("from ..y import Y\nX = 1\n")
+    (package / "sub" / "z.py").write_text("Z = 1\n")
+    (package / "y.py").write_text("def f():\n    from .sub.z import Z\n    return Z\nY = 1\n")
+    edges = import_graph.graph("pkg", tmp_path)
+    assert edges["pkg.y"] == {"pkg.sub.z", "pkg.sub"} and edges["pkg.sub.x"] == {"pkg.y"}
+    assert import_graph.cycles(edges) == [["pkg.sub", "pkg.sub.x", "pkg.y"]]
 
 
 def test_importing_the_package_loads_no_tooling():

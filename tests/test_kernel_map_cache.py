@@ -1,6 +1,9 @@
 """Kernel maps bound to their coordinates: a cache never serves a map built on other coordinates,
 and a SparseTensor's coordinates, stride and cache cannot be rebound."""
 
+import copy
+import pickle
+
 import pytest
 import torch
 
@@ -107,3 +110,36 @@ def test_features_can_be_replaced_by_features_of_the_same_rows():
 def test_a_cache_argument_of_another_type_is_refused():
     with pytest.raises(TypeError, match="KernelMapCache"):
         SparseTensor(torch.ones(3, 1), line([0, 1, 5]), cache={})
+
+
+def test_a_tensor_pickles_and_copies_with_its_family():
+    x = SparseTensor(torch.ones(3, 1), line([0, 1, 5]), spatial_range=(8, 8, 8))
+    conv_sum(x)
+    for twin in (pickle.loads(pickle.dumps(x)), copy.copy(x), copy.deepcopy(x)):
+        assert torch.equal(twin.coords, x.coords) and twin.stride == x.stride and twin.spatial_range == (8, 8, 8)
+        assert twin.cache.coords[(1, 1, 1)] is twin.coords and len(twin.cache.kmaps) == 1
+        assert conv_sum(twin).feats.flatten().tolist() == [2, 2, 1]
+    assert copy.copy(x).cache is x.cache and copy.deepcopy(x).cache is not x.cache
+
+
+class _Scans(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        return SparseTensor(torch.full((3, 1), float(index)), line([0, 1, 5 + index]))
+
+
+def test_data_loader_workers_hand_tensors_back():
+    loader = torch.utils.data.DataLoader(_Scans(), batch_size=None, num_workers=1)
+    got = list(loader)
+    assert [t.coords[:, 1].tolist() for t in got] == [[0, 1, 5], [0, 1, 6]]
+    assert conv_sum(got[1]).feats.flatten().tolist() == [2, 2, 1]
+
+
+def test_coordinates_edited_in_place_after_their_maps_were_built_raise():
+    x = SparseTensor(torch.ones(3, 1), line([0, 1, 5]))
+    conv_sum(x)
+    x.coords[2, 1] = 2  # the map says row 2 has no neighbour; it now would
+    with pytest.raises(ValueError, match="changed in place"):
+        conv_sum(x)

@@ -94,6 +94,8 @@ def test_spconvs_start_value_clamps_at_zero_and_sends_no_gradient_there():
 def test_the_module_defaults_to_stride_equal_to_the_kernel_and_checks_its_geometry():
     pool = ps.nn.SparseMaxPool3d(2)
     assert pool.stride == (2, 2, 2) and "kernel_size=(2, 2, 2)" in repr(pool)
+    x = random_tensor(num_points=50, channels=3, seed=6, dtype=torch.float32)
+    assert torch.equal(F.max_pool3d(x, 2).feats, F.max_pool3d(x, 2, 2).feats)  # the functional's default too
     assert ps.nn.SparseMaxPool3d((3, 3), 1).kernel_size == (3, 3, 1)
     x = random_tensor(num_points=50, channels=3, seed=6, dtype=torch.float32)
     torch.testing.assert_close(pool(x).feats, F.max_pool3d(x, 2, 2).feats)

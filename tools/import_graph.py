@@ -3,7 +3,8 @@
     python tools/import_graph.py [--package pointsparse] [--json]
 
 Every import counts, those inside functions too (a lazy import hides a cycle, it does not remove
-it). An edge goes to the module named, or to a package's ``__init__``; the root package's
+it). An edge goes to the module named, or to a package's ``__init__``, and to the ``__init__`` of
+each package above the module that the importer is not inside (importing runs them); the root package's
 ``__init__`` (which imports the engine's public names) is left out as a target, since any
 ``from . import x`` would otherwise make it part of every cycle. A back-edge is an import of the
 tooling (``TOOLING``) from the library outside it. Exit status 1 when there is a cycle or a
@@ -52,6 +53,13 @@ def imports_of(name: str, path: Path, known: Set[str]) -> Set[str]:
                 target = target.rpartition(".")[0]
             if target and target != name:
                 found.add(target)
+                # Importing a submodule runs its packages' __init__ first, unless the importer is
+                # inside that package (then its __init__ is already running).
+                package = target.rpartition(".")[0]
+                while package.count("."):
+                    if not (name + ".").startswith(package + "."):
+                        found.add(package)
+                    package = package.rpartition(".")[0]
     return found
 
 

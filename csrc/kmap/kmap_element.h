@@ -71,7 +71,8 @@ PS_HD bool insert_row_element(HashTable table, const int32_t* coords, int64_t i)
   bool was_new = false;
   const int64_t slot = hash_insert(table, pack_coord(coords + 4 * i), &was_new);
   if (was_new) table.values[slot] = int32_t(i);
-  return slot >= 0 && !was_new;
+  // A full table (the load factor rules it out) fails the caller's check rather than losing the row.
+  return slot < 0 || !was_new;
 }
 
 // Floors row i of coords to a multiple of factor: writes out_coords[i] and its key out_keys[i].

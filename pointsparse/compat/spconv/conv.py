@@ -19,11 +19,16 @@ from typing import Optional
 import torch
 from torch import nn
 
+from ... import dataflows
 from ... import functional as NF
-from ...config import OutputRule
+from ...config import ConvConfig, Dataflow, OutputRule
 from ...convert import to_pointsparse_weight
+from ...tensor import SparseTensor as NativeTensor, kernel_map
 from .core import IndiceData, SparseConvTensor, check_ndim, pad3
 from .modules import SparseModule
+
+
+VOXEL_COUNT = "max_num_voxels_during_training"  # spconv's buffer name
 
 
 def ntuple(value, ndim: int, name: str) -> tuple:
@@ -41,7 +46,7 @@ class SparseConvolution(SparseModule):
     def __init__(self, ndim: int, in_channels: int, out_channels: int, kernel_size=3, stride=1, padding=0,
                  dilation=1, groups: int = 1, bias: bool = True, subm: bool = False, output_padding=0,
                  transposed: bool = False, inverse: bool = False, indice_key: Optional[str] = None,
-                 algo=None, fp32_accum=None, name=None, **_):
+                 algo=None, fp32_accum=None, record_voxel_count: bool = False, name=None, **_):
         super().__init__(name=name)
         check_ndim(ndim, type(self).__name__)
         if groups != 1:
@@ -63,6 +68,7 @@ class SparseConvolution(SparseModule):
         self.conv1x1 = math.prod(self.kernel_size) == 1 and (subm or math.prod(self.stride) == 1)
         if self.conv1x1 and not subm and any(self.padding):
             raise ValueError("padding must be zero for 1x1 conv (k=1,s=1)")
+        register_voxel_count(self, record_voxel_count and not subm and not inverse)
         self.weight = nn.Parameter(torch.zeros(out_channels, *self.kernel_size, in_channels))   # KRSC
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.reset_parameters()
@@ -130,18 +136,28 @@ class SparseConvolution(SparseModule):
         out = input.from_native(y)
         if self.indice_key is not None and not self.subm and not self.transposed:
             record_indices(self.indice_key, input, out, x, geometry)
+        update_voxel_count(self, out)
         return out
 
     def _inverse(self, input: SparseConvTensor, weight, geometry: dict) -> SparseConvTensor:
+        """The pairs of the recorded layer's map, swapped: outputs at its input's indices, in their
+        order (spconv's inverse conv), whatever else the families hold at either stride."""
         record = input.find_indice_pair(self.indice_key)
         if record is None:
             raise ValueError(f"{type(self).__name__}: no conv recorded indice_key {self.indice_key!r} on this tensor")
         if record.ksize != geometry["kernel_size"]:
             raise ValueError(f"{type(self).__name__} kernel {self.kernel_size} differs from the kernel "
                              f"{record.ksize[:self.ndim]} of the layer it inverts ({self.indice_key!r})")
-        x = input.to_native(cache=record.cache)
-        y = NF.conv3d(x, weight, kernel_size=record.ksize, bias=self.bias, stride=record.stride,
-                      dilation=record.dilation, transposed=True, outputs=OutputRule.REACHED, padding=record.padding)
+        if input.indices.shape[0] != record.kmap.num_out:
+            raise ValueError(f"{type(self).__name__}: the input has {input.indices.shape[0]} rows but the layer of "
+                             f"indice_key {self.indice_key!r} output {record.kmap.num_out}")
+        fine_range = pad3(record.spatial_shape, 1)
+        swapped = record.kmap.transposed(record.native_coords, record.native_stride, fine_range)
+        spec = dataflows.resolve(Dataflow.AUTO, input.features.device, input.features.dtype)
+        feats = spec.run(input.features, weight, swapped, -1, ConvConfig())          # [N_fine, C_out]
+        if self.bias is not None:
+            feats = feats + self.bias.to(feats.dtype)
+        y = NativeTensor._derive(feats, record.native_coords, record.native_stride, record.cache, fine_range)
         out = input.from_native(y)
         out.indices = record.indices
         out._native_coords = (record.indices, record.indices._version, y.coords)
@@ -149,10 +165,26 @@ class SparseConvolution(SparseModule):
 
 
 def record_indices(key: str, input: SparseConvTensor, out: SparseConvTensor, x, geometry: dict) -> None:
-    """What a strided conv or pool with an ``indice_key`` leaves for the inverse conv of that key."""
+    """What a strided conv or pool with an ``indice_key`` leaves for the inverse conv of that key
+    (its map: a cache hit, built by the layer just run)."""
+    kmap = kernel_map(x, geometry["kernel_size"], geometry["stride"], geometry["dilation"],
+                      outputs=OutputRule.REACHED, padding=geometry["padding"])
     input.indice_dict[key] = IndiceData(
         out.indices, input.indices, input.spatial_shape, out.spatial_shape, geometry["kernel_size"],
-        geometry["stride"], geometry["padding"], geometry["dilation"], False, x.stride, x.coords, x.cache)
+        geometry["stride"], geometry["padding"], geometry["dilation"], False, x.stride, x.coords, x.cache, kmap)
+
+
+def register_voxel_count(module: nn.Module, record: bool) -> None:
+    """spconv's ``record_voxel_count``: a buffer with the most outputs the layer has made (its
+    checkpoints carry it)."""
+    if record:
+        module.register_buffer(VOXEL_COUNT, torch.zeros(1, dtype=torch.int32))
+
+
+def update_voxel_count(module: nn.Module, out: SparseConvTensor) -> None:
+    count = getattr(module, VOXEL_COUNT, None)
+    if count is not None:
+        count.clamp_(min=out.indices.shape[0])
 
 
 def _conv_class(name: str, ndim: int, **kind):

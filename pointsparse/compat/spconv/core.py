@@ -18,7 +18,7 @@ from torch import Tensor
 
 from ... import SparseTensor as NativeTensor
 from ...interop import as_torch
-from ...kmap import KernelMapCache
+from ...kmap import KernelMap, KernelMapCache
 
 Triple = Tuple[int, int, int]
 NDIMS = (1, 2, 3)  # spconv's 4-D tensors have no pointsparse counterpart
@@ -66,7 +66,8 @@ class IndiceData:
     is_subm: bool
     native_stride: Triple      # pointsparse tensor stride of the input
     native_coords: Tensor      # and its coordinates
-    cache: KernelMapCache      # and its family, which holds the conv's kernel map
+    cache: KernelMapCache      # and its family
+    kmap: KernelMap            # the conv's (or pool's) map: the inverse runs its pairs swapped
 
 
 class SparseConvTensor:

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ... import functional as NF
 from ...config import OutputRule
-from .conv import ntuple, record_indices
+from .conv import ntuple, record_indices, register_voxel_count, update_voxel_count
 from .core import SparseConvTensor, check_ndim, pad3
 from .modules import SparseModule
 
@@ -31,6 +31,7 @@ class SparseMaxPool(SparseModule):
         self.stride = self.kernel_size if stride is None else ntuple(stride, ndim, "stride")
         self.padding, self.dilation = ntuple(padding, ndim, "padding"), ntuple(dilation, ndim, "dilation")
         self.indice_key, self.subm, self.algo = indice_key, subm, algo
+        register_voxel_count(self, record_voxel_count and not subm)
 
     def forward(self, input: SparseConvTensor) -> SparseConvTensor:
         if not isinstance(input, SparseConvTensor) or input.ndim != self.ndim:
@@ -48,6 +49,8 @@ class SparseMaxPool(SparseModule):
         out = input.from_native(y)
         if self.indice_key is not None and not self.subm:
             record_indices(self.indice_key, input, out, x, geometry)
+        if not self.subm:
+            update_voxel_count(self, out)
         return out
 
     def extra_repr(self) -> str:
@@ -57,7 +60,8 @@ class SparseMaxPool(SparseModule):
 def _pool_class(ndim: int):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, indice_key=None, algo=None,
                  record_voxel_count=False, name=None):
-        SparseMaxPool.__init__(self, ndim, kernel_size, stride, padding, dilation, indice_key, algo=algo, name=name)
+        SparseMaxPool.__init__(self, ndim, kernel_size, stride, padding, dilation, indice_key, algo=algo,
+                               record_voxel_count=record_voxel_count, name=name)
     name = f"SparseMaxPool{ndim}d"
     return type(name, (SparseMaxPool,), {"__init__": __init__, "__module__": __name__, "__qualname__": name})
 
