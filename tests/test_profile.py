@@ -163,7 +163,7 @@ def test_training_tuning_may_combine_the_fastest_grouping_of_each_pass(small_sca
     # weight gradient, and everything else slower: the tuner combines them per pass.
     fast = {"ggs dense": (1, 9, 9), "ggs symmetric": (9, 1, 9), "ggs separate": (9, 9, 1)}
 
-    def fake_timing(layer, strategy, repeats):
+    def fake_timing(layer, strategy, repeats, gpu_times=True):
         return profiler.Timing(*fast.get(strategy.name, (5, 5, 5)))
 
     monkeypatch.setattr(tuner, "time_layer", fake_timing)
