@@ -20,7 +20,7 @@ Output row o takes input row i through offset k when ``coords_in[i] = coords_out
 for transposed maps input and output swap roles in that relation.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Dict, Hashable, Optional, Set, Tuple, TypeVar
 
@@ -42,7 +42,8 @@ class KernelMap:
 
     Construction checks shapes, dtypes, devices and the range of every index once (one
     synchronisation on CUDA), so that the conv ops need not read ranges back on every call;
-    a malformed map raises ``ValueError`` / ``TypeError`` here.
+    a malformed map raises ``ValueError`` / ``TypeError`` here. Maps the library builds itself skip
+    the range read-back (``check_ranges=False``): their indices come from its own ops.
     """
 
     neighbors: Tensor   # int32 [N_out, K]: input row of output o at offset k, -1 if none
@@ -56,9 +57,10 @@ class KernelMap:
     out_range: Optional[Triple] = None
     # What the dataflows derive from this map once (plans, reorderings): see memo.
     _memo: Dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
+    check_ranges: InitVar[bool] = True
 
-    def __post_init__(self) -> None:
-        check_kernel_map(self)
+    def __post_init__(self, check_ranges: bool) -> None:
+        check_kernel_map(self, check_ranges)
 
     def memo(self, key: Hashable, build: Callable[[], T]) -> T:
         """``build()``, made once per ``key`` and kept with the map (a dataflow's plan of this map:
@@ -118,7 +120,8 @@ class KernelMap:
                        out_range: Optional[Triple] = None) -> "KernelMap":
         offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
         # The host sizes one GEMM per offset from offset_ptr, so it lives on the CPU.
-        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride, num_in, out_range)
+        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride, num_in, out_range,
+                         check_ranges=False)
 
     def transposed(self, out_coords: Tensor, out_stride: Triple, out_range: Optional[Triple] = None) -> "KernelMap":
         """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
@@ -126,8 +129,9 @@ class KernelMap:
         return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out, out_range)
 
 
-def check_kernel_map(kmap: KernelMap) -> None:
-    """Shapes, dtypes, devices and index ranges of a map, checked once (see :class:`KernelMap`)."""
+def check_kernel_map(kmap: KernelMap, check_ranges: bool = True) -> None:
+    """Shapes, dtypes, devices and (``check_ranges``) index ranges of a map, checked once (see
+    :class:`KernelMap`)."""
     device = kmap.neighbors.device
     for name in ("neighbors", "in_idx", "out_idx", "out_coords"):
         t = getattr(kmap, name)
@@ -149,7 +153,7 @@ def check_kernel_map(kmap: KernelMap) -> None:
         raise ValueError(f"KernelMap.offset_ptr must rise from 0 to the {pairs} pairs of in_idx / out_idx")
     if not isinstance(kmap.num_in, int) or kmap.num_in < 0:
         raise ValueError(f"KernelMap.num_in must be a non-negative int, got {kmap.num_in!r}")
-    if pairs:
+    if pairs and check_ranges:
         bounds = torch.stack([torch.stack(torch.aminmax(kmap.in_idx)),
                               torch.stack(torch.aminmax(kmap.out_idx))]).tolist()   # one read-back
         for name, (lo, hi), rows in (("in_idx", bounds[0], kmap.num_in), ("out_idx", bounds[1], kmap.num_out)):
@@ -338,7 +342,7 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     if submanifold and size == (1, 1, 1):  # every row is its own one neighbour: nothing to search
         rows = torch.arange(coords.shape[0], dtype=torch.int32, device=coords.device)
         return KernelMap(rows[:, None], torch.tensor([0, coords.shape[0]]), rows, rows, coords, out_stride,
-                         coords.shape[0])
+                         coords.shape[0], check_ranges=False)
     if submanifold:
         out_coords = coords
     elif tiling and out_coords is None:

@@ -141,6 +141,22 @@ def test_a_handed_in_kernel_map_is_checked_once(change, error, message):
         handed_in_map(**change(valid))
 
 
+def test_maps_the_library_builds_skip_the_range_read_back(monkeypatch):
+    """Their indices come from the library's own ops: no aminmax (a host sync on CUDA) per map; a
+    map handed in is still checked (above)."""
+    calls = []
+    original = torch.aminmax
+    monkeypatch.setattr(torch, "aminmax", lambda *a, **k: calls.append(1) or original(*a, **k))
+    x = SparseTensor(torch.randn(30, 2), coords_of([[0, i % 4, i // 4, i % 3] for i in range(30)]))
+    for kernel_size, stride in ((3, 1), (1, 1), (2, 2), (3, 2)):
+        ps.kernel_map(x, kernel_size, stride)
+    coarse = ps.kernel_map(x, 2, 2)
+    ps.kernel_map(SparseTensor(torch.randn(coarse.num_out, 2), coarse.out_coords, 2, x.cache), 2, 2, transposed=True)
+    assert calls == []
+    handed_in_map()
+    assert len(calls) == 2  # in_idx and out_idx, read back together
+
+
 def test_a_tensor_cannot_join_a_cache_of_other_coordinates():
     x = SparseTensor(torch.randn(3, 2), coords_of([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 0, 0]]))
     ps.kernel_map(x, 3)
