@@ -20,6 +20,7 @@ Output row o takes input row i through offset k when ``coords_in[i] = coords_out
 for transposed maps input and output swap roles in that relation.
 """
 
+import functools
 from dataclasses import InitVar, dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Dict, Hashable, Optional, Set, Tuple, TypeVar
@@ -205,12 +206,10 @@ class KernelMapKey:
             spatial_range = as_triple(tuple(spatial_range), "spatial_range", minimum=0, planar=1)
         return KernelMapKey(tensor_stride, size, step, dil, transposed, outputs, pad, spatial_range, generative)
 
-    @property
-    def offsets(self) -> Tensor:
+    def offsets(self, device: torch.device) -> Tensor:
         """int32 ``[K, 3]`` in coordinate units of the finer side (the input, or the output of a
-        transposed conv)."""
-        fine = self.fine_stride
-        return kernel_offsets(self.kernel_size, self.dilation, self.padding) * torch.tensor(fine, dtype=torch.int32)
+        transposed conv), on ``device`` (cached: see :func:`scaled_offsets`)."""
+        return scaled_offsets(self.kernel_size, self.dilation, self.padding, self.fine_stride, device)
 
     @property
     def fine_stride(self) -> Triple:
@@ -307,6 +306,15 @@ def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:
     return cache if known is not None and same_rows(known, kmap.out_coords) else KernelMapCache()
 
 
+@functools.lru_cache(maxsize=1024)
+def scaled_offsets(kernel_size: Triple, dilation: Triple, padding: Optional[Triple], scale: Triple,
+                   device: torch.device) -> Tensor:
+    """int32 ``[K, 3]``: :func:`~pointsparse.offsets.kernel_offsets` times ``scale`` (a tensor
+    stride), made once per geometry and device: no host-to-device copy per map. Read-only."""
+    offsets = kernel_offsets(kernel_size, dilation, padding) * torch.tensor(scale, dtype=torch.int32)
+    return offsets.to(device)
+
+
 def _mul(a: Triple, b: Triple) -> Triple:
     return (a[0] * b[0], a[1] * b[1], a[2] * b[2])
 
@@ -335,7 +343,7 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     """
     size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     dil = as_triple(dilation, "dilation", planar=1)
-    offsets = (kernel_offsets(size, dil) * torch.tensor(tensor_stride, dtype=torch.int32)).to(coords.device)
+    offsets = scaled_offsets(size, dil, None, tensor_stride, coords.device)             # [K, 3]
     submanifold = step == (1, 1, 1)
     out_stride = _mul(tensor_stride, step)
     tiling = not submanifold and _kernel_tiles_stride(size, step, dil)
@@ -422,7 +430,7 @@ def _unique_sorted(coords: Tensor) -> Tensor:
 
 def build_reached_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig()) -> KernelMap:
     """Uncached map of the ``REACHED`` rule (spconv's regular and strided conv) for ``key``."""
-    offsets = key.offsets.to(coords.device)                                         # [K, 3]
+    offsets = key.offsets(coords.device)                                            # [K, 3]
     out_stride = _mul(key.tensor_stride, key.stride)
     out_range = key.out_range()
     out_coords = reached_cells(coords, offsets, out_stride, out_range)
@@ -434,7 +442,7 @@ def build_generative_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvC
     """Uncached map of a generative transposed conv: outputs every fine cell ``o + d_k * t`` an
     input o reaches; output c takes input o through offset k when ``c = o + d_k * t``."""
     fine = key.fine_stride
-    offsets = key.offsets.to(coords.device)                                         # [K, 3]
+    offsets = key.offsets(coords.device)                                            # [K, 3]
     out_range = key.out_range()
     out_coords = reached_cells(coords, -offsets, fine, out_range)
     neighbors = build_neighbors(coords, out_coords, -offsets, False, config.kmap)

@@ -242,3 +242,13 @@ def test_transposed_without_the_strided_map_raises():
         ps.kernel_map(coarse, 2, 2, transposed=True)
     with pytest.raises(ValueError, match="divisible"):
         ps.kernel_map(coarse, 2, 4, transposed=True)
+
+
+def test_offsets_are_made_once_per_geometry_and_device():
+    from pointsparse.kmap import scaled_offsets
+
+    first = scaled_offsets((3, 3, 3), (1, 1, 1), None, (2, 2, 2), torch.device("cpu"))
+    assert scaled_offsets((3, 3, 3), (1, 1, 1), None, (2, 2, 2), torch.device("cpu")) is first
+    assert torch.equal(first, ps.kernel_offsets(3) * 2)
+    key = ps.KernelMapKey.of((2, 2, 2), 2, 2, transposed=True)
+    assert torch.equal(key.offsets(torch.device("cpu")), ps.kernel_offsets(2))  # the finer side's units
