@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from . import ops
-from .config import ConvConfig, KernelMapAlgo, OutputRule
+from .config import ConvConfig, KernelMapAlgo, OutputRule, default_kmap_algo
 from .offsets import IntOrTriple, as_triple, default_padding, kernel_offsets
 
 Triple = Tuple[int, int, int]
@@ -320,14 +320,18 @@ def _mul(a: Triple, b: Triple) -> Triple:
 
 
 def build_neighbors(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
-                    algo: KernelMapAlgo) -> Tensor:
-    """Neighbour table int32 ``[N_out, K]`` by the chosen algorithm (offsets in coordinate units)."""
+                    algo: Optional[KernelMapAlgo]) -> Tensor:
+    """Neighbour table int32 ``[N_out, K]`` by the chosen algorithm (None: the device's default;
+    offsets in coordinate units)."""
+    algo = algo or default_kmap_algo(in_coords.device)
     build = ops.build_kmap_hash if algo is KernelMapAlgo.HASH else ops.build_kmap_sort
     return build(in_coords, out_coords, offsets, symmetric)
 
 
-def downsample_coords(coords: Tensor, factor: Triple, algo: KernelMapAlgo) -> Tensor:
-    """Unique ``floor(c / factor) * factor`` per batch, int32 ``[M, 4]``, in first-occurrence order."""
+def downsample_coords(coords: Tensor, factor: Triple, algo: Optional[KernelMapAlgo]) -> Tensor:
+    """Unique ``floor(c / factor) * factor`` per batch, int32 ``[M, 4]``, in first-occurrence order
+    (``algo`` None: the device's default)."""
+    algo = algo or default_kmap_algo(coords.device)
     down = ops.downsample_coords_hash if algo is KernelMapAlgo.HASH else ops.downsample_coords_sort
     return down(coords, factor)
 

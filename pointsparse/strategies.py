@@ -46,7 +46,7 @@ def config_to_dict(config: ConvConfig) -> Dict[str, object]:
                 "epsilon": g.epsilon, "threshold": g.threshold}
 
     passes = config.grouping
-    return {"kmap": config.kmap.value, "dataflow": config.dataflow.value,
+    return {"kmap": None if config.kmap is None else config.kmap.value, "dataflow": config.dataflow.value,
             "grouping": {"forward": grouping(passes.forward), "input_grad": grouping(passes.input_grad),
                          "weight_grad": grouping(passes.weight_grad)},
             "implicit": {"tile_rows": config.implicit.tile_rows, "reorder": config.implicit.reorder,
@@ -61,7 +61,8 @@ def config_from_dict(record: Dict[str, object]) -> ConvConfig:
 
     passes = record["grouping"]
     implicit = record["implicit"]
-    return ConvConfig(KernelMapAlgo(record["kmap"]), Dataflow(record["dataflow"]),
+    kmap = None if record["kmap"] is None else KernelMapAlgo(record["kmap"])
+    return ConvConfig(kmap, Dataflow(record["dataflow"]),
                       ConvGrouping(grouping(passes["forward"]), grouping(passes["input_grad"]),
                                    grouping(passes["weight_grad"])),
                       ImplicitGemmConfig(implicit["tile_rows"], implicit["reorder"], implicit["splits"]))

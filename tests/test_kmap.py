@@ -252,3 +252,13 @@ def test_offsets_are_made_once_per_geometry_and_device():
     assert torch.equal(first, ps.kernel_offsets(3) * 2)
     key = ps.KernelMapKey.of((2, 2, 2), 2, 2, transposed=True)
     assert torch.equal(key.offsets(torch.device("cpu")), ps.kernel_offsets(2))  # the finer side's units
+
+
+def test_the_default_algorithm_is_the_faster_per_device_and_round_trips():
+    from pointsparse.config import default_kmap_algo
+    from pointsparse.strategies import config_from_dict, config_to_dict
+
+    assert default_kmap_algo("cpu") is ps.KernelMapAlgo.SORT and default_kmap_algo("cuda:0") is ps.KernelMapAlgo.HASH
+    assert ps.ConvConfig().kmap is None and config_from_dict(config_to_dict(ps.ConvConfig())) == ps.ConvConfig()
+    with pytest.raises(TypeError, match="KernelMapAlgo or None"):
+        ps.ConvConfig(kmap="hash")
