@@ -45,7 +45,7 @@ class Dataflow(enum.Enum):
     dataflow gives the same result up to rounding. Which devices and dtypes each runs on is recorded
     in :mod:`pointsparse.dataflows`."""
 
-    AUTO = "auto"  # the first dataflow of dataflows.AUTO_ORDER that runs on the device
+    AUTO = "auto"  # per device and dtype, by measurement: dataflows.AUTO_ORDER
     # Gather the rows of each offset, ATen GEMMs (MKL / cuBLAS), scatter-add: every device; offsets
     # grouped into batched GEMMs by ConvConfig.grouping.
     GATHER_GEMM_SCATTER = "gather_gemm_scatter"
@@ -60,8 +60,7 @@ class Dataflow(enum.Enum):
 class ConvConfig:
     # None: the faster per device (default_kmap_algo). Both build identical maps.
     kmap: Optional[KernelMapAlgo] = None
-    # AUTO picks FUSED on the CPU: 3-5x faster than GATHER_GEMM_SCATTER on a 92k-voxel scan
-    # (python -m pointsparse.bench conv).
+    # AUTO: FUSED on the CPU, IMPLICIT_GEMM on CUDA for float16 / float32 (dataflows.AUTO_ORDER).
     dataflow: Dataflow = Dataflow.AUTO
     # Grouping of offsets into batched GEMMs (GATHER_GEMM_SCATTER): a Grouping member (default
     # parameters), a GroupingConfig, or a ConvGrouping with one config per pass (forward, input

@@ -280,7 +280,7 @@ def bind_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor, *,
         register_coords(cache, tensor_stride, coords)
         if foreign:
             cache.foreign.add(tensor_stride)
-    elif known._version != cache.versions.get(tensor_stride, known._version):
+    elif not torch.compiler.is_compiling() and known._version != cache.versions.get(tensor_stride, known._version):
         raise ValueError(f"the coordinates at tensor stride {tensor_stride} were changed in place after the "
                          f"kernel-map cache took them; build a new SparseTensor from a copy instead")
     elif not same_rows(known, coords):
@@ -293,9 +293,13 @@ def bind_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor, *,
 
 
 def register_coords(cache: KernelMapCache, tensor_stride: Triple, coords: Tensor) -> None:
-    """Record ``coords`` as the family's at a stride it does not hold yet (and their version)."""
-    cache.coords.setdefault(tensor_stride, coords)
-    cache.versions.setdefault(tensor_stride, cache.coords[tensor_stride]._version)
+    """Record ``coords`` as the family's at a stride it does not hold yet (and their version; not
+    under torch.compile, which cannot guard on it)."""
+    if tensor_stride in cache.coords:
+        return
+    cache.coords[tensor_stride] = coords
+    if not torch.compiler.is_compiling():
+        cache.versions[tensor_stride] = coords._version
 
 
 def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:

@@ -4,7 +4,7 @@ Cases: submanifold 3x3x3 32->32 with the kernel map built inside the timed call 
 64->64 cached, strided k2 s2 32->64 with the map built, and forward+backward 32->32 cached. spconv
 (``pip install spconv``) runs its Native gather-GEMM-scatter; its CPU backward needs
 ``spconv.pytorch.ops.get_current_stream`` replaced by ``lambda: 0``, which this benchmark does.
-pointsparse runs its default dataflow (fused kernels on the CPU, gather-GEMM-scatter on CUDA), then
+pointsparse runs its default dataflow (fused kernels on the CPU, the implicit GEMM on CUDA), then
 every explicit dataflow that runs on the device ("ggs" in the table is gather-GEMM-scatter, ATen GEMMs).
 ``--device cuda`` times them on the GPU against the naive torch conv on the same GPU. Each row also reports how many output rows differ from
 ours (spconv's CPU scatter races at more than one thread), and GEMM efficiency: useful FLOP/s

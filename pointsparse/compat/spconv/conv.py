@@ -152,7 +152,8 @@ class SparseConvolution(SparseModule):
             raise ValueError(f"{type(self).__name__}: the input has {input.indices.shape[0]} rows but the layer of "
                              f"indice_key {self.indice_key!r} output {record.kmap.num_out}")
         fine_range = pad3(record.spatial_shape, 1)
-        swapped = record.kmap.transposed(record.native_coords, record.native_stride, fine_range)
+        swapped = record.kmap.memo(("inverse", fine_range), lambda: record.kmap.transposed(
+            record.native_coords, record.native_stride, fine_range))
         spec = dataflows.resolve(Dataflow.AUTO, input.features.device, input.features.dtype)
         feats = spec.run(input.features, weight, swapped, -1, ConvConfig())          # [N_fine, C_out]
         if self.bias is not None:
