@@ -127,3 +127,29 @@ def test_minkunet18_trains_under_autocast(device, dtype, dataflow):
     loss.backward()
     grads = [p.grad for p in model.parameters()]
     assert all(g is not None and g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+
+
+AUTOCAST_OPS = ("conv_gather_scatter", "conv_weight_grad", "conv_grouped", "conv_grouped_weight_grad", "conv_fused",
+                "conv_fused_weight_grad", "conv_implicit", "conv_implicit_weight_grad")
+
+
+@pytest.mark.parametrize("key", ["AutocastCPU", "AutocastCUDA"])
+def test_every_conv_op_has_a_cpp_autocast_kernel_and_a_python_twin(key):
+    for name in AUTOCAST_OPS:
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"pointsparse::{name}", key), name
+        assert getattr(torch._C.DispatchKey, key) in getattr(torch.ops.pointsparse, name).default.py_kernels
+
+
+def test_a_weight_is_cast_once_per_autocast_region():
+    """ATen's autocast cache: two convs with one float32 weight (a leaf that requires grad) cast it
+    once; the features are cast each time. (Gather-GEMM-scatter: the CPU's fused and implicit kernels
+    convert half-precision operands to float32 inside, which would blur the count; the autocast
+    kernel is one for every op.)"""
+    x = random_tensor(num_points=60, channels=8, seed=5, dtype=torch.float32)
+    weight = torch.randn(27, 8, 4, requires_grad=True)
+    config = ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER)
+    with torch.profiler.profile(record_shapes=True) as prof, torch.autocast("cpu", dtype=torch.bfloat16):
+        F.conv3d(x, weight, config=config)
+        F.conv3d(x, weight, config=config)
+    casts = [e.input_shapes[0] for e in prof.events() if e.name == "aten::_to_copy"]
+    assert casts.count([27, 8, 4]) == 1 and casts.count([x.coords.shape[0], 8]) == 2

@@ -1,4 +1,5 @@
-"""Autocast rules for the convolution ops: cast, then run with autocast off.
+"""Autocast rules for the convolution ops: cast, then run with autocast off (the C++ kernels are
+``csrc/conv/conv_autocast.cpp``; these Python twins serve torch.compile's tracing).
 
 ``torch.library.register_autocast`` fixes the target dtype when it is registered; ours casts to the
 dtype of the active ``torch.autocast`` region (float16 or bfloat16, as the user chose), the same way
@@ -25,21 +26,18 @@ def _cast(args: Tuple, device_type: str, dtype: torch.dtype) -> Tuple:
     return tuple(cast(a) for a in args)
 
 
-def register_autocast(qualname: str, lib: torch.library.Library) -> None:
-    """Autocast kernels of ``qualname`` (``"pointsparse::name"``) for every autocast device type."""
+def register_autocast(qualname: str) -> None:
+    """Python autocast kernels of ``qualname`` (``"pointsparse::name"``) for every autocast device
+    type, for torch.compile's Python dispatcher. The C++ dispatcher runs the C++ kernels of
+    ``csrc/conv/conv_autocast.cpp`` (the same rule, casting through ATen's per-region weight cache)."""
     op = torch._library.utils.lookup_op(qualname)
     for device_type in _AUTOCAST_DEVICE_TYPES:
-        key_name = "Autocast" + torch._C._dispatch_key_for_device(device_type)
-        key = getattr(torch._C.DispatchKey, key_name)
+        key = getattr(torch._C.DispatchKey, "Autocast" + torch._C._dispatch_key_for_device(device_type))
 
         def autocast_kernel(*args, _device_type=device_type, _key=key):
             dtype = torch.get_autocast_dtype(_device_type)
             with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(_key)):
                 return op(*_cast(args, _device_type, dtype))
 
-        # py_impl serves the Python dispatcher (torch.compile's tracing), lib.impl the C++ one.
-        if op.has_kernel_for_dispatch_key(key):
-            op.py_kernels.pop(key)
+        op.py_kernels.pop(key, None)  # a module reloaded in the process registers again
         op.py_impl(key)(autocast_kernel)
-        lib.impl(qualname.split("::")[1], lambda _keyset, *args, _k=autocast_kernel: _k(*args),
-                 key_name, with_keyset=True)

@@ -35,7 +35,6 @@ from torch import Tensor
 from .autocast import register_autocast
 
 OPS = torch.ops.pointsparse
-LIBRARY = torch.library.Library("pointsparse", "IMPL")  # holds the autocast kernels for the process
 
 
 def _forward_fake(feats, weight, offset_ptr, in_idx, out_idx, num_out, identity_offset):
@@ -75,5 +74,5 @@ def register_pairs_op(forward: Callable, weight_grad: Callable) -> None:
     torch.library.register_fake(f"pointsparse::{weight_grad.__name__}")(_weight_grad_fake)
     torch.library.register_autograd(f"pointsparse::{forward.__name__}", _make_backward(forward, weight_grad),
                                     setup_context=_setup_context)
-    register_autocast(f"pointsparse::{forward.__name__}", LIBRARY)
-    register_autocast(f"pointsparse::{weight_grad.__name__}", LIBRARY)
+    register_autocast(f"pointsparse::{forward.__name__}")
+    register_autocast(f"pointsparse::{weight_grad.__name__}")

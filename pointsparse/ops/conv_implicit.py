@@ -7,7 +7,7 @@ import torch
 from torch import Tensor
 
 from .autocast import register_autocast
-from .conv import LIBRARY, OPS
+from .conv import OPS
 
 
 def conv_implicit(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
@@ -60,6 +60,6 @@ torch.library.register_fake("pointsparse::conv_implicit")(_implicit_fake)
 torch.library.register_fake("pointsparse::conv_implicit_weight_grad")(_implicit_weight_grad_fake)
 torch.library.register_autograd("pointsparse::conv_implicit", _implicit_backward,
                                 setup_context=_implicit_setup_context)
-register_autocast("pointsparse::conv_implicit", LIBRARY)
-register_autocast("pointsparse::conv_implicit_weight_grad", LIBRARY)
+register_autocast("pointsparse::conv_implicit")
+register_autocast("pointsparse::conv_implicit_weight_grad")
 
