@@ -118,17 +118,21 @@ def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: b
     return size[0] * size[1] * size[2] // 2
 
 
-def _check_conv_inputs(x: SparseTensor, weight: Tensor, bias: Optional[Tensor], size) -> None:
+def _check_sparse_input(x: SparseTensor, op: str) -> None:
     if not isinstance(x, SparseTensor):
-        raise TypeError(f"conv3d expects a SparseTensor, got {type(x).__name__}")
+        raise TypeError(f"{op} expects a SparseTensor, got {type(x).__name__}")
+    if not x.feats.is_floating_point():
+        raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
+
+
+def _check_conv_inputs(x: SparseTensor, weight: Tensor, bias: Optional[Tensor], size) -> None:
+    _check_sparse_input(x, "conv3d")
     volume = size[0] * size[1] * size[2]
     if weight.dim() != 3 or weight.shape[0] != volume:
         raise ValueError(f"weight must have shape [K={volume}, C_in, C_out] for kernel size {size}, "
                          f"got {tuple(weight.shape)}")
     if weight.shape[1] != x.num_channels:
         raise ValueError(f"weight expects {weight.shape[1]} input channels, the tensor has {x.num_channels}")
-    if not x.feats.is_floating_point():
-        raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
     # Under autocast the op casts feats and weight to one dtype itself.
     autocast = torch.is_autocast_enabled(x.feats.device.type)
     for name, t in (("weight", weight), ("bias", bias)):
@@ -158,10 +162,7 @@ def max_pool3d(x: SparseTensor, kernel_size: IntOrTriple = 2, stride: Optional[I
     kernel size, as ``torch.nn.functional.max_pool3d``; stride 1: in place, submanifold; stride s: at
     the strided conv's outputs, by ``outputs``); per output and channel ``max(initial, inputs)``
     (:func:`pointsparse.pooling.max_over_neighbors`)."""
-    if not isinstance(x, SparseTensor):
-        raise TypeError(f"max_pool3d expects a SparseTensor, got {type(x).__name__}")
-    if not x.feats.is_floating_point():
-        raise TypeError(f"feats must be floating point, got {x.feats.dtype}")
+    _check_sparse_input(x, "max_pool3d")
     kmap = kernel_map(x, kernel_size, kernel_size if stride is None else stride, dilation, False,
                       config or ConvConfig(), outputs=outputs, padding=padding)
     return conv_output(x, kmap, max_over_neighbors(x.feats, kmap.neighbors, initial))

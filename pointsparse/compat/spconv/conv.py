@@ -31,6 +31,13 @@ from .modules import SparseModule
 VOXEL_COUNT = "max_num_voxels_during_training"  # spconv's buffer name
 
 
+def geometry3(layer) -> dict:
+    """A conv's or pool's kernel size, stride, padding and dilation as pointsparse's 3-D ones (unit
+    axes added)."""
+    return dict(kernel_size=pad3(layer.kernel_size, 1), stride=pad3(layer.stride, 1),
+                padding=pad3(layer.padding, 0), dilation=pad3(layer.dilation, 1))
+
+
 def ntuple(value, ndim: int, name: str) -> tuple:
     """An int or ``ndim`` ints as an ``ndim``-tuple (spconv's ``expand_nd``)."""
     value = (value,) * ndim if isinstance(value, int) else tuple(int(v) for v in value)
@@ -73,12 +80,6 @@ class SparseConvolution(SparseModule):
         self.bias = nn.Parameter(torch.zeros(out_channels)) if bias else None
         self.reset_parameters()
 
-    @property
-    def geometry3(self) -> dict:
-        """Kernel size, stride, padding and dilation as pointsparse's 3-D ones (unit axes added)."""
-        return dict(kernel_size=pad3(self.kernel_size, 1), stride=pad3(self.stride, 1),
-                    padding=pad3(self.padding, 0), dilation=pad3(self.dilation, 1))
-
     def reset_parameters(self) -> None:
         # torch's kaiming-uniform default for conv weights, fan-in C_in * K as spconv computes it.
         fan_in = self.in_channels * math.prod(self.kernel_size)
@@ -118,7 +119,7 @@ class SparseConvolution(SparseModule):
             features = input.features @ self.weight.reshape(self.in_channels, self.out_channels)
             return input.replace_feature(features if self.bias is None else features + self.bias)
         weight = self.native_weight()
-        geometry = self.geometry3
+        geometry = geometry3(self)
         if self.inverse:
             return self._inverse(input, weight, geometry)
         if self.transposed:

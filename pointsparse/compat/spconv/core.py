@@ -168,11 +168,15 @@ class SparseConvTensor:
         if record is None or record[0] is not self.indices or record[1] != self.indices._version:
             if record is not None:  # other indices than the family's: maps of their own
                 self._cache = KernelMapCache()
-            coords = torch.nn.functional.pad(self.indices, (0, 3 - self.ndim))
-            if self._stride != (1, 1, 1):
-                coords = coords * torch.tensor((1, *self._stride), dtype=torch.int32, device=coords.device)
-            self._native_coords = (self.indices, self.indices._version, coords.contiguous())
+            self._native_coords = (self.indices, self.indices._version, self._coords_at(self._stride))
         return self._native_coords[2]
+
+    def _coords_at(self, stride: Triple) -> Tensor:
+        """int32 ``[N, 4]``: the indices (missing axes 0) times ``stride``."""
+        coords = torch.nn.functional.pad(self.indices, (0, 3 - self.ndim))
+        if stride != (1, 1, 1):
+            coords = coords * torch.tensor((1, *stride), dtype=torch.int32, device=coords.device)
+        return coords.contiguous()
 
     def to_native(self, cache: Optional[KernelMapCache] = None) -> NativeTensor:
         """The pointsparse tensor (indices times the stride), in ``cache`` or the tensor's family."""
@@ -184,9 +188,7 @@ class SparseConvTensor:
         """The pointsparse tensor of these indices at tensor stride ``stride`` over a unit grid, in a
         family of its own: a generative transposed conv's input (its output cells are spconv's
         ``i * s - p + k * d``, whatever stride the level had in this tensor's family)."""
-        coords = torch.nn.functional.pad(self.indices, (0, 3 - self.ndim))
-        coords = coords * torch.tensor((1, *stride), dtype=torch.int32, device=coords.device)
-        return NativeTensor(self._features, coords.contiguous(), stride, spatial_range=pad3(self.spatial_shape, 1))
+        return NativeTensor(self._features, self._coords_at(stride), stride, spatial_range=pad3(self.spatial_shape, 1))
 
     def from_native(self, y: NativeTensor) -> "SparseConvTensor":
         """A tensor of this batch for the pointsparse result ``y``."""

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from ... import functional as NF
 from ...config import OutputRule
-from .conv import ntuple, record_indices, register_voxel_count, update_voxel_count
-from .core import SparseConvTensor, check_ndim, pad3
+from .conv import geometry3, ntuple, record_indices, register_voxel_count, update_voxel_count
+from .core import SparseConvTensor, check_ndim
 from .modules import SparseModule
 
 
@@ -38,8 +38,7 @@ class SparseMaxPool(SparseModule):
             raise TypeError(f"{type(self).__name__} expects a {self.ndim}-D SparseConvTensor")
         if self.indice_key is not None and self.indice_key in input.indice_dict:
             raise ValueError(f"indice key {self.indice_key} exists")
-        geometry = dict(kernel_size=pad3(self.kernel_size, 1), stride=pad3(self.stride, 1),
-                        padding=pad3(self.padding, 0), dilation=pad3(self.dilation, 1))
+        geometry = geometry3(self)
         x = input.to_native()
         if self.subm:
             y = NF.max_pool3d(x, geometry["kernel_size"], 1, geometry["dilation"], initial=0.0)
