@@ -90,9 +90,11 @@ TORCH_LIBRARY(pointsparse, m) {
   m.def("conv_implicit(Tensor feats, Tensor weight, Tensor neighbors, Tensor order, Tensor tile_masks, "
         "Tensor neighbors_t, Tensor order_t, Tensor tile_masks_t, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int tile_rows) -> Tensor");
-  // Weight gradient of conv_implicit from the pairs: [K, C_in, C_out], deterministic.
-  m.def("conv_implicit_weight_grad(Tensor feats, Tensor grad_out, Tensor offset_ptr, Tensor in_idx, "
-        "Tensor out_idx) -> Tensor");
+  // Weight gradient of conv_implicit: [K, C_in, C_out], deterministic. CUDA reads the neighbour table
+  // in the forward's order and tiles (split-K partial sums added in a fixed order: no pair lists);
+  // the CPU runs the pairs (offset_ptr / in_idx / out_idx) through the fused kernels.
+  m.def("conv_implicit_weight_grad(Tensor feats, Tensor grad_out, Tensor neighbors, Tensor order, "
+        "Tensor tile_masks, int tile_rows, Tensor offset_ptr, Tensor in_idx, Tensor out_idx) -> Tensor");
   // The same convolution and weight gradient, fused: each register tile of pairs reads its input
   // rows, multiplies and adds into its output rows with no gathered copy and no GEMM call
   // (CPU only; results equal conv_gather_scatter / conv_weight_grad up to rounding).

@@ -67,7 +67,7 @@ def valid_calls(device: str) -> Dict[str, Tuple]:
         "conv_grouped_weight_grad": (feats, grad, *pairs, identity, plans[2]),
         "conv_implicit": (feats, weight, kmap.neighbors, forward.order, forward.tile_masks, kmap.neighbors_t,
                           backward.order, backward.tile_masks, *pairs, 8),
-        "conv_implicit_weight_grad": (feats, grad, *pairs),
+        "conv_implicit_weight_grad": (feats, grad, kmap.neighbors, forward.order, forward.tile_masks, 8, *pairs),
     }
     if device == "cpu":  # the fused kernels and the fused norms run on the CPU only
         calls.update({

@@ -44,7 +44,8 @@ def build_emulated(library: Path, kernels_root: Path = REPO / "csrc", flags=("-O
 
 
 def entry_point(library: Path):
-    return ctypes.CDLL(str(library)).ps_emulated_implicit
+    """The built library: its ps_emulated_implicit and ps_emulated_weight_grad entries."""
+    return ctypes.CDLL(str(library))
 
 
 @pytest.fixture(scope="module")
@@ -64,10 +65,11 @@ def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
     acc = torch.full((n_out, C_out), float("nan"), dtype=acc_dtype)  # every entry must be written
     error = ctypes.create_string_buffer(512)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
-    status = entry(ctypes.c_int(kernel), ctypes.c_int(DTYPES[feats.dtype]), ptr(feats.data_ptr()), i64(C_in),
-                   ptr(neighbors.data_ptr()), i64(K), ptr(order.data_ptr()), ptr(masks.data_ptr()), i64(words),
-                   i64(n_out), i64(reordering.tile_rows), i64(tiles), i64(splits), ptr(weight.data_ptr()),
-                   i64(C_out), ptr(acc.data_ptr()), error, i64(len(error)))
+    status = entry.ps_emulated_implicit(
+        ctypes.c_int(kernel), ctypes.c_int(DTYPES[feats.dtype]), ptr(feats.data_ptr()), i64(C_in),
+        ptr(neighbors.data_ptr()), i64(K), ptr(order.data_ptr()), ptr(masks.data_ptr()), i64(words), i64(n_out),
+        i64(reordering.tile_rows), i64(tiles), i64(splits), ptr(weight.data_ptr()), i64(C_out), ptr(acc.data_ptr()),
+        error, i64(len(error)))
     assert status == 0, error.value.decode()
     return acc
 
@@ -211,7 +213,7 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     # The emulation is only worth its tests if it rejects what the device rejects: shift the A tile
     # in shared memory by one element and the build of a kernel copy must fail its WMMA checks.
     source = KERNELS.read_text()
-    needle = "wmma::load_matrix_sync(a_frag, a + warp_row * 16 * kLdA + s * kDepth, kLdA);"
+    needle = ": a + warp_row * 16 * kLdA + s * kDepth;"
     assert needle in source
     broken = tmp_path / "conv" / "cuda"
     broken.mkdir(parents=True)
@@ -224,6 +226,169 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     with pytest.raises(AssertionError, match="256-bit aligned"):
         run_emulated(entry, TENSOR_CORE, feats.half(), weight.half(), kmap.neighbors, reordering)
 
+
+
+# The weight gradient (implicit_weight_grad_kernels.cuh): grad_weight[k] = feats[neighbours at k]^T grad_out
+# straight from the table in the forward's row order, split-K over chunks of reorder tiles, partial
+# sums added in a fixed order.
+
+def run_weight_grad_emulated(entry, kernel, feats, grad_out, neighbors, reordering, tiles_per_chunk):
+    """grad_weight [K, C_in, C_out] of the emulated kernels, in the inputs' dtype, each block summing
+    tiles_per_chunk reorder tiles."""
+    K = neighbors.shape[1]
+    C_in, C_out, n_out = feats.shape[1], grad_out.shape[1], neighbors.shape[0]
+    splits, tiles, words = reordering.tile_masks.shape
+    feats, grad_out, neighbors = feats.contiguous(), grad_out.contiguous(), neighbors.contiguous()
+    order, masks = reordering.order.contiguous(), reordering.tile_masks.contiguous()
+    grad_weight = torch.full((K, C_in, C_out), float("nan"), dtype=feats.dtype)
+    error = ctypes.create_string_buffer(512)
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    status = entry.ps_emulated_weight_grad(
+        ctypes.c_int(kernel), ctypes.c_int(DTYPES[feats.dtype]), ptr(feats.data_ptr()), i64(C_in),
+        ptr(grad_out.data_ptr()), i64(C_out), ptr(neighbors.data_ptr()), i64(K), ptr(order.data_ptr()),
+        ptr(masks.data_ptr()), i64(splits), i64(words), i64(n_out), i64(reordering.tile_rows), i64(tiles),
+        i64(tiles_per_chunk), ptr(grad_weight.data_ptr()), error, i64(len(error)))
+    assert status == 0, error.value.decode()
+    return grad_weight
+
+
+def weight_grad_on_cuda(kernel, feats, grad_out, kmap, reordering):
+    """The conv_implicit_weight_grad op on an sm_80+ GPU (its own chunking)."""
+    if kernel == SIMT and feats.dtype != torch.float64:
+        pytest.skip("on sm_80+ CUDA runs only float64 on the SIMT kernel")
+    cuda = [t.cuda() for t in (feats, grad_out, kmap.neighbors, reordering.order, reordering.tile_masks)]
+    allowed = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = kernel == TENSOR_CORE
+        out = ps.ops.conv_implicit_weight_grad(*cuda, reordering.tile_rows, kmap.offset_ptr, kmap.in_idx.cuda(),
+                                               kmap.out_idx.cuda())
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = allowed
+    return out.cpu()
+
+
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.skipif(
+    not TENSOR_CORE_GPU, reason="needs an sm_80+ GPU"))])
+def run_weight_grad(request):
+    """run_weight_grad(kernel, feats, grad_out, kmap, reordering, tiles_per_chunk) -> [K, C_in, C_out]
+    (tiles_per_chunk: the emulation's split-K; the device picks its own)."""
+    if request.param == "cuda":
+        return lambda kernel, feats, grad_out, kmap, reordering, tiles_per_chunk: weight_grad_on_cuda(
+            kernel, feats, grad_out, kmap, reordering)
+    entry = request.getfixturevalue("emulated")
+    return lambda kernel, feats, grad_out, kmap, reordering, tiles_per_chunk: run_weight_grad_emulated(
+        entry, kernel, feats, grad_out, kmap.neighbors, reordering, tiles_per_chunk)
+
+
+def weight_grad_reference(feats, grad_out, kmap, reordering):
+    """The CPU weight gradient (from the pairs) in float64 on the same (rounded) inputs."""
+    return ps.ops.conv_implicit_weight_grad(feats.double(), grad_out.double(), kmap.neighbors, reordering.order,
+                                            reordering.tile_masks, reordering.tile_rows, kmap.offset_ptr,
+                                            kmap.in_idx, kmap.out_idx)
+
+
+def weight_grad_case(C_in, C_out, kernel_size=3, stride=1, num_points=300, seed=0):
+    feats, _, kmap = layer(C_in, C_out, kernel_size, stride, num_points, seed)
+    generator = torch.Generator().manual_seed(seed + 1)
+    grad_out = torch.randn(kmap.num_out, C_out, generator=generator, dtype=torch.float64)
+    return feats, grad_out, kmap
+
+
+WEIGHT_GRAD_KERNELS = [*TILED, (SIMT, torch.float64, 1e-12), (SIMT, torch.float32, 1e-5)]
+WEIGHT_GRAD_IDS = [*TILED_IDS, "simt float64", "simt float32"]
+
+
+@pytest.mark.parametrize("kernel,dtype,tolerance", WEIGHT_GRAD_KERNELS, ids=WEIGHT_GRAD_IDS)
+@pytest.mark.parametrize("tile_rows,reorder,splits,tiles_per_chunk", [(32, True, 1, 1), (16, False, 2, 3),
+                                                                      (64, True, 3, 2), (48, True, 2, 100),
+                                                                      (128, False, 1, 1)])
+def test_weight_grad_kernels_match_the_cpu(run_weight_grad, kernel, dtype, tolerance, tile_rows, reorder, splits,
+                                           tiles_per_chunk):
+    # 13 -> 40 channels: a partial tile of input channels and a partial second column block; tile
+    # sizes that are not multiples of the 32-row slab; one chunk per tile up to one for all tiles.
+    feats, grad_out, kmap = weight_grad_case(13, 40, seed=tile_rows + splits)
+    feats, grad_out = feats.to(dtype), grad_out.to(dtype)
+    reordering = reordering_of(kmap, ImplicitGemmConfig(tile_rows, reorder, splits))
+    result = run_weight_grad(kernel, feats, grad_out, kmap, reordering, tiles_per_chunk)
+    error = relative_error(result, weight_grad_reference(feats, grad_out, kmap, reordering))
+    assert error < tolerance
+    if kernel == TENSOR_CORE and dtype == torch.float32:
+        assert error > 1e-7  # rounded to TF32, not exact float32
+
+
+@pytest.mark.parametrize("kernel,dtype,tolerance", [TILED[0], TILED[2], TILED[3]], ids=[TILED_IDS[0], *TILED_IDS[2:]])
+@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
+def test_weight_grad_kernels_on_channel_counts(run_weight_grad, kernel, dtype, tolerance, C_in, C_out):
+    # Rows staged by 16-byte copies where the channel count allows and element by element elsewhere;
+    # one or several tiles of input channels and blocks of output channels.
+    feats, grad_out, kmap = weight_grad_case(C_in, C_out, num_points=150, seed=C_in * 100 + C_out)
+    feats, grad_out = feats.to(dtype), grad_out.to(dtype)
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 2))
+    result = run_weight_grad(kernel, feats, grad_out, kmap, reordering, 2)
+    assert relative_error(result, weight_grad_reference(feats, grad_out, kmap, reordering)) < tolerance
+
+
+@pytest.mark.parametrize("kernel", [SIMT, TENSOR_CORE, FMA_TILE])
+@pytest.mark.parametrize("kernel_size,stride,splits", [(5, 1, 2), (2, 2, 1), (3, 2, 2)])
+def test_weight_grad_kernels_on_multiword_masks_and_strided_maps(run_weight_grad, kernel, kernel_size, stride,
+                                                                 splits):
+    # k5: 125 offsets in 4 mask words (offsets past 32 find their split and word); strided maps.
+    feats, grad_out, kmap = weight_grad_case(8, 24, kernel_size, stride, seed=kernel_size * 10 + stride)
+    dtype = {SIMT: torch.float64, TENSOR_CORE: torch.bfloat16, FMA_TILE: torch.float32}[kernel]
+    feats, grad_out = feats.to(dtype), grad_out.to(dtype)
+    reordering = reordering_of(kmap, ImplicitGemmConfig(16, True, splits))
+    result = run_weight_grad(kernel, feats, grad_out, kmap, reordering, 3)
+    assert relative_error(result, weight_grad_reference(feats, grad_out, kmap, reordering)) < 1e-5
+
+
+@pytest.mark.parametrize("kernel,dtype", [(TENSOR_CORE, torch.float16), (FMA_TILE, torch.float32)],
+                         ids=["tensor cores half", "fma tiles float32"])
+def test_weight_grad_kernels_on_a_real_scan(run_weight_grad, kernel, dtype):
+    points = load_scan("semantickitti/sequences/07/velodyne/000964.bin")
+    coords = with_batch(ps.sparse_quantize(points, 0.8))
+    generator = torch.Generator().manual_seed(7)
+    x = ps.SparseTensor(torch.randn(coords.shape[0], 16, generator=generator, dtype=torch.float64), coords)
+    kmap = ps.kernel_map(x, 3, 1)
+    grad_out = torch.randn(kmap.num_out, 32, generator=generator, dtype=torch.float64)
+    feats, grad_out = x.feats.to(dtype), grad_out.to(dtype)
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))
+    result = run_weight_grad(kernel, feats, grad_out, kmap, reordering, 8)
+    assert relative_error(result, weight_grad_reference(feats, grad_out, kmap, reordering)) < 1e-5
+
+
+def test_weight_grad_is_bitwise_deterministic_and_chunking_changes_only_rounding(emulated):
+    feats, grad_out, kmap = weight_grad_case(24, 40, seed=11)
+    feats, grad_out = feats.half(), grad_out.half()
+    reordering = reordering_of(kmap, ImplicitGemmConfig(16, True, 2))
+    once = run_weight_grad_emulated(emulated, TENSOR_CORE, feats, grad_out, kmap.neighbors, reordering, 2)
+    again = run_weight_grad_emulated(emulated, TENSOR_CORE, feats, grad_out, kmap.neighbors, reordering, 2)
+    assert torch.equal(once, again)
+    one_chunk = run_weight_grad_emulated(emulated, TENSOR_CORE, feats, grad_out, kmap.neighbors, reordering, 10**6)
+    assert torch.allclose(once.float(), one_chunk.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_weight_grad_skips_rows_without_the_offset(emulated):
+    # A row with no neighbour at k must not reach grad_weight[k], even with a non-finite output
+    # gradient (the pairs never pair it): its gathered rows are zero on both sides.
+    feats, grad_out, kmap = weight_grad_case(8, 8, seed=12)
+    lonely = int((kmap.neighbors < 0).sum(1).argmax())
+    grad_out[lonely] = float("inf")
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))
+    absent = kmap.neighbors[lonely] < 0
+    for kernel, dtype in ((SIMT, torch.float64), (FMA_TILE, torch.float32), (TENSOR_CORE, torch.float16)):
+        result = run_weight_grad_emulated(emulated, kernel, feats.to(dtype), grad_out.to(dtype), kmap.neighbors,
+                                          reordering, 1)
+        assert torch.isfinite(result[absent]).all()
+
+
+def test_a_weight_grad_row_out_of_range_fails_the_kernel_assertion(emulated):
+    feats, grad_out, kmap = weight_grad_case(4, 8, seed=5)
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))
+    broken = type(reordering)(reordering.order.clone(), reordering.tile_masks, reordering.tile_rows)
+    broken.order[0, 3] = kmap.neighbors.shape[0]
+    for kernel in (SIMT, TENSOR_CORE, FMA_TILE):
+        with pytest.raises(AssertionError, match="row_in_range"):
+            run_weight_grad_emulated(emulated, kernel, feats.float(), grad_out.float(), kmap.neighbors, broken, 1)
 
 # Run by test_the_kernels_have_no_data_races_under_thread_sanitizer in a process with TSan preloaded.
 RACE_CASES = """
@@ -242,6 +407,8 @@ for kernel, dtype, c_in, c_out, tile, splits in [(t.TENSOR_CORE, torch.float16, 
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = reordering_of(kmap, ImplicitGemmConfig(tile, True, splits))
     t.run_emulated(entry, kernel, feats, weight, kmap.neighbors, reordering)
+    grad_out = torch.randn(kmap.num_out, c_out, dtype=torch.float64).to(dtype)
+    t.run_weight_grad_emulated(entry, kernel, feats, grad_out, kmap.neighbors, reordering, 2)
 print("ran")
 """
 

@@ -104,22 +104,22 @@ ConvPairs check_conv_weight_grad(const at::Tensor& feats, const at::Tensor& grad
   return pairs;
 }
 
-ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
-                                   const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows) {
-  for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&weight, "weight"},
-                                     {&neighbors, "neighbors"}, {&order, "order"}, {&tile_masks, "tile_masks"}}) {
-    TORCH_CHECK_VALUE(tensor->device() == feats.device(), name, " is on ", tensor->device(), " but feats are on ",
-                      feats.device());
-  }
+namespace {
+
+void check_floating_rows(const at::Tensor& feats) {
   TORCH_CHECK_VALUE(feats.dim() == 2, "feats must have shape [N, C], got ", feats.sizes());
   TORCH_CHECK_TYPE(at::isFloatingType(feats.scalar_type()), "feats must be floating point, got ", feats.scalar_type());
-  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(1) == feats.size(1), "weight must have shape [K, C_in = ",
-                    feats.size(1), ", C_out], got ", weight.sizes());
-  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight dtype ", weight.scalar_type(),
-                   " differs from feats dtype ", feats.scalar_type());
-  const int64_t K = weight.size(0);
+}
+
+// The neighbour table, order and tile masks of an implicit GEMM with K offsets; entries (on the CPU):
+// the table's rows and the order's permutations too.
+ImplicitInputs check_implicit_table(const at::Tensor& feats, int64_t K, const at::Tensor& neighbors,
+                                    const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows,
+                                    bool entries) {
   for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&neighbors, "neighbors"},
                                      {&order, "order"}, {&tile_masks, "tile_masks"}}) {
+    TORCH_CHECK_VALUE(tensor->device() == feats.device(), name, " is on ", tensor->device(), " but feats are on ",
+                      feats.device());
     TORCH_CHECK_TYPE(tensor->scalar_type() == at::kInt, name, " must be int32, got ", tensor->scalar_type());
   }
   TORCH_CHECK_VALUE(neighbors.dim() == 2 && neighbors.size(1) == K, "neighbors must have shape [N_out, K = ", K,
@@ -136,7 +136,7 @@ ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& we
                     tiles, ", ", words, "], got ", tile_masks.sizes());
   ImplicitInputs inputs{feats.contiguous(), neighbors.contiguous(), order.contiguous(), tile_masks.contiguous(),
                         splits, tiles, words, tile_rows};
-  if (!feats.device().is_cpu() || n_out == 0) return inputs;
+  if (!entries || !feats.device().is_cpu() || n_out == 0) return inputs;
   if (K > 0) {
     const ColumnRange range = column_range(inputs.neighbors.view({-1}));
     TORCH_CHECK_VALUE(range.lo[0] >= -1 && range.hi[0] < feats.size(0), "neighbors must hold -1 or rows in [0, ",
@@ -153,6 +153,34 @@ ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& we
     }
   }
   return inputs;
+}
+
+}  // namespace
+
+ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
+                                   const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows) {
+  TORCH_CHECK_VALUE(weight.device() == feats.device(), "weight is on ", weight.device(), " but feats are on ",
+                    feats.device());
+  check_floating_rows(feats);
+  TORCH_CHECK_VALUE(weight.dim() == 3 && weight.size(1) == feats.size(1), "weight must have shape [K, C_in = ",
+                    feats.size(1), ", C_out], got ", weight.sizes());
+  TORCH_CHECK_TYPE(weight.scalar_type() == feats.scalar_type(), "weight dtype ", weight.scalar_type(),
+                   " differs from feats dtype ", feats.scalar_type());
+  return check_implicit_table(feats, weight.size(0), neighbors, order, tile_masks, tile_rows, /*entries=*/true);
+}
+
+ImplicitInputs check_conv_implicit_weight_grad(const at::Tensor& feats, const at::Tensor& grad_out,
+                                               const at::Tensor& neighbors, const at::Tensor& order,
+                                               const at::Tensor& tile_masks, int64_t tile_rows, bool entries) {
+  TORCH_CHECK_VALUE(grad_out.device() == feats.device(), "grad_out is on ", grad_out.device(), " but feats are on ",
+                    feats.device());
+  check_floating_rows(feats);
+  TORCH_CHECK_TYPE(grad_out.scalar_type() == feats.scalar_type(), "grad_out dtype ", grad_out.scalar_type(),
+                   " differs from feats dtype ", feats.scalar_type());
+  TORCH_CHECK_VALUE(neighbors.dim() == 2, "neighbors must have shape [N_out, K], got ", neighbors.sizes());
+  TORCH_CHECK_VALUE(grad_out.dim() == 2 && grad_out.size(0) == neighbors.size(0),
+                    "grad_out must have shape [N_out = ", neighbors.size(0), ", C_out], got ", grad_out.sizes());
+  return check_implicit_table(feats, neighbors.size(1), neighbors, order, tile_masks, tile_rows, entries);
 }
 
 at::Tensor check_pair_positions(const at::Tensor& pos, int64_t rows, const ConvPairs& pairs, const char* name) {

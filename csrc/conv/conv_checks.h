@@ -48,6 +48,13 @@ struct ImplicitInputs {
 ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
                                    const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows);
 
+// Weight gradient of the implicit GEMM: grad_out [N_out, C_out] of feats' dtype and device, the
+// table, order and tile masks as for the forward (K = neighbors.size(1)); entries as there when
+// `entries` (CPU). The returned inputs leave grad_out out: contiguous it is the caller's.
+ImplicitInputs check_conv_implicit_weight_grad(const at::Tensor& feats, const at::Tensor& grad_out,
+                                               const at::Tensor& neighbors, const at::Tensor& order,
+                                               const at::Tensor& tile_masks, int64_t tile_rows, bool entries);
+
 // pos: int32 [rows, K] on feats' device, pair index of (row, offset) or -1 (grouped dataflow).
 // Shape, dtype and device only: the entries are checked where they are read (an error on the CPU,
 // a device-side assert on CUDA). Returns pos contiguous.

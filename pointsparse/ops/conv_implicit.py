@@ -21,10 +21,13 @@ def conv_implicit(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tenso
                               offset_ptr, in_idx, out_idx, tile_rows)
 
 
-def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, offset_ptr: Tensor, in_idx: Tensor,
-                              out_idx: Tensor) -> Tensor:
-    """``[K, C_in, C_out]`` weight gradient of :func:`conv_implicit` from the map's pairs."""
-    return OPS.conv_implicit_weight_grad(feats, grad_out, offset_ptr, in_idx, out_idx)
+def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
+                              tile_rows: int, offset_ptr: Tensor, in_idx: Tensor, out_idx: Tensor) -> Tensor:
+    """``[K, C_in, C_out]`` weight gradient of :func:`conv_implicit`, deterministic: on CUDA from the
+    neighbour table in the forward's ``order`` and tiles (split-K, partial sums added in a fixed
+    order), on the CPU from the map's pairs."""
+    return OPS.conv_implicit_weight_grad(feats, grad_out, neighbors, order, tile_masks, tile_rows, offset_ptr,
+                                         in_idx, out_idx)
 
 
 def _implicit_fake(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr,
@@ -32,8 +35,9 @@ def _implicit_fake(feats, weight, neighbors, order, tile_masks, neighbors_t, ord
     return feats.new_empty((neighbors.shape[0], weight.shape[2]))
 
 
-def _implicit_weight_grad_fake(feats, grad_out, offset_ptr, in_idx, out_idx):
-    return feats.new_empty((offset_ptr.shape[0] - 1, feats.shape[1], grad_out.shape[1]))
+def _implicit_weight_grad_fake(feats, grad_out, neighbors, order, tile_masks, tile_rows, offset_ptr, in_idx,
+                               out_idx):
+    return feats.new_empty((neighbors.shape[1], feats.shape[1], grad_out.shape[1]))
 
 
 def _implicit_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
@@ -52,7 +56,8 @@ def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
         grad_feats = conv_implicit(grad, weight.transpose(1, 2), neighbors_t, order_t, tile_masks_t, neighbors,
                                    order, tile_masks, offset_ptr, out_idx, in_idx, ctx.tile_rows)
     if ctx.needs_input_grad[1]:
-        grad_weight = conv_implicit_weight_grad(feats, grad, offset_ptr, in_idx, out_idx)
+        grad_weight = conv_implicit_weight_grad(feats, grad, neighbors, order, tile_masks, ctx.tile_rows, offset_ptr,
+                                                in_idx, out_idx)
     return (grad_feats, grad_weight) + (None,) * 10
 
 

@@ -1,12 +1,17 @@
-// The implicit-GEMM CUDA kernels (csrc/conv/cuda/implicit_kernels.cuh) built for the host with the
-// emulated CUDA names, behind a C entry that tests/test_implicit_kernels.py calls through ctypes. It
-// launches the splits as conv_implicit_cuda does: in order, one launch each, the first assigning.
+// The implicit-GEMM CUDA kernels (csrc/conv/cuda/implicit_kernels.cuh, implicit_weight_grad_kernels.cuh)
+// built for the host with the emulated CUDA names, behind C entries that tests/test_implicit_kernels.py
+// calls through ctypes. They launch as conv_implicit_cuda / conv_implicit_weight_grad_cuda do: the
+// forward's splits in order, one launch each, the first assigning; the weight gradient's partial sums,
+// then their reduction.
 #include "async_copy.h"  // before the kernels: the CUDA names they use
 #include "wmma.h"
 
 #include "conv/cuda/implicit_kernels.cuh"
+#include "conv/cuda/implicit_weight_grad_kernels.cuh"
 
 #include <cstring>
+#include <limits>
+#include <vector>
 
 namespace {
 
@@ -49,7 +54,70 @@ std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neig
   return failure;
 }
 
+// grad_weight [K, C_in, C_out] in T: partial sums of tiles_per_chunk tiles per block, then their sum.
+template <typename T, typename Acc>
+std::string run_weight_grad(int kernel, const void* feats, int64_t C_in, const void* grad_out, int64_t C_out,
+                            const int32_t* neighbors, int64_t K, const int32_t* order, const int32_t* tile_masks,
+                            int64_t splits, int64_t words, int64_t n_out, int64_t tile_rows, int64_t tiles,
+                            int64_t tiles_per_chunk, void* grad_weight) {
+  namespace wg = weight_grad;
+  const T* f = static_cast<const T*>(feats);
+  const T* g = static_cast<const T*>(grad_out);
+  const int64_t chunks = (tiles + tiles_per_chunk - 1) / tiles_per_chunk, size = K * C_in * C_out;
+  // NaN where no block writes: every entry must be.
+  std::vector<Acc> partial(size_t(chunks * size), std::numeric_limits<Acc>::quiet_NaN());
+  std::string failure;
+  if (kernel == kSimt) {
+    failure = emulation::launch(wg::simt::grid(chunks, K, C_in, C_out), wg::simt::block(),
+                                &wg::simt::weight_grad_kernel<T, Acc>, f, C_in, g, C_out, neighbors, K, order,
+                                tile_masks, splits, words, n_out, tile_rows, tiles, tiles_per_chunk, partial.data());
+  } else if constexpr (std::is_same_v<Acc, float> && !std::is_same_v<T, double>) {
+    if (kernel == kFmaTile && !std::is_same_v<T, float>) return "the FMA tiles are for float32";
+    failure = emulation::launch(wg::tiled::grid(chunks, K, C_in, C_out), dim3(wg::tiled::kThreadsPerBlock),
+                                wg::tiled::kernel_for<T>(C_out, kernel == kTensorCore), f, C_in, g, C_out, neighbors,
+                                K, order, tile_masks, splits, words, n_out, tile_rows, tiles, tiles_per_chunk,
+                                partial.data());
+  } else {
+    return "no tiled kernel for this type";
+  }
+  if (!failure.empty()) return failure;
+  return emulation::launch(wg::sum_grid(size), dim3(wg::kSumThreads), &wg::sum_partials_kernel<Acc, T>,
+                           static_cast<const Acc*>(partial.data()), chunks, size, static_cast<T*>(grad_weight));
+}
+
+template <typename Call>
+std::string by_dtype(int dtype, const Call& call) {
+  switch (dtype) {
+    case kFloat32: return call(float(), float());
+    case kFloat16: return call(c10::Half(), float());
+    case kBFloat16: return call(c10::BFloat16(), float());
+    case kFloat64: return call(double(), double());
+    default: return "unknown dtype";
+  }
+}
+
+int report(const std::string& failure, char* error, int64_t error_size) {
+  std::strncpy(error, failure.c_str(), size_t(error_size - 1));
+  error[error_size - 1] = '\0';
+  return failure.empty() ? 0 : 1;
+}
+
 }  // namespace
+
+// grad_weight: [K, C_in, C_out] in the inputs' dtype. Returns 0, or 1 with the failed kernel
+// assertion (or an unsupported combination) in error.
+extern "C" int ps_emulated_weight_grad(int kernel, int dtype, const void* feats, int64_t C_in, const void* grad_out,
+                                       int64_t C_out, const int32_t* neighbors, int64_t K, const int32_t* order,
+                                       const int32_t* tile_masks, int64_t splits, int64_t words, int64_t n_out,
+                                       int64_t tile_rows, int64_t tiles, int64_t tiles_per_chunk, void* grad_weight,
+                                       char* error, int64_t error_size) {
+  return report(by_dtype(dtype, [&](auto element, auto accumulator) {
+                  return run_weight_grad<decltype(element), decltype(accumulator)>(
+                      kernel, feats, C_in, grad_out, C_out, neighbors, K, order, tile_masks, splits, words, n_out,
+                      tile_rows, tiles, tiles_per_chunk, grad_weight);
+                }),
+                error, error_size);
+}
 
 // acc: float32 [n_out, C_out] (float64 for float64 inputs). Returns 0, or 1 with the failed kernel
 // assertion (or an unsupported combination) in error.
@@ -63,15 +131,5 @@ extern "C" int ps_emulated_implicit(int kernel, int dtype, const void* feats, in
     return run<T, Acc>(kernel, feats, C_in, neighbors, K, order, tile_masks, words, n_out, tile_rows, tiles, splits,
                        weight, C_out, acc);
   };
-  std::string failure;
-  switch (dtype) {
-    case kFloat32: failure = call(float(), float()); break;
-    case kFloat16: failure = call(c10::Half(), float()); break;
-    case kBFloat16: failure = call(c10::BFloat16(), float()); break;
-    case kFloat64: failure = call(double(), double()); break;
-    default: failure = "unknown dtype";
-  }
-  std::strncpy(error, failure.c_str(), size_t(error_size - 1));
-  error[error_size - 1] = '\0';
-  return failure.empty() ? 0 : 1;
+  return report(by_dtype(dtype, call), error, error_size);
 }

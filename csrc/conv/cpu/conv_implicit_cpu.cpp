@@ -76,10 +76,13 @@ at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight,
 }
 
 // The weight gradient of the implicit GEMM, from the map's pairs: the fused kernels' (deterministic:
-// fixed tasks, per-task partial sums reduced in order).
+// fixed tasks, per-task partial sums reduced in order). The table, order and tile masks (what CUDA
+// reads) are checked for shape only.
 at::Tensor conv_implicit_weight_grad_cpu(const at::Tensor& feats, const at::Tensor& grad_out,
-                                         const at::Tensor& offset_ptr, const at::Tensor& in_idx,
-                                         const at::Tensor& out_idx) {
+                                         const at::Tensor& neighbors, const at::Tensor& order,
+                                         const at::Tensor& tile_masks, int64_t tile_rows, const at::Tensor& offset_ptr,
+                                         const at::Tensor& in_idx, const at::Tensor& out_idx) {
+  check_conv_implicit_weight_grad(feats, grad_out, neighbors, order, tile_masks, tile_rows, /*entries=*/false);
   return conv_fused_weight_grad_cpu(feats, grad_out, offset_ptr, in_idx, out_idx, -1);
 }
 

@@ -15,7 +15,6 @@
 #include "../conv_checks.h"
 #include "../conv_driver.h"
 #include "../conv_element.h"
-#include "conv_ggs_cuda.h"
 
 namespace pointsparse {
 namespace {
@@ -121,8 +120,6 @@ at::Tensor conv_gather_scatter_cuda(const at::Tensor& feats, const at::Tensor& w
                              kCudaRows);
 }
 
-}  // namespace
-
 at::Tensor conv_weight_grad_cuda(const at::Tensor& feats, const at::Tensor& grad_out,
                                  const at::Tensor& offset_ptr, const at::Tensor& in_idx,
                                  const at::Tensor& out_idx, int64_t identity_offset) {
@@ -130,8 +127,6 @@ at::Tensor conv_weight_grad_cuda(const at::Tensor& feats, const at::Tensor& grad
   return conv_weight_grad_driver(feats, grad_out, offset_ptr, in_idx, out_idx, identity_offset,
                                  kCudaRows);
 }
-
-namespace {
 
 at::Tensor conv_grouped_cuda(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& offset_ptr,
                              const at::Tensor& in_idx, const at::Tensor& out_idx, const at::Tensor& out_pos,

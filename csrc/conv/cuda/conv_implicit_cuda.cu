@@ -1,6 +1,6 @@
 // The CUDA implicit GEMM (pointsparse::conv_implicit): output-stationary tiles of reordered output
-// rows over the neighbour table (implicit_kernels.cuh); its weight gradient runs the map's pairs
-// through the gather-GEMM-scatter driver.
+// rows over the neighbour table (implicit_kernels.cuh); its weight gradient reads the same table in
+// the same order (implicit_weight_grad_kernels.cuh).
 #include <ATen/ATen.h>
 #include <ATen/DeviceGuard.h>
 #include <ATen/Dispatch.h>
@@ -14,8 +14,8 @@
 
 #include "../conv_checks.h"
 #include "async_copy.cuh"
-#include "conv_ggs_cuda.h"
 #include "implicit_kernels.cuh"
+#include "implicit_weight_grad_kernels.cuh"
 
 namespace pointsparse {
 namespace {
@@ -82,10 +82,71 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
   return acc.scalar_type() == in.feats.scalar_type() ? acc : acc.to(in.feats.scalar_type());
 }
 
-at::Tensor conv_implicit_weight_grad_cuda(const at::Tensor& feats, const at::Tensor& grad_out,
-                                          const at::Tensor& offset_ptr, const at::Tensor& in_idx,
-                                          const at::Tensor& out_idx) {
-  return conv_weight_grad_cuda(feats, grad_out, offset_ptr, in_idx, out_idx, -1);
+// Split-K over chunks of the forward's reorder tiles: enough chunks for about 8 blocks per SM, each
+// block's partial sum in its own slice of a float workspace (at most 64 Mi entries), then one
+// reduction launch in a fixed order (skipped for float32 in one chunk). Same kernels and precision
+// choices as the forward.
+at::Tensor conv_implicit_weight_grad_cuda(const at::Tensor& feats_, const at::Tensor& grad_out_,
+                                          const at::Tensor& neighbors, const at::Tensor& order,
+                                          const at::Tensor& tile_masks, int64_t tile_rows, const at::Tensor& offset_ptr,
+                                          const at::Tensor& in_idx, const at::Tensor& out_idx) {
+  namespace wg = implicit_gemm::weight_grad;
+  const c10::OptionalDeviceGuard guard(at::device_of(feats_));
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const ImplicitInputs in =
+      check_conv_implicit_weight_grad(feats_, grad_out_, neighbors, order, tile_masks, tile_rows, /*entries=*/false);
+  const at::Tensor grad_out = grad_out_.contiguous();  // [N_out, C_out]
+  const int64_t K = in.neighbors.size(1), C_in = in.feats.size(1), C_out = grad_out.size(1);
+  const int64_t n_out = in.neighbors.size(0), size = K * C_in * C_out;
+  const at::ScalarType dtype = in.feats.scalar_type();
+  if (size == 0 || in.tiles == 0) return at::zeros({K, C_in, C_out}, in.feats.options());
+  const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
+                     at::cuda::getCurrentDeviceProperties()->major >= 8;
+  const int64_t channel_blocks =
+      tiled ? (dim3(wg::tiled::grid(1, 1, C_in, C_out)).z) : (dim3(wg::simt::grid(1, 1, C_in, C_out)).z);
+  const int64_t target_blocks = 8 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const wg::Chunking cut = wg::chunking(in.tiles, K * channel_blocks, target_blocks, size, int64_t(1) << 26);
+  const at::ScalarType acc_type = at::toOpMathType(dtype);
+  at::Tensor partial = at::empty({cut.chunks, K, C_in, C_out}, in.feats.options().dtype(acc_type));
+  const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
+  const int32_t* order_ptr = in.order.data_ptr<int32_t>();
+  const int32_t* masks_ptr = in.tile_masks.data_ptr<int32_t>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  if (tiled) {
+    const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
+    const auto run = [&](auto element) {
+      using scalar_t = decltype(element);
+      wg::tiled::kernel_for<scalar_t>(C_out, tensor_cores)<<<wg::tiled::grid(cut.chunks, K, C_in, C_out),
+                                                             wg::tiled::kThreadsPerBlock, 0, stream>>>(
+          in.feats.data_ptr<scalar_t>(), C_in, grad_out.data_ptr<scalar_t>(), C_out, nbr, K, order_ptr, masks_ptr,
+          in.splits, in.words, n_out, tile_rows, in.tiles, cut.tiles_per_chunk, partial.data_ptr<float>());
+    };
+    if (dtype == at::kFloat) {
+      run(float());
+    } else if (dtype == at::kHalf) {
+      run(c10::Half());
+    } else {
+      run(c10::BFloat16());
+    }
+  } else {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_weight_grad_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      wg::simt::weight_grad_kernel<scalar_t, acc_t><<<wg::simt::grid(cut.chunks, K, C_in, C_out), wg::simt::block(),
+                                                      0, stream>>>(
+          in.feats.data_ptr<scalar_t>(), C_in, grad_out.data_ptr<scalar_t>(), C_out, nbr, K, order_ptr, masks_ptr,
+          in.splits, in.words, n_out, tile_rows, in.tiles, cut.tiles_per_chunk, partial.data_ptr<acc_t>());
+    });
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (cut.chunks == 1 && acc_type == dtype) return partial.view({K, C_in, C_out});
+  at::Tensor grad_weight = at::empty({K, C_in, C_out}, in.feats.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_weight_grad_sum", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    wg::sum_partials_kernel<acc_t, scalar_t><<<wg::sum_grid(size), wg::kSumThreads, 0, stream>>>(
+        partial.data_ptr<acc_t>(), cut.chunks, size, grad_weight.data_ptr<scalar_t>());
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return grad_weight;
 }
 
 }  // namespace

@@ -222,15 +222,18 @@ struct TensorCoreTile {
   }
 
   // c += A[:, :depth] B[:depth, :], A [kRows, kLdA] and B [kSlab, kLdB] in shared memory, depth
-  // rounded up to kDepth (the staged slab is zero past C_in).
-  template <int kLdA, int kLdB>
+  // rounded up to kDepth (the staged slab is zero past C_in). kDepthMajorA: A is stored transposed,
+  // [depth, kLdA] (the weight gradient's gathered input rows), and loaded column-major.
+  template <int kLdA, int kLdB, bool kDepthMajorA = false>
   __device__ void multiply(const W* a, const W* b, int64_t depth) {
     using namespace nvcuda;
+    using LayoutA = std::conditional_t<kDepthMajorA, wmma::col_major, wmma::row_major>;
     const int warp = threadIdx.x / 32, warp_row = warp / 2, warp_col = warp % 2;
     for (int64_t s = 0; s * kDepth < depth; ++s) {
-      wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, wmma::row_major> a_frag;
+      wmma::fragment<wmma::matrix_a, 16, 16, kDepth, F, LayoutA> a_frag;
       wmma::fragment<wmma::matrix_b, 16, 16, kDepth, F, wmma::row_major> b_frag;
-      wmma::load_matrix_sync(a_frag, a + warp_row * 16 * kLdA + s * kDepth, kLdA);
+      const W* a_step = kDepthMajorA ? a + s * kDepth * kLdA + warp_row * 16 : a + warp_row * 16 * kLdA + s * kDepth;
+      wmma::load_matrix_sync(a_frag, a_step, kLdA);
       if constexpr (sizeof(W) == 4) {  // float32 in, rounded to TF32 for the MMA
         for (int q = 0; q < a_frag.num_elements; ++q) a_frag.x[q] = wmma::__float_to_tf32(a_frag.x[q]);
       }
@@ -267,13 +270,13 @@ struct FmaTile {
       for (int j = 0; j < kColsPerThread; ++j) c[i][j] = 0.f;
   }
 
-  template <int kLdA, int kLdB>
+  template <int kLdA, int kLdB, bool kDepthMajorA = false>
   __device__ void multiply(const float* a, const float* b, int64_t depth) {
-    const float* a_rows = a + threadIdx.x / 16 * kRowsPerThread * kLdA;
+    const int row0 = threadIdx.x / 16 * kRowsPerThread;
     const float* b_cols = b + threadIdx.x % 16 * kColsPerThread;
     for (int64_t k = 0; k < depth; ++k) {
       float a_k[kRowsPerThread], b_k[kColsPerThread];
-      for (int i = 0; i < kRowsPerThread; ++i) a_k[i] = a_rows[i * kLdA + k];
+      for (int i = 0; i < kRowsPerThread; ++i) a_k[i] = kDepthMajorA ? a[k * kLdA + row0 + i] : a[(row0 + i) * kLdA + k];
       for (int j = 0; j < kColsPerThread; ++j) b_k[j] = b_cols[k * kLdB + j];
       for (int i = 0; i < kRowsPerThread; ++i)
         for (int j = 0; j < kColsPerThread; ++j) c[i][j] += a_k[i] * b_k[j];
