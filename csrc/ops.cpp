@@ -13,22 +13,30 @@ TORCH_LIBRARY(pointsparse, m) {
   m.def("pack_coords(Tensor coords) -> Tensor");
   // coords int32 [N, 4], factor 3 ints > 0 -> unique floor(c / factor) * factor, int32 [M, 4],
   // in order of first occurrence in coords. Two algorithms with identical results.
-  m.def("downsample_coords_hash(Tensor coords, int[] factor) -> Tensor");
-  m.def("downsample_coords_sort(Tensor coords, int[] factor) -> Tensor");
+  //
+  // checked (every kernel-map op): the caller vouches for the values of its coordinates or table
+  // (the library's own, or checked before); dtypes and shapes are still checked, ranges, duplicates
+  // and symmetry are not, so a CUDA build reads nothing back.
+  m.def("downsample_coords_hash(Tensor coords, int[] factor, bool checked=False) -> Tensor");
+  m.def("downsample_coords_sort(Tensor coords, int[] factor, bool checked=False) -> Tensor");
   // in_coords int32 [N_in, 4], out_coords int32 [N_out, 4], offsets int32 [K, 3] in coordinate
   // units -> neighbors int32 [N_out, K]: row of in_coords at out_coords[o] + offsets[k], -1 if none.
   // symmetric: submanifold map of an odd centred kernel (out_coords == in_coords).
-  m.def("build_kmap_hash(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric) -> Tensor");
-  m.def("build_kmap_sort(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric) -> Tensor");
+  m.def("build_kmap_hash(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric, "
+        "bool checked=False) -> Tensor");
+  m.def("build_kmap_sort(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric, "
+        "bool checked=False) -> Tensor");
   // Kernel map of a kernel that tiles its stride (sizes even or 1, offsets 0 .. k-1 in units of
   // tensor_stride, conv stride = kernel size, no dilation): out_coords are cell corners and each
   // input is found by one hash lookup of its corner -> neighbors int32 [N_out, K] equal to
   // build_kmap_* with the same offsets.
-  m.def("kmap_tiling(Tensor in_coords, Tensor out_coords, int[3] kernel_size, int[3] tensor_stride) -> Tensor");
+  m.def("kmap_tiling(Tensor in_coords, Tensor out_coords, int[3] kernel_size, int[3] tensor_stride, "
+        "bool checked=False) -> Tensor");
   // Downsampling to the cells of a tiling kernel and its map in one pass: (out_coords int32
   // [N_out, 4] as downsample_coords_* gives them for factor kernel_size * tensor_stride,
   // neighbors int32 [N_out, K] as kmap_tiling gives them).
-  m.def("downsample_tiling(Tensor coords, int[3] kernel_size, int[3] tensor_stride) -> (Tensor, Tensor)");
+  m.def("downsample_tiling(Tensor coords, int[3] kernel_size, int[3] tensor_stride, bool checked=False) "
+        "-> (Tensor, Tensor)");
   // neighbors int32 [N_out, K] -> per-offset pairs as CSR: offset_ptr int64 [K + 1],
   // in_idx int32 [P], out_idx int32 [P]; pairs of offset k sit in offset_ptr[k] .. offset_ptr[k+1]
   // with out_idx ascending.
@@ -36,7 +44,7 @@ TORCH_LIBRARY(pointsparse, m) {
   // neighbors int32 [N_out, K] with entries in [-1, num_in) -> the transposed table int32
   // [num_in, K]: output row o at (i, k) where neighbors[o, k] == i, -1 elsewhere (the map of the
   // input gradient, and of a transposed conv).
-  m.def("kmap_transpose(Tensor neighbors, SymInt num_in) -> Tensor");
+  m.def("kmap_transpose(Tensor neighbors, SymInt num_in, bool checked=False) -> Tensor");
   // Output-row reordering of the implicit GEMM: neighbors int32 [N, K] -> (order int32 [splits, N],
   // tile_masks int32 [splits, ceil(N / tile_rows), ceil(K / 32)]). Split s covers offsets
   // [s * K / splits, (s + 1) * K / splits); when reorder its rows are stably sorted by their neighbour

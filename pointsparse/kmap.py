@@ -21,7 +21,7 @@ for transposed maps input and output swap roles in that relation.
 """
 
 import functools
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Callable, Dict, Hashable, Optional, Set, Tuple, TypeVar
 
@@ -37,30 +37,48 @@ T = TypeVar("T")
 KERNEL_MAP_RANGE = "pointsparse::kernel_map"  # the profiler range around every map build
 
 
-@dataclass(frozen=True)
+PAIRS = "pairs"  # the memo key of a map's per-offset pairs
+
+
+@dataclass(frozen=True, init=False, eq=False)
 class KernelMap:
     """One kernel map in all layouts. Indices are 0-based int32 rows; -1 marks absence.
 
-    Construction checks shapes, dtypes, devices and the range of every index once (one
-    synchronisation on CUDA), so that the conv ops need not read ranges back on every call;
-    a malformed map raises ``ValueError`` / ``TypeError`` here. Maps the library builds itself skip
-    the range read-back (``check_ranges=False``): their indices come from its own ops.
+    The neighbour table is the map; the per-offset pairs (CSR: ``offset_ptr``, ``in_idx``,
+    ``out_idx``) are derived from it on first use, by the dataflows that run them (gather-GEMM-scatter,
+    fused, the CPU's weight gradients), so a map the implicit GEMM runs on CUDA never builds them.
+    Pairs may also be handed in (all three, or None).
+
+    Construction checks shapes, dtypes, devices and, for pairs handed in, the range of every index
+    once (one synchronisation on CUDA), so that the conv ops need not read ranges back on every
+    call; a malformed map raises ``ValueError`` / ``TypeError`` here. Maps the library builds itself
+    skip the range read-back (``check_ranges=False``): their indices come from its own ops.
     """
 
     neighbors: Tensor   # int32 [N_out, K]: input row of output o at offset k, -1 if none
-    offset_ptr: Tensor  # int64 [K + 1] on the CPU: pairs of offset k are offset_ptr[k] .. offset_ptr[k+1]
-    in_idx: Tensor      # int32 [P]: input row of each pair
-    out_idx: Tensor     # int32 [P]: output row of each pair, ascending within an offset
     out_coords: Tensor  # int32 [N_out, 4]
     out_stride: Triple  # tensor stride of the output
-    num_in: int         # rows of the input the map reads (in_idx < num_in)
+    num_in: int         # rows of the input the map reads (neighbors < num_in)
     # Spatial range of the output, cells per axis at out_stride, when the input had one.
     out_range: Optional[Triple] = None
-    # What the dataflows derive from this map once (plans, reorderings): see memo.
-    _memo: Dict[Hashable, Any] = field(default_factory=dict, compare=False, repr=False)
-    check_ranges: InitVar[bool] = True
+    # What the dataflows derive from this map once (pairs, plans, reorderings): see memo.
+    _memo: Dict[Hashable, Any] = field(default_factory=dict, repr=False)
+    # Built by the library (check_ranges=False): tables derived from it need no range pass either.
+    trusted: bool = field(default=False, repr=False)
 
-    def __post_init__(self, check_ranges: bool) -> None:
+    def __init__(self, neighbors: Tensor, offset_ptr: Optional[Tensor], in_idx: Optional[Tensor],
+                 out_idx: Optional[Tensor], out_coords: Tensor, out_stride: Triple, num_in: int,
+                 out_range: Optional[Triple] = None, *, check_ranges: bool = True) -> None:
+        for name, value in (("neighbors", neighbors), ("out_coords", out_coords), ("out_stride", out_stride),
+                            ("num_in", num_in), ("out_range", out_range), ("_memo", {})):
+            object.__setattr__(self, name, value)
+        pairs = (offset_ptr, in_idx, out_idx)
+        if any(t is not None for t in pairs):
+            if any(t is None for t in pairs):
+                raise ValueError("KernelMap takes offset_ptr, in_idx and out_idx together, or none of them "
+                                 "(then they are built from neighbors on first use)")
+            self._memo[PAIRS] = pairs
+        object.__setattr__(self, "trusted", not check_ranges)
         check_kernel_map(self, check_ranges)
 
     def memo(self, key: Hashable, build: Callable[[], T]) -> T:
@@ -71,10 +89,40 @@ class KernelMap:
             self._memo[key] = build()
         return self._memo[key]
 
+    @property
+    def pairs(self) -> Tuple[Tensor, Tensor, Tensor]:
+        """``(offset_ptr, in_idx, out_idx)``, built from the table on first use (``ops.kmap_csr``;
+        offset_ptr copied to the CPU, where the host sizes one GEMM per offset)."""
+        return self.memo(PAIRS, self._build_pairs)
+
+    def _build_pairs(self) -> Tuple[Tensor, Tensor, Tensor]:
+        offset_ptr, in_idx, out_idx = ops.kmap_csr(self.neighbors)
+        return offset_ptr.cpu(), in_idx, out_idx
+
+    @property
+    def has_pairs(self) -> bool:
+        """Whether the pairs exist (handed in or built): no dataflow has asked for them otherwise."""
+        return PAIRS in self._memo
+
+    @property
+    def offset_ptr(self) -> Tensor:
+        """int64 ``[K + 1]`` on the CPU: pairs of offset k are ``offset_ptr[k] .. offset_ptr[k+1]``."""
+        return self.pairs[0]
+
+    @property
+    def in_idx(self) -> Tensor:
+        """int32 ``[P]``: input row of each pair."""
+        return self.pairs[1]
+
+    @property
+    def out_idx(self) -> Tensor:
+        """int32 ``[P]``: output row of each pair, ascending within an offset."""
+        return self.pairs[2]
+
     @cached_property
     def neighbors_t(self) -> Tensor:
         """int32 ``[N_in, K]``: the transposed table, output row of input i at offset k, -1 if none."""
-        return ops.kmap_transpose(self.neighbors, self.num_in)
+        return ops.kmap_transpose(self.neighbors, self.num_in, self.trusted)
 
     @cached_property
     def out_pos(self) -> Tensor:
@@ -119,22 +167,22 @@ class KernelMap:
     @staticmethod
     def from_neighbors(neighbors: Tensor, out_coords: Tensor, out_stride: Triple, num_in: int,
                        out_range: Optional[Triple] = None) -> "KernelMap":
-        offset_ptr, in_idx, out_idx = ops.kmap_csr(neighbors)
-        # The host sizes one GEMM per offset from offset_ptr, so it lives on the CPU.
-        return KernelMap(neighbors, offset_ptr.cpu(), in_idx, out_idx, out_coords, out_stride, num_in, out_range,
-                         check_ranges=False)
+        """A library map from its table (pairs built on first use)."""
+        return KernelMap(neighbors, None, None, None, out_coords, out_stride, num_in, out_range, check_ranges=False)
 
     def transposed(self, out_coords: Tensor, out_stride: Triple, out_range: Optional[Triple] = None) -> "KernelMap":
         """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
-        neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0])  # [N_in, K]
+        neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0], self.trusted)  # [N_in, K]
         return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out, out_range)
 
 
 def check_kernel_map(kmap: KernelMap, check_ranges: bool = True) -> None:
-    """Shapes, dtypes, devices and (``check_ranges``) index ranges of a map, checked once (see
-    :class:`KernelMap`)."""
+    """Shapes, dtypes, devices and (``check_ranges``) index ranges of a map and of the pairs it was
+    handed, checked once (see :class:`KernelMap`)."""
     device = kmap.neighbors.device
-    for name in ("neighbors", "in_idx", "out_idx", "out_coords"):
+    pairs = kmap._memo.get(PAIRS)
+    names = ("neighbors", "out_coords") + (("in_idx", "out_idx") if pairs is not None else ())
+    for name in names:
         t = getattr(kmap, name)
         if not isinstance(t, Tensor) or t.dtype != torch.int32:
             raise TypeError(f"KernelMap.{name} must be an int32 tensor, got "
@@ -144,17 +192,22 @@ def check_kernel_map(kmap: KernelMap, check_ranges: bool = True) -> None:
     if kmap.neighbors.dim() != 2 or kmap.neighbors.shape[0] != kmap.out_coords.shape[0]:
         raise ValueError(f"KernelMap.neighbors must have shape [N_out={kmap.out_coords.shape[0]}, K], "
                          f"got {tuple(kmap.neighbors.shape)}")
-    K = kmap.neighbors.shape[1]
-    ptr = kmap.offset_ptr
-    if ptr.dtype != torch.int64 or ptr.device.type != "cpu" or tuple(ptr.shape) != (K + 1,):
-        raise ValueError(f"KernelMap.offset_ptr must be int64 [K + 1 = {K + 1}] on the CPU, got "
-                         f"{ptr.dtype} {tuple(ptr.shape)} on {ptr.device}")
-    pairs = kmap.in_idx.shape[0]
-    if kmap.out_idx.shape != (pairs,) or int(ptr[0]) != 0 or int(ptr[-1]) != pairs or bool((ptr.diff() < 0).any()):
-        raise ValueError(f"KernelMap.offset_ptr must rise from 0 to the {pairs} pairs of in_idx / out_idx")
     if not isinstance(kmap.num_in, int) or kmap.num_in < 0:
         raise ValueError(f"KernelMap.num_in must be a non-negative int, got {kmap.num_in!r}")
-    if pairs and check_ranges:
+    if pairs is None:
+        return
+    K = kmap.neighbors.shape[1]
+    ptr = kmap.offset_ptr
+    if (not isinstance(ptr, Tensor) or ptr.dtype != torch.int64 or ptr.device.type != "cpu"
+            or tuple(ptr.shape) != (K + 1,)):
+        raise ValueError(f"KernelMap.offset_ptr must be int64 [K + 1 = {K + 1}] on the CPU, got "
+                         f"{getattr(ptr, 'dtype', type(ptr).__name__)} {tuple(getattr(ptr, 'shape', ()))} "
+                         f"on {getattr(ptr, 'device', None)}")
+    num_pairs = kmap.in_idx.shape[0]
+    if (kmap.out_idx.shape != (num_pairs,) or int(ptr[0]) != 0 or int(ptr[-1]) != num_pairs
+            or bool((ptr.diff() < 0).any())):
+        raise ValueError(f"KernelMap.offset_ptr must rise from 0 to the {num_pairs} pairs of in_idx / out_idx")
+    if num_pairs and check_ranges:
         bounds = torch.stack([torch.stack(torch.aminmax(kmap.in_idx)),
                               torch.stack(torch.aminmax(kmap.out_idx))]).tolist()   # one read-back
         for name, (lo, hi), rows in (("in_idx", bounds[0], kmap.num_in), ("out_idx", bounds[1], kmap.num_out)):
@@ -257,10 +310,14 @@ class KernelMapCache:
     # The version (torch's in-place counter) of coords[t] when the family took it: an in-place edit
     # afterwards would move the coordinates under their maps.
     versions: Dict[Triple, int] = field(default_factory=dict)
+    # Strides whose coordinates are known valid (in range, unique): checked by the first map built on
+    # them, or made by the library. Later builds there skip the checks (on CUDA: no read-back).
+    checked: Set[Triple] = field(default_factory=set)
 
     def __setstate__(self, state: dict) -> None:
         # Unpickled and deep-copied tensors start new version counters.
         self.__dict__.update(state)
+        self.__dict__.setdefault("checked", set())
         self.versions = {stride: coords._version for stride, coords in self.coords.items()}
 
 
@@ -324,30 +381,31 @@ def _mul(a: Triple, b: Triple) -> Triple:
 
 
 def build_neighbors(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
-                    algo: Optional[KernelMapAlgo]) -> Tensor:
+                    algo: Optional[KernelMapAlgo], checked: bool = False) -> Tensor:
     """Neighbour table int32 ``[N_out, K]`` by the chosen algorithm (None: the device's default;
-    offsets in coordinate units)."""
+    offsets in coordinate units; ``checked``: both coordinate sets known valid, see :mod:`.ops.kmap`)."""
     algo = algo or default_kmap_algo(in_coords.device)
     build = ops.build_kmap_hash if algo is KernelMapAlgo.HASH else ops.build_kmap_sort
-    return build(in_coords, out_coords, offsets, symmetric)
+    return build(in_coords, out_coords, offsets, symmetric, checked)
 
 
-def downsample_coords(coords: Tensor, factor: Triple, algo: Optional[KernelMapAlgo]) -> Tensor:
+def downsample_coords(coords: Tensor, factor: Triple, algo: Optional[KernelMapAlgo], checked: bool = False) -> Tensor:
     """Unique ``floor(c / factor) * factor`` per batch, int32 ``[M, 4]``, in first-occurrence order
     (``algo`` None: the device's default)."""
     algo = algo or default_kmap_algo(coords.device)
     down = ops.downsample_coords_hash if algo is KernelMapAlgo.HASH else ops.downsample_coords_sort
-    return down(coords, factor)
+    return down(coords, factor, checked)
 
 
 def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTriple,
                      stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
                      config: ConvConfig = ConvConfig(),
-                     out_coords: Optional[Tensor] = None) -> KernelMap:
+                     out_coords: Optional[Tensor] = None, *, checked: bool = False) -> KernelMap:
     """Uncached forward (non-transposed) map from ``coords`` int32 ``[N, 4]`` at ``tensor_stride``.
 
     ``out_coords`` may supply the coarser coordinates of a strided conv (they must be what
     downsampling would give, possibly in another order); by default they are computed.
+    ``checked``: ``coords`` (and ``out_coords``) are known valid, so the build checks no values.
     """
     size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     dil = as_triple(dilation, "dilation", planar=1)
@@ -362,15 +420,15 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     if submanifold:
         out_coords = coords
     elif tiling and out_coords is None:
-        out_coords, neighbors = ops.downsample_tiling(coords, size, tensor_stride)
+        out_coords, neighbors = ops.downsample_tiling(coords, size, tensor_stride, checked)
         return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])
     elif out_coords is None:
-        out_coords = downsample_coords(coords, out_stride, config.kmap)
+        out_coords = downsample_coords(coords, out_stride, config.kmap, checked)
     if tiling:
-        neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride)
+        neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride, checked)
     else:
         symmetric = submanifold and all(s % 2 == 1 for s in size)
-        neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap)
+        neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap, checked)
     return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])
 
 
@@ -394,26 +452,37 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
     bind_coords(cache, tensor_stride, coords)
     if key in cache.kmaps:
         return cache.kmaps[key]
+    checked = tensor_stride in cache.checked
     # A profiler range around builds only (a cache hit costs nothing): bench minkunet's breakdown.
     with torch.autograd.profiler.record_function(KERNEL_MAP_RANGE):
         if key.generative:
-            kmap = build_generative_kernel_map(coords, key, config)
+            kmap = build_generative_kernel_map(coords, key, config, checked=checked)
         elif transposed:
             kmap = _transposed_kernel_map(cache, coords, key, config)
         elif key.outputs is OutputRule.REACHED:
-            kmap = build_reached_kernel_map(coords, key, config)
+            kmap = build_reached_kernel_map(coords, key, config, checked=checked)
         else:
             out_stride = _mul(tensor_stride, key.stride)
             known = None if out_stride in cache.foreign else cache.coords.get(out_stride)
             kmap = build_kernel_map(coords, tensor_stride, key.kernel_size, key.stride, key.dilation, config,
-                                    out_coords=known)
+                                    out_coords=known,
+                                    checked=checked and (known is None or out_stride in cache.checked))
         if kmap.out_stride not in cache.coords:
             register_coords(cache, kmap.out_stride, kmap.out_coords)
             cache.ranges[kmap.out_stride] = kmap.out_range
+            cache.checked.add(kmap.out_stride)  # the library made them from checked coordinates
             if key.outputs is OutputRule.REACHED and not transposed or key.generative:
                 cache.foreign.add(kmap.out_stride)
+    if not _is_identity(key):  # every other build checked the coordinates it read
+        cache.checked.add(tensor_stride)
     cache.kmaps[key] = kmap
     return kmap
+
+
+def _is_identity(key: KernelMapKey) -> bool:
+    """A submanifold 1x1x1 map: every row its own neighbour, built without reading a coordinate."""
+    return (key.kernel_size == (1, 1, 1) and key.stride == (1, 1, 1) and not key.transposed
+            and key.outputs is OutputRule.OCCUPIED)
 
 
 def reached_cells(coords: Tensor, shifts: Tensor, step: Triple, out_range: Optional[Triple]) -> Tensor:
@@ -436,24 +505,26 @@ def _unique_sorted(coords: Tensor) -> Tensor:
     return coords if coords.shape[0] == 0 else coords[ops.unique_coords(coords)[0]]
 
 
-def build_reached_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig()) -> KernelMap:
+def build_reached_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig(), *,
+                             checked: bool = False) -> KernelMap:
     """Uncached map of the ``REACHED`` rule (spconv's regular and strided conv) for ``key``."""
     offsets = key.offsets(coords.device)                                            # [K, 3]
     out_stride = _mul(key.tensor_stride, key.stride)
     out_range = key.out_range()
     out_coords = reached_cells(coords, offsets, out_stride, out_range)
-    neighbors = build_neighbors(coords, out_coords, offsets, False, config.kmap)
+    neighbors = build_neighbors(coords, out_coords, offsets, False, config.kmap, checked)
     return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0], out_range)
 
 
-def build_generative_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig()) -> KernelMap:
+def build_generative_kernel_map(coords: Tensor, key: KernelMapKey, config: ConvConfig = ConvConfig(), *,
+                                checked: bool = False) -> KernelMap:
     """Uncached map of a generative transposed conv: outputs every fine cell ``o + d_k * t`` an
     input o reaches; output c takes input o through offset k when ``c = o + d_k * t``."""
     fine = key.fine_stride
     offsets = key.offsets(coords.device)                                            # [K, 3]
     out_range = key.out_range()
     out_coords = reached_cells(coords, -offsets, fine, out_range)
-    neighbors = build_neighbors(coords, out_coords, -offsets, False, config.kmap)
+    neighbors = build_neighbors(coords, out_coords, -offsets, False, config.kmap, checked)
     return KernelMap.from_neighbors(neighbors, out_coords, fine, coords.shape[0], out_range)
 
 

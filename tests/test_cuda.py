@@ -9,6 +9,7 @@ import pointsparse as ps
 from pointsparse import ConvConfig, Dataflow, SparseTensor
 from pointsparse import crosscheck
 from pointsparse import functional as F
+from pointsparse.kmap import scaled_offsets
 from pointsparse.models import minkunet18
 
 from helpers import load_scan, with_batch
@@ -41,7 +42,7 @@ def test_convs_match_the_cpu_on_real_scans(real_batch, kind):
 
 def cached_input(coords, channels=16):
     x = SparseTensor(torch.randn(coords.shape[0], channels, device="cuda"), coords.cuda())
-    ps.kernel_map(x, 3)  # warm the cache
+    ps.kernel_map(x, 3).pairs  # warm the cache: the map and the pairs gather-GEMM-scatter runs
     return x
 
 
@@ -58,6 +59,55 @@ def test_cached_conv_forward_and_backward_never_synchronise(real_batch):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert feats.grad is not None and weight.grad is not None
+
+
+class NoSync:
+    """A region in which any host synchronisation raises (torch.cuda.set_sync_debug_mode("error"))."""
+
+    def __enter__(self):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+
+    def __exit__(self, *exc):
+        torch.cuda.set_sync_debug_mode("default")
+
+
+def test_maps_on_checked_coordinates_build_without_a_sync(real_batch):
+    # Issue 26: coordinates are checked once, by the first map on them; after that a submanifold map
+    # at their stride, one at the coarser stride the library made, and the transposed map back (the
+    # strided map's table transposed) build with no host synchronisation.
+    x = SparseTensor(torch.randn(real_batch.shape[0], 4, device="cuda"), real_batch.cuda())
+    ps.kernel_map(x, 3)        # checks the coordinates (syncs allowed)
+    down = ps.kernel_map(x, 2, 2)  # a downsampling: its output count must reach the host
+    y = F.conv3d(x, torch.randn(8, 4, 4, device="cuda"), kernel_size=2, stride=2)
+    for size, stride in (((5, 5, 5), (1, 1, 1)), ((3, 3, 3), (2, 2, 2))):  # the offsets' one copy to the device
+        scaled_offsets(size, (1, 1, 1), None, stride, torch.device("cuda"))
+    with NoSync():
+        subm = ps.kernel_map(x, 5)
+        coarse = ps.kernel_map(y, 3)
+        up = ps.kernel_map(y, 2, 2, transposed=True)
+        table_t = down.neighbors_t
+    assert not (subm.has_pairs or coarse.has_pairs or up.has_pairs)
+    cpu = SparseTensor(x.feats.cpu(), x.coords.cpu())
+    assert subm.neighbors.cpu().equal(ps.kernel_map(cpu, 5).neighbors)
+    assert up.neighbors.cpu().equal(ps.kernel_map(cpu, 2, 2).neighbors_t) and up.neighbors.equal(table_t)
+    assert coarse.neighbors.shape == (y.coords.shape[0], 27)
+
+
+def test_a_cached_implicit_conv_trains_without_a_sync_or_pair_lists(real_batch):
+    # The implicit GEMM, CUDA's default for float32: forward, input and weight gradient over the
+    # tables only (no pair lists), with no host synchronisation once the map and its reorderings exist.
+    x = SparseTensor(torch.randn(real_batch.shape[0], 16, device="cuda"), real_batch.cuda())
+    weight = torch.randn(27, 16, 16, device="cuda", requires_grad=True)
+    config = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM)
+    F.conv3d(x.with_feats(x.feats.requires_grad_()), weight, kernel_size=3, config=config).feats.sum().backward()
+    feats = x.feats.detach().clone().requires_grad_()
+    with NoSync():
+        y = F.conv3d(x.with_feats(feats), weight, kernel_size=3, config=config)
+        y.feats.backward(torch.ones_like(y.feats))
+    assert not ps.kernel_map(x, 3).has_pairs
+    cpu = F.conv3d(SparseTensor(feats.detach().cpu(), x.coords.cpu()), weight.detach().cpu(), kernel_size=3)
+    torch.testing.assert_close(y.feats.detach().cpu(), cpu.feats, rtol=1e-3, atol=1e-3)
 
 
 def test_cached_minkunet_forward_is_captured_in_a_cuda_graph(real_batch):

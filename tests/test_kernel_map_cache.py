@@ -143,3 +143,89 @@ def test_coordinates_edited_in_place_after_their_maps_were_built_raise():
     x.coords[2, 1] = 2  # the map says row 2 has no neighbour; it now would
     with pytest.raises(ValueError, match="changed in place"):
         conv_sum(x)
+
+
+class BuildLog:
+    """Records the ``checked`` flag of every kernel-map op a build calls (the ops module's wrappers)."""
+
+    ARGS = {"build_kmap_hash": 5, "build_kmap_sort": 5, "downsample_coords_hash": 3, "downsample_coords_sort": 3,
+            "kmap_tiling": 5, "downsample_tiling": 4, "kmap_transpose": 3}  # checked: the last of these
+
+    def __init__(self, monkeypatch):
+        self.calls = []
+        for name, count in self.ARGS.items():
+            original = getattr(ps.ops, name)
+
+            def spy(*args, _name=name, _count=count, _original=original, **kwargs):
+                checked = kwargs.get("checked", args[_count - 1] if len(args) >= _count else False)
+                self.calls.append((_name, checked))
+                return _original(*args, **kwargs)
+
+            monkeypatch.setattr(ps.ops, name, spy)
+
+
+def test_coordinates_are_checked_by_the_first_map_and_never_again(monkeypatch):
+    # Issue 26: the first map on a tensor's coordinates checks them (range, duplicates); every later
+    # map at that stride, the strided conv's outputs (the library made them), the maps there and the
+    # transposed map back are built with checked=True: on CUDA, no read-back.
+    log = BuildLog(monkeypatch)
+    coords = torch.randint(0, 12, (300, 3), generator=torch.Generator().manual_seed(0))
+    coords = torch.unique(torch.cat([torch.zeros(300, 1, dtype=torch.int64), coords], 1), dim=0).int()
+    x = SparseTensor(torch.randn(coords.shape[0], 2), coords)
+    ps.kernel_map(x, 3)
+    assert log.calls == [("build_kmap_sort", False)] and x.cache.checked == {(1, 1, 1)}
+    log.calls.clear()
+    ps.kernel_map(x, 3, dilation=2)
+    down = ps.kernel_map(x, 2, 2)
+    ps.kernel_map(x, 3, 2)  # a k3 s2 map onto the k2 s2 map's outputs (known, library-made)
+    y = SparseTensor._derive(torch.randn(down.num_out, 2), down.out_coords, (2, 2, 2), x.cache, None)
+    ps.kernel_map(y, 3)
+    up = ps.kernel_map(y, 2, 2, transposed=True)
+    assert x.cache.checked == {(1, 1, 1), (2, 2, 2)}
+    assert all(checked for _, checked in log.calls), log.calls
+    assert {name for name, _ in log.calls} == {"build_kmap_sort", "downsample_tiling", "kmap_transpose"}
+    assert up.neighbors.equal(ops_transpose(down))
+
+
+def ops_transpose(kmap):
+    return ps.ops.kmap_transpose(kmap.neighbors, kmap.num_in)
+
+
+def test_bad_coordinates_still_raise_at_their_first_map():
+    duplicated = torch.tensor([[0, 1, 1, 1], [0, 2, 1, 1], [0, 1, 1, 1]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="duplicate"):
+        ps.kernel_map(SparseTensor(torch.randn(3, 1), duplicated), 3)
+    far = torch.tensor([[0, 1, 1, 1], [0, 200000, 1, 1]], dtype=torch.int32)
+    x = SparseTensor(torch.randn(2, 1), far)
+    with pytest.raises(ValueError, match="x coordinates must be in"):
+        ps.kernel_map(x, 3)
+    assert not x.cache.checked  # a failed build vouches for nothing
+    with pytest.raises(ValueError, match="x coordinates must be in"):
+        ps.kernel_map(x, 2, 2)
+
+
+def test_checked_downsampling_by_a_factor_that_does_not_divide_two_to_the_17_keeps_its_range_check():
+    # Flooring coordinates in range by 3 can leave the packable range; by 2^k it cannot.
+    low = torch.tensor([[0, -131072, 0, 0], [0, 5, 0, 0]], dtype=torch.int32)
+    with pytest.raises(ValueError, match="leave the packable range"):
+        ps.ops.downsample_coords_hash(low, (3, 3, 3), checked=True)
+    assert ps.ops.downsample_coords_hash(low, (4, 4, 4), checked=True).shape == (2, 4)
+
+
+def test_pairs_are_built_on_first_use_and_never_for_the_implicit_gemm_on_cuda():
+    from pointsparse.dataflows.implicit import pairs_for
+    x = SparseTensor(torch.randn(40, 3), line(range(40)))
+    kmap = ps.kernel_map(x, 3)
+    assert not kmap.has_pairs
+    offset_ptr, in_idx, out_idx = pairs_for(kmap, torch.device("cuda"))  # stand-ins only
+    assert not kmap.has_pairs and in_idx.numel() == 0 and offset_ptr.shape == (28,)
+    assert kmap.offset_ptr[-1] == kmap.in_idx.shape[0] == int((kmap.neighbors >= 0).sum())
+    assert kmap.has_pairs and pairs_for(kmap, torch.device("cpu"))[1] is kmap.in_idx
+
+
+def test_a_map_takes_all_three_pair_arrays_or_none():
+    kmap = ps.kernel_map(SparseTensor(torch.randn(5, 1), line(range(5))), 3)
+    with pytest.raises(ValueError, match="together"):
+        ps.KernelMap(kmap.neighbors, kmap.offset_ptr, None, None, kmap.out_coords, (1, 1, 1), 5)
+    handed = ps.KernelMap(kmap.neighbors, *kmap.pairs, kmap.out_coords, (1, 1, 1), 5)
+    assert handed.has_pairs and not handed.trusted and kmap.trusted

@@ -5,12 +5,12 @@
 
 namespace pointsparse {
 
-ColumnRange check_coords(const at::Tensor& coords, const char* name) {
+ColumnRange check_coords(const at::Tensor& coords, const char* name, bool checked) {
   TORCH_CHECK_TYPE(coords.scalar_type() == at::kInt, name, " must be int32, got ",
                    coords.scalar_type(), " (convert with .int() after flooring)");
   TORCH_CHECK_VALUE(coords.dim() == 2 && coords.size(1) == 4, name,
                     " must have shape [N, 4] as (batch, x, y, z), got ", coords.sizes());
-  if (coords.size(0) == 0) return {};
+  if (coords.size(0) == 0 || checked) return {};
   ColumnRange range = column_range(coords);
   const int32_t* mn = range.lo.data();
   const int32_t* mx = range.hi.data();
@@ -47,9 +47,9 @@ void check_downsample_range(const ColumnRange& range, const std::array<int32_t, 
 }
 
 void check_kmap_inputs(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                       const at::Tensor& offsets, bool symmetric) {
-  check_coords(in_coords, "in_coords");
-  check_coords(out_coords, "out_coords");
+                       const at::Tensor& offsets, bool symmetric, bool checked) {
+  check_coords(in_coords, "in_coords", checked);
+  check_coords(out_coords, "out_coords", checked);
   TORCH_CHECK_TYPE(offsets.scalar_type() == at::kInt, "offsets must be int32, got ",
                    offsets.scalar_type());
   TORCH_CHECK_VALUE(offsets.dim() == 2 && offsets.size(1) == 3 && offsets.size(0) > 0,
@@ -61,10 +61,11 @@ void check_kmap_inputs(const at::Tensor& in_coords, const at::Tensor& out_coords
   TORCH_CHECK_VALUE(in_coords.size(0) < (int64_t{1} << 31) && out_coords.size(0) < (int64_t{1} << 31),
                     "kernel maps index rows with int32: at most 2^31 - 1 coordinates");
   if (!symmetric) return;
-  TORCH_CHECK_VALUE(in_coords.is_same(out_coords) || at::equal(in_coords, out_coords),
+  TORCH_CHECK_VALUE(in_coords.is_same(out_coords) || (checked && in_coords.sizes() == out_coords.sizes()) ||
+                        at::equal(in_coords, out_coords),
                     "symmetric kernel maps need out_coords equal to in_coords (submanifold)");
   const int64_t K = offsets.size(0);
-  TORCH_CHECK_VALUE(K % 2 == 1 && at::equal(offsets, -offsets.flip(0)),
+  TORCH_CHECK_VALUE(K % 2 == 1 && (checked || at::equal(offsets, -offsets.flip(0))),
                     "symmetric kernel maps need offset K-1-k == -offset k (odd, centred kernel)");
 }
 
@@ -76,8 +77,8 @@ void check_neighbors(const at::Tensor& neighbors) {
 }
 
 KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                        const at::Tensor& offsets, bool symmetric) {
-  check_kmap_inputs(in_coords, out_coords, offsets, symmetric);
+                        const at::Tensor& offsets, bool symmetric, bool checked) {
+  check_kmap_inputs(in_coords, out_coords, offsets, symmetric, checked);
   KmapInputs inputs;
   inputs.in_coords = in_coords.contiguous();
   inputs.out_coords = in_coords.is_same(out_coords) ? inputs.in_coords : out_coords.contiguous();
@@ -89,16 +90,28 @@ KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coord
   return inputs;
 }
 
-std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor) {
-  const ColumnRange range = check_coords(coords, "coords");
-  const auto checked = check_factor(factor, "factor");
-  check_downsample_range(range, checked);
-  return checked;
+namespace {
+
+// Whether every factor divides 2^17 = -kCoordMin: then flooring coordinates in range stays in range
+// (kCoordMin is itself a multiple), so coordinates checked before need no range pass.
+bool floors_stay_in_range(const std::array<int32_t, 3>& factor) {
+  for (int32_t f : factor) {
+    if (-int64_t(kCoordMin) % f != 0) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor, bool checked) {
+  const auto valid = check_factor(factor, "factor");
+  const ColumnRange range = check_coords(coords, "coords", checked && floors_stay_in_range(valid));
+  check_downsample_range(range, valid);
+  return valid;
 }
 
 Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride,
-                    int32_t* K) {
-  const ColumnRange range = check_coords(coords, "coords");
+                    int32_t* K, bool checked) {
   const auto size = check_factor(kernel_size, "kernel_size");
   const auto stride = check_factor(tensor_stride, "tensor_stride");
   Tiling tiling;
@@ -114,16 +127,17 @@ Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::I
     tiling.size[a] = size[a];
   }
   TORCH_CHECK_VALUE(volume <= INT32_MAX, "kernel volume too large: ", volume);
-  check_downsample_range(range, {tiling.cell[0], tiling.cell[1], tiling.cell[2]});
+  const std::array<int32_t, 3> cell{tiling.cell[0], tiling.cell[1], tiling.cell[2]};
+  check_downsample_range(check_coords(coords, "coords", checked && floors_stay_in_range(cell)), cell);
   *K = int32_t(volume);
   return tiling;
 }
 
 TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked) {
   TilingInputs inputs;
-  inputs.tiling = check_tiling(in_coords, kernel_size, tensor_stride, &inputs.K);
-  check_coords(out_coords, "out_coords");
+  inputs.tiling = check_tiling(in_coords, kernel_size, tensor_stride, &inputs.K, checked);
+  check_coords(out_coords, "out_coords", checked);
   TORCH_CHECK_VALUE(in_coords.device() == out_coords.device(), "in_coords and out_coords must share a device");
   inputs.in_coords = in_coords.contiguous();
   inputs.out_coords = out_coords.contiguous();
@@ -131,11 +145,11 @@ TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_c
   return inputs;
 }
 
-std::pair<at::Tensor, at::Tensor> prepare_transpose(const at::Tensor& neighbors, int64_t num_in) {
+std::pair<at::Tensor, at::Tensor> prepare_transpose(const at::Tensor& neighbors, int64_t num_in, bool checked) {
   check_neighbors(neighbors);
   TORCH_CHECK_VALUE(num_in >= 0 && num_in < (int64_t{1} << 31), "num_in must be in [0, 2^31), got ", num_in);
   const at::Tensor table = neighbors.contiguous();
-  if (table.numel() > 0) {
+  if (table.numel() > 0 && !checked) {
     const ColumnRange range = column_range(table.view({-1}));
     TORCH_CHECK_VALUE(range.lo[0] >= -1 && range.hi[0] < num_in, "neighbors must hold -1 or input rows in [0, ",
                       num_in, "), got values in [", range.lo[0], ", ", range.hi[0], "]");

@@ -1,5 +1,9 @@
 // Input validation, preparation and table allocation shared by the CPU and CUDA kernel-map entry
 // functions. Every failure raises a Python exception (TypeError / ValueError) that names the offending tensor and bound.
+//
+// `checked`: the caller vouches for the values (coordinates the library made or has checked before,
+// tables it built): dtypes and shapes are still checked, value ranges and equalities are not, so on
+// CUDA nothing is read back (no host synchronisation).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -13,8 +17,9 @@
 namespace pointsparse {
 
 // coords: int32 [N, 4] (batch, x, y, z); batch in [0, 511], x/y/z in [-131072, 131071].
-// Returns the per-column range (empty for no rows), so later checks need no second pass.
-ColumnRange check_coords(const at::Tensor& coords, const char* name);
+// Returns the per-column range (empty for no rows, or when checked: dtype and shape only), so later
+// checks need no second pass.
+ColumnRange check_coords(const at::Tensor& coords, const char* name, bool checked = false);
 
 // factor: 3 positive ints (one per spatial axis). Returns them as int32.
 std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name);
@@ -24,9 +29,10 @@ std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name);
 void check_downsample_range(const ColumnRange& range, const std::array<int32_t, 3>& factor);
 
 // in_coords, out_coords: checked coords; offsets: int32 [K, 3] on the same device.
-// symmetric requires out_coords to be in_coords, K odd and offset K-1-k == -offset k.
+// symmetric requires out_coords to be in_coords, K odd and offset K-1-k == -offset k (values not
+// compared when checked).
 void check_kmap_inputs(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                       const at::Tensor& offsets, bool symmetric);
+                       const at::Tensor& offsets, bool symmetric, bool checked);
 
 // neighbors: int32 [N_out, K].
 void check_neighbors(const at::Tensor& neighbors);
@@ -41,10 +47,11 @@ struct KmapInputs {
   int32_t K;
 };
 KmapInputs prepare_kmap(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                        const at::Tensor& offsets, bool symmetric);
+                        const at::Tensor& offsets, bool symmetric, bool checked);
 
-// Checks coords and factor of a downsampling (range of the floored result included).
-std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor);
+// Checks coords and factor of a downsampling (range of the floored result included; for checked
+// coordinates only where a factor does not divide 2^17, so that flooring could leave the range).
+std::array<int32_t, 3> check_downsample_inputs(const at::Tensor& coords, at::IntArrayRef factor, bool checked);
 
 // A hash table for n keys on the device of options: keys empty, values at fill_value.
 struct OwnedHashTable {
@@ -63,14 +70,14 @@ struct TilingInputs {
 };
 // Checked geometry of a tiling kernel over coords (corners stay packable); *K gets the volume.
 Tiling check_tiling(const at::Tensor& coords, at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride,
-                    int32_t* K);
+                    int32_t* K, bool checked);
 
 TilingInputs prepare_tiling(const at::Tensor& in_coords, const at::Tensor& out_coords,
-                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride);
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked);
 
-// neighbors int32 [N_out, K] with entries in [-1, num_in) (one range pass: a map build, not a conv).
-// Returns the transposed table [num_in, K] filled with -1 and neighbors contiguous.
-std::pair<at::Tensor, at::Tensor> prepare_transpose(const at::Tensor& neighbors, int64_t num_in);
+// neighbors int32 [N_out, K] with entries in [-1, num_in) (one range pass unless checked: a map
+// build, not a conv). Returns the transposed table [num_in, K] filled with -1 and neighbors contiguous.
+std::pair<at::Tensor, at::Tensor> prepare_transpose(const at::Tensor& neighbors, int64_t num_in, bool checked);
 
 // Raises the ValueError for outputs off the cell corners when flagged.
 void check_cell_corners(bool off_corner);

@@ -2,8 +2,9 @@
 offsets skipped per tile, no atomics (:mod:`pointsparse.ops.conv_implicit`; config, reordering and
 exact accounting: :mod:`pointsparse.implicit`)."""
 
-from typing import List
+from typing import List, Tuple
 
+import torch
 from torch import Tensor
 
 from .. import ops
@@ -32,8 +33,16 @@ def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, co
         table_t = kmap.neighbors.new_empty((0, kmap.num_offsets))
         backward = Reordering(forward.order[:, :0], forward.tile_masks[:, :0], implicit.tile_rows)
     return ops.conv_implicit(feats, weight, kmap.neighbors, forward.order, forward.tile_masks, table_t,
-                             backward.order, backward.tile_masks, kmap.offset_ptr, kmap.in_idx, kmap.out_idx,
-                             implicit.tile_rows)
+                             backward.order, backward.tile_masks, *pairs_for(kmap, feats.device), implicit.tile_rows)
+
+
+def pairs_for(kmap: KernelMap, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
+    """The pairs the op takes: the map's on the CPU (its weight gradient runs them); on CUDA, whose
+    kernels read only the tables, empty stand-ins, so the map never builds pair lists there."""
+    if device.type == "cpu":
+        return kmap.pairs
+    return kmap.memo(("implicit", "no pairs"), lambda: (torch.zeros(kmap.num_offsets + 1, dtype=torch.int64),
+                                                         kmap.neighbors.new_empty(0), kmap.neighbors.new_empty(0)))
 
 
 def candidates(num_offsets: int, quick: bool = False) -> List[Strategy]:

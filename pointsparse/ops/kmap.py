@@ -3,6 +3,10 @@
 Coordinates are int32 ``[N, 4]`` rows ``(batch, x, y, z)``, unique, with batch in ``[0, 511]`` and
 x/y/z in ``[-131072, 131071]`` (see :data:`COORD_RANGE`). Row indices are 0-based int32; ``-1``
 marks an absent neighbour.
+
+``checked=True`` (the map builders and :func:`kmap_transpose`): the caller vouches for the values
+(coordinates the library made or checked before, tables it built); dtypes and shapes are still
+checked, ranges, duplicates and symmetry are not, so that a CUDA build reads nothing back to the host.
 """
 
 from typing import Sequence, Tuple
@@ -37,29 +41,31 @@ def unique_coords(coords: Tensor) -> Tuple[Tensor, Tensor]:
     return first_occurrence(inverse, keys.shape[0]), inverse
 
 
-def downsample_coords_hash(coords: Tensor, factor: Sequence[int]) -> Tensor:
+def downsample_coords_hash(coords: Tensor, factor: Sequence[int], checked: bool = False) -> Tensor:
     """Unique ``floor(c / factor) * factor`` of coords int32 ``[N, 4]`` per batch, as int32 ``[M, 4]``
     in order of first occurrence; deduplicated with a hash table. ``factor``: 3 ints > 0."""
-    return _ops.downsample_coords_hash(coords, list(factor))
+    return _ops.downsample_coords_hash(coords, list(factor), checked)
 
 
-def downsample_coords_sort(coords: Tensor, factor: Sequence[int]) -> Tensor:
+def downsample_coords_sort(coords: Tensor, factor: Sequence[int], checked: bool = False) -> Tensor:
     """Same result as :func:`downsample_coords_hash`, deduplicated by sorting packed keys."""
-    return _ops.downsample_coords_sort(coords, list(factor))
+    return _ops.downsample_coords_sort(coords, list(factor), checked)
 
 
-def build_kmap_hash(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool) -> Tensor:
+def build_kmap_hash(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
+                    checked: bool = False) -> Tensor:
     """Neighbour table int32 ``[N_out, K]``: the row of ``in_coords`` (int32 ``[N_in, 4]``) at
     ``out_coords[o] + offsets[k]``, or -1. ``offsets``: int32 ``[K, 3]`` in coordinate units.
     ``symmetric``: a submanifold map of an odd centred kernel (``out_coords`` is ``in_coords``),
     built from half the queries. Duplicate input coordinates raise ``ValueError``."""
-    return _ops.build_kmap_hash(in_coords, out_coords, offsets, symmetric)
+    return _ops.build_kmap_hash(in_coords, out_coords, offsets, symmetric, checked)
 
 
-def build_kmap_sort(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool) -> Tensor:
+def build_kmap_sort(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
+                    checked: bool = False) -> Tensor:
     """Same table as :func:`build_kmap_hash`, found by merging sorted packed keys (CPU) or by
     binary search in them (CUDA)."""
-    return _ops.build_kmap_sort(in_coords, out_coords, offsets, symmetric)
+    return _ops.build_kmap_sort(in_coords, out_coords, offsets, symmetric, checked)
 
 
 def kmap_csr(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
@@ -68,11 +74,11 @@ def kmap_csr(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     return _ops.kmap_csr(neighbors)
 
 
-def kmap_transpose(neighbors: Tensor, num_in: int) -> Tensor:
+def kmap_transpose(neighbors: Tensor, num_in: int, checked: bool = False) -> Tensor:
     """The transposed neighbour table int32 ``[num_in, K]`` of ``neighbors`` int32 ``[N_out, K]``
     (entries in ``[-1, num_in)``): output row o at ``[i, k]`` where ``neighbors[o, k] == i``, -1
     elsewhere."""
-    return _ops.kmap_transpose(neighbors, num_in)
+    return _ops.kmap_transpose(neighbors, num_in, checked)
 
 
 def kmap_reorder(neighbors: Tensor, splits: int, tile_rows: int, reorder: bool) -> Tuple[Tensor, Tensor]:
@@ -90,21 +96,21 @@ def kmap_bitmask(neighbors: Tensor) -> Tensor:
 
 
 def kmap_tiling(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
-                tensor_stride: Sequence[int]) -> Tensor:
+                tensor_stride: Sequence[int], checked: bool = False) -> Tensor:
     """Neighbour table int32 ``[N_out, K]`` of a kernel that tiles its stride: sizes even or 1
     (offsets ``0 .. k-1`` times ``tensor_stride``), conv stride equal to the kernel size, no
     dilation. ``out_coords`` must be the cell corners (multiples of ``kernel_size *
     tensor_stride``); each input finds its output by one hash lookup of its corner. Equal to
     ``build_kmap_*`` with the same offsets; duplicates or off-corner outputs raise ``ValueError``."""
-    return _ops.kmap_tiling(in_coords, out_coords, list(kernel_size), list(tensor_stride))
+    return _ops.kmap_tiling(in_coords, out_coords, list(kernel_size), list(tensor_stride), checked)
 
 
 def downsample_tiling(coords: Tensor, kernel_size: Sequence[int],
-                      tensor_stride: Sequence[int]) -> Tuple[Tensor, Tensor]:
+                      tensor_stride: Sequence[int], checked: bool = False) -> Tuple[Tensor, Tensor]:
     """``(out_coords, neighbors)`` of a tiling kernel in one pass: the output coordinates that
     downsampling by ``kernel_size * tensor_stride`` gives (same order) and :func:`kmap_tiling`'s
     table. Each input's corner is hashed once and its output found from the slot it claimed."""
-    return _ops.downsample_tiling(coords, list(kernel_size), list(tensor_stride))
+    return _ops.downsample_tiling(coords, list(kernel_size), list(tensor_stride), checked)
 
 
 @torch.library.register_fake("pointsparse::pack_coords")
@@ -112,7 +118,7 @@ def _pack_coords_fake(coords: Tensor) -> Tensor:
     return coords.new_empty((coords.shape[0],), dtype=torch.int64)
 
 
-def _downsample_fake(coords: Tensor, factor: Sequence[int]) -> Tensor:
+def _downsample_fake(coords: Tensor, factor: Sequence[int], checked: bool = False) -> Tensor:
     num_out = torch.library.get_ctx().new_dynamic_size()
     return coords.new_empty((num_out, 4))
 
@@ -121,7 +127,8 @@ torch.library.register_fake("pointsparse::downsample_coords_hash", _downsample_f
 torch.library.register_fake("pointsparse::downsample_coords_sort", _downsample_fake)
 
 
-def _build_kmap_fake(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool) -> Tensor:
+def _build_kmap_fake(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
+                     checked: bool = False) -> Tensor:
     return out_coords.new_empty((out_coords.shape[0], offsets.shape[0]))
 
 
@@ -131,13 +138,13 @@ torch.library.register_fake("pointsparse::build_kmap_sort", _build_kmap_fake)
 
 @torch.library.register_fake("pointsparse::kmap_tiling")
 def _kmap_tiling_fake(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
-                      tensor_stride: Sequence[int]) -> Tensor:
+                      tensor_stride: Sequence[int], checked: bool = False) -> Tensor:
     return out_coords.new_empty((out_coords.shape[0], kernel_size[0] * kernel_size[1] * kernel_size[2]))
 
 
 @torch.library.register_fake("pointsparse::downsample_tiling")
 def _downsample_tiling_fake(coords: Tensor, kernel_size: Sequence[int],
-                            tensor_stride: Sequence[int]) -> Tuple[Tensor, Tensor]:
+                            tensor_stride: Sequence[int], checked: bool = False) -> Tuple[Tensor, Tensor]:
     num_out = torch.library.get_ctx().new_dynamic_size()
     volume = kernel_size[0] * kernel_size[1] * kernel_size[2]
     return coords.new_empty((num_out, 4)), coords.new_empty((num_out, volume))
@@ -151,7 +158,7 @@ def _kmap_csr_fake(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
 
 
 @torch.library.register_fake("pointsparse::kmap_transpose")
-def _kmap_transpose_fake(neighbors: Tensor, num_in: int) -> Tensor:
+def _kmap_transpose_fake(neighbors: Tensor, num_in: int, checked: bool = False) -> Tensor:
     return neighbors.new_empty((num_in, neighbors.shape[1]))
 
 

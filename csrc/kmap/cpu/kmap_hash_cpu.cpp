@@ -14,9 +14,10 @@ namespace {
 
 constexpr int64_t kGrain = 1024;
 
+// Duplicates are found while inserting (no extra pass), so they raise even when checked.
 at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                               const at::Tensor& offsets_, bool symmetric) {
-  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+                               const at::Tensor& offsets_, bool symmetric, bool checked) {
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
   if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
 
   const OwnedHashTable table = make_hash_table(args.n_in, -1, args.in_coords.options());
@@ -39,8 +40,8 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
 }
 
 at::Tensor kmap_tiling_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                           at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
-  const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride);
+                           at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked) {
+  const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride, checked);
   at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
   const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
   if (n_in == 0 || n_out == 0) return neighbors;
@@ -60,8 +61,8 @@ at::Tensor kmap_tiling_cpu(const at::Tensor& in_coords_, const at::Tensor& out_c
   return neighbors;
 }
 
-at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
-  const auto factor = check_downsample_inputs(coords_, factor_);
+at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef factor_, bool checked) {
+  const auto factor = check_downsample_inputs(coords_, factor_, checked);
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
   at::Tensor floored = at::empty_like(coords);                  // [N, 4]

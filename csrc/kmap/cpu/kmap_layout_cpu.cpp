@@ -160,8 +160,8 @@ at::Tensor kmap_bitmask_cpu(const at::Tensor& neighbors_) {
   return bitmask;
 }
 
-at::Tensor kmap_transpose_cpu(const at::Tensor& neighbors_, int64_t num_in) {
-  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in);  // [N_in, K], [N_out, K]
+at::Tensor kmap_transpose_cpu(const at::Tensor& neighbors_, int64_t num_in, bool checked) {
+  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in, checked);  // [N_in, K], [N_out, K]
   const int64_t n = neighbors.size(0), K = neighbors.size(1);
   const int32_t* nbr = neighbors.data_ptr<int32_t>();
   int32_t* out = transposed.data_ptr<int32_t>();

@@ -174,8 +174,8 @@ void merge_column(const SortedKeys& in, const SortedKeys& out, const Column& col
 }
 
 at::Tensor build_kmap_sort_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                               const at::Tensor& offsets_, bool symmetric) {
-  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+                               const at::Tensor& offsets_, bool symmetric, bool checked) {
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
   if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
   at::Tensor neighbors = args.neighbors;  // [N_out, K]
 
@@ -249,8 +249,8 @@ FlooredRuns floor_to_runs(const at::Tensor& coords, const int32_t* cell) {
   return {corners, std::move(sorted), is_first};
 }
 
-at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef factor_) {
-  const auto factor = check_downsample_inputs(coords_, factor_);
+at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef factor_, bool checked) {
+  const auto factor = check_downsample_inputs(coords_, factor_, checked);
   const at::Tensor coords = coords_.contiguous();
   if (coords.size(0) == 0) return at::empty_like(coords);
   const FlooredRuns runs = floor_to_runs(coords, factor.data());
@@ -261,9 +261,9 @@ at::Tensor downsample_coords_sort_cpu(const at::Tensor& coords_, at::IntArrayRef
 // outputs, numbered by first occurrence as downsample_coords_* numbers them, and every input
 // becomes neighbour k of its run's output.
 std::tuple<at::Tensor, at::Tensor> downsample_tiling_cpu(const at::Tensor& coords_, at::IntArrayRef kernel_size,
-                                                         at::IntArrayRef tensor_stride) {
+                                                         at::IntArrayRef tensor_stride, bool checked) {
   int32_t K = 0;
-  const Tiling tiling = check_tiling(coords_, kernel_size, tensor_stride, &K);
+  const Tiling tiling = check_tiling(coords_, kernel_size, tensor_stride, &K, checked);
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
   if (n == 0) return {at::empty_like(coords), at::full({0, K}, -1, coords.options())};

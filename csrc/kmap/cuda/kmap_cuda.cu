@@ -139,10 +139,11 @@ at::Tensor pack_coords_cuda(const at::Tensor& coords) {
   return pack_rows_cuda(coords.contiguous());
 }
 
+// checked: the duplicate flag is not read back, so nothing synchronises.
 at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                                const at::Tensor& offsets_, bool symmetric) {
+                                const at::Tensor& offsets_, bool symmetric, bool checked) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
-  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
   if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
 
   const OwnedHashTable owned = make_hash_table(args.n_in, -1, args.in_coords.options());
@@ -151,7 +152,7 @@ at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& 
   insert_rows_kernel<<<blocks_for(args.n_in), kThreads, 0, stream()>>>(
       table, args.in_coords.data_ptr<int32_t>(), args.n_in, duplicate.data_ptr<int>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
+  if (!checked) check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
 
   const int32_t queried = num_queried_offsets(args.K, symmetric);
   kmap_hash_kernel<<<blocks_for(args.n_out * queried), kThreads, 0, stream()>>>(
@@ -162,17 +163,19 @@ at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& 
 }
 
 at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                                const at::Tensor& offsets_, bool symmetric) {
+                                const at::Tensor& offsets_, bool symmetric, bool checked) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
-  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric);
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
   if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
 
   auto [sorted_keys, sorted_rows] = at::sort(pack_rows_cuda(args.in_coords), /*stable=*/true, 0, false);
-  at::Tensor duplicate = at::zeros({1}, args.in_coords.options());
-  adjacent_equal_kernel<<<blocks_for(args.n_in), kThreads, 0, stream()>>>(
-      sorted_keys.data_ptr<int64_t>(), args.n_in, duplicate.data_ptr<int>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
+  if (!checked) {
+    at::Tensor duplicate = at::zeros({1}, args.in_coords.options());
+    adjacent_equal_kernel<<<blocks_for(args.n_in), kThreads, 0, stream()>>>(
+        sorted_keys.data_ptr<int64_t>(), args.n_in, duplicate.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
+  }
 
   const int32_t queried = num_queried_offsets(args.K, symmetric);
   kmap_search_kernel<<<blocks_for(args.n_out * queried), kThreads, 0, stream()>>>(
@@ -184,9 +187,9 @@ at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& 
 }
 
 at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride) {
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
-  const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride);
+  const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride, checked);
   at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
   const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
   if (n_in == 0 || n_out == 0) return neighbors;
@@ -202,6 +205,7 @@ at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_
       owned.view, inputs.in_coords.data_ptr<int32_t>(), inputs.tiling, inputs.K, n_in,
       neighbors.data_ptr<int32_t>(), flag + 2);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (checked) return neighbors;
   const at::Tensor seen = flags.cpu();
   check_cell_corners(seen[0].item<int>() != 0);
   check_no_duplicates(seen[1].item<int>() != 0, "out_coords");
@@ -209,15 +213,18 @@ at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_
   return neighbors;
 }
 
-at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_);
+at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_, bool checked);
 
-// Composed of the two ops it fuses on the CPU: downsampling, then the tiling map.
+// Composed of the two ops it fuses on the CPU: downsampling (coordinates checked there unless
+// checked), then the tiling map of the outputs it made (the map's own checks for the inputs'
+// duplicates only then).
 std::tuple<at::Tensor, at::Tensor> downsample_tiling_cuda(const at::Tensor& coords, at::IntArrayRef kernel_size,
-                                                          at::IntArrayRef tensor_stride) {
+                                                          at::IntArrayRef tensor_stride, bool checked) {
   int32_t K = 0;
-  const Tiling tiling = check_tiling(coords, kernel_size, tensor_stride, &K);
-  const at::Tensor out_coords = downsample_coords_hash_cuda(coords, {tiling.cell[0], tiling.cell[1], tiling.cell[2]});
-  return {out_coords, kmap_tiling_cuda(coords, out_coords, kernel_size, tensor_stride)};
+  const Tiling tiling = check_tiling(coords, kernel_size, tensor_stride, &K, checked);
+  const at::Tensor out_coords =
+      downsample_coords_hash_cuda(coords, {tiling.cell[0], tiling.cell[1], tiling.cell[2]}, /*checked=*/true);
+  return {out_coords, kmap_tiling_cuda(coords, out_coords, kernel_size, tensor_stride, checked)};
 }
 
 // Floors coords to multiples of factor. Returns (floored int32 [N, 4], keys int64 [N]).
@@ -231,13 +238,13 @@ std::tuple<at::Tensor, at::Tensor> floor_rows_cuda(const at::Tensor& coords, con
   return {floored, keys};
 }
 
-Factor checked_factor(const at::Tensor& coords, at::IntArrayRef factor) {
-  const auto f = check_downsample_inputs(coords, factor);
+Factor checked_factor(const at::Tensor& coords, at::IntArrayRef factor, bool checked) {
+  const auto f = check_downsample_inputs(coords, factor, checked);
   return {{f[0], f[1], f[2]}};
 }
 
-at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_) {
-  const Factor factor = checked_factor(coords_, factor_);
+at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRef factor_, bool checked) {
+  const Factor factor = checked_factor(coords_, factor_, checked);
   const c10::OptionalDeviceGuard guard(at::device_of(coords_));
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
@@ -254,8 +261,8 @@ at::Tensor downsample_coords_hash_cuda(const at::Tensor& coords_, at::IntArrayRe
   return floored.index({is_first});
 }
 
-at::Tensor downsample_coords_sort_cuda(const at::Tensor& coords_, at::IntArrayRef factor_) {
-  const Factor factor = checked_factor(coords_, factor_);
+at::Tensor downsample_coords_sort_cuda(const at::Tensor& coords_, at::IntArrayRef factor_, bool checked) {
+  const Factor factor = checked_factor(coords_, factor_, checked);
   const c10::OptionalDeviceGuard guard(at::device_of(coords_));
   const at::Tensor coords = coords_.contiguous();
   const int64_t n = coords.size(0);
@@ -299,9 +306,9 @@ at::Tensor kmap_bitmask_cuda(const at::Tensor& neighbors_) {
   return bitmask;
 }
 
-at::Tensor kmap_transpose_cuda(const at::Tensor& neighbors_, int64_t num_in) {
+at::Tensor kmap_transpose_cuda(const at::Tensor& neighbors_, int64_t num_in, bool checked) {
   const c10::OptionalDeviceGuard guard(at::device_of(neighbors_));
-  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in);  // [N_in, K], [N_out, K]
+  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in, checked);  // [N_in, K], [N_out, K]
   const int64_t n = neighbors.size(0), K = neighbors.size(1);
   if (n * K > 0) {
     transpose_kernel<<<blocks_for(n * K), kThreads, 0, stream()>>>(neighbors.data_ptr<int32_t>(), n, K,
