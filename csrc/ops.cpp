@@ -22,16 +22,22 @@ TORCH_LIBRARY(pointsparse, m) {
   // in_coords int32 [N_in, 4], out_coords int32 [N_out, 4], offsets int32 [K, 3] in coordinate
   // units -> neighbors int32 [N_out, K]: row of in_coords at out_coords[o] + offsets[k], -1 if none.
   // symmetric: submanifold map of an odd centred kernel (out_coords == in_coords).
+  // Hash table of the rows of coords (packed key -> row), to hand to the ops below for every map
+  // on the same coordinates: (keys int64, values int32), both [capacity]. Duplicates raise (on CUDA
+  // unless checked).
+  m.def("coords_hash_table(Tensor coords, bool checked=False) -> (Tensor keys, Tensor values)");
+  // table_keys / table_values: coords_hash_table of in_coords, queried instead of a new table.
   m.def("build_kmap_hash(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric, "
-        "bool checked=False) -> Tensor");
+        "bool checked=False, Tensor? table_keys=None, Tensor? table_values=None) -> Tensor");
   m.def("build_kmap_sort(Tensor in_coords, Tensor out_coords, Tensor offsets, bool symmetric, "
         "bool checked=False) -> Tensor");
   // Kernel map of a kernel that tiles its stride (sizes even or 1, offsets 0 .. k-1 in units of
   // tensor_stride, conv stride = kernel size, no dilation): out_coords are cell corners and each
   // input is found by one hash lookup of its corner -> neighbors int32 [N_out, K] equal to
   // build_kmap_* with the same offsets.
+  // table_keys / table_values: coords_hash_table of out_coords.
   m.def("kmap_tiling(Tensor in_coords, Tensor out_coords, int[3] kernel_size, int[3] tensor_stride, "
-        "bool checked=False) -> Tensor");
+        "bool checked=False, Tensor? table_keys=None, Tensor? table_values=None) -> Tensor");
   // Downsampling to the cells of a tiling kernel and its map in one pass: (out_coords int32
   // [N_out, 4] as downsample_coords_* gives them for factor kernel_size * tensor_stride,
   // neighbors int32 [N_out, K] as kmap_tiling gives them).

@@ -313,11 +313,16 @@ class KernelMapCache:
     # Strides whose coordinates are known valid (in range, unique): checked by the first map built on
     # them, or made by the library. Later builds there skip the checks (on CUDA: no read-back).
     checked: Set[Triple] = field(default_factory=set)
+    # Hash tables (ops.coords_hash_table) of coords[t], built by the first HASH map that needs one and
+    # queried by every later map there: submanifold maps of any size or dilation, strided maps
+    # leaving t, and the tiling map arriving at t (whose downsampling made the coordinates).
+    tables: Dict[Triple, ops.kmap.HashTable] = field(default_factory=dict)
 
     def __setstate__(self, state: dict) -> None:
         # Unpickled and deep-copied tensors start new version counters.
         self.__dict__.update(state)
         self.__dict__.setdefault("checked", set())
+        self.__dict__.setdefault("tables", {})
         self.versions = {stride: coords._version for stride, coords in self.coords.items()}
 
 
@@ -397,15 +402,27 @@ def downsample_coords(coords: Tensor, factor: Triple, algo: Optional[KernelMapAl
     return down(coords, factor, checked)
 
 
+def coords_table(cache: KernelMapCache, stride: Triple, coords: Tensor, checked: bool) -> ops.kmap.HashTable:
+    """The family's hash table of ``coords``, its coordinates at ``stride``: built on first use (with
+    the checks of ``checked``), then shared by every map there."""
+    table = cache.tables.get(stride)
+    if table is None:
+        table = cache.tables[stride] = ops.coords_hash_table(coords, checked)
+    return table
+
+
 def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTriple,
                      stride: IntOrTriple = 1, dilation: IntOrTriple = 1,
                      config: ConvConfig = ConvConfig(),
-                     out_coords: Optional[Tensor] = None, *, checked: bool = False) -> KernelMap:
+                     out_coords: Optional[Tensor] = None, *, checked: bool = False,
+                     cache: Optional[KernelMapCache] = None) -> KernelMap:
     """Uncached forward (non-transposed) map from ``coords`` int32 ``[N, 4]`` at ``tensor_stride``.
 
     ``out_coords`` may supply the coarser coordinates of a strided conv (they must be what
     downsampling would give, possibly in another order); by default they are computed.
     ``checked``: ``coords`` (and ``out_coords``) are known valid, so the build checks no values.
+    ``cache``: the family of ``coords`` (and of ``out_coords``, when given): a HASH build queries its
+    hash tables (:func:`coords_table`) instead of building one per map.
     """
     size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     dil = as_triple(dilation, "dilation", planar=1)
@@ -413,22 +430,30 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     submanifold = step == (1, 1, 1)
     out_stride = _mul(tensor_stride, step)
     tiling = not submanifold and _kernel_tiles_stride(size, step, dil)
+    algo = config.kmap or default_kmap_algo(coords.device)
+    shared = cache is not None and algo is KernelMapAlgo.HASH
     if submanifold and size == (1, 1, 1):  # every row is its own one neighbour: nothing to search
         rows = torch.arange(coords.shape[0], dtype=torch.int32, device=coords.device)
         return KernelMap(rows[:, None], torch.tensor([0, coords.shape[0]]), rows, rows, coords, out_stride,
                          coords.shape[0], check_ranges=False)
     if submanifold:
         out_coords = coords
-    elif tiling and out_coords is None:
+    elif tiling and out_coords is None and not (shared and out_stride not in cache.coords):
         out_coords, neighbors = ops.downsample_tiling(coords, size, tensor_stride, checked)
         return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])
-    elif out_coords is None:
-        out_coords = downsample_coords(coords, out_stride, config.kmap, checked)
+    made = out_coords is None
+    if made:  # (a tiling map into a new stride of the family comes here, so that it keeps their table)
+        out_coords = downsample_coords(coords, out_stride, algo, checked)
     if tiling:
-        neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride, checked)
+        table = coords_table(cache, out_stride, out_coords, checked or made) if shared else None
+        neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride, checked, table)
     else:
         symmetric = submanifold and all(s % 2 == 1 for s in size)
-        neighbors = build_neighbors(coords, out_coords, offsets, symmetric, config.kmap, checked)
+        if shared:
+            table = coords_table(cache, tensor_stride, coords, checked)
+            neighbors = ops.build_kmap_hash(coords, out_coords, offsets, symmetric, checked, table)
+        else:
+            neighbors = build_neighbors(coords, out_coords, offsets, symmetric, algo, checked)
     return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])
 
 
@@ -466,7 +491,8 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
             known = None if out_stride in cache.foreign else cache.coords.get(out_stride)
             kmap = build_kernel_map(coords, tensor_stride, key.kernel_size, key.stride, key.dilation, config,
                                     out_coords=known,
-                                    checked=checked and (known is None or out_stride in cache.checked))
+                                    checked=checked and (known is None or out_stride in cache.checked),
+                                    cache=cache)
         if kmap.out_stride not in cache.coords:
             register_coords(cache, kmap.out_stride, kmap.out_coords)
             cache.ranges[kmap.out_stride] = kmap.out_range

@@ -46,6 +46,7 @@ def valid_calls(device: str) -> Dict[str, Tuple]:
     grad = torch.randn(kmap.num_out, 5, generator=gen).to(device)
     coords, feats = x.coords, x.feats
     cells = ops.downsample_tiling(coords, [2, 2, 2], [1, 1, 1])[0]
+    table, cell_table = ops.coords_hash_table(coords), ops.coords_hash_table(cells)
     pairs = (kmap.offset_ptr, kmap.in_idx, kmap.out_idx)
     mean, var = feats.mean(0), feats.var(0, unbiased=False)
     ones, zeros = torch.ones(4, device=device), torch.zeros(4, device=device)
@@ -57,6 +58,16 @@ def valid_calls(device: str) -> Dict[str, Tuple]:
         "build_kmap_sort": (coords, coords, kernel_offsets(3).to(device), True),
         "kmap_tiling": (coords, cells, [2, 2, 2], [1, 1, 1]),
         "downsample_tiling": (coords, [2, 2, 2], [1, 1, 1]),
+        "coords_hash_table": (coords,),
+        # the library's checked calls: values trusted, so a wrong one must still never crash
+        "coords_hash_table@checked": (coords, True),
+        "build_kmap_hash@table": (coords, coords, kernel_offsets(3).to(device), True, True, *table),
+        "build_kmap_sort@checked": (coords, coords, kernel_offsets(3).to(device), True, True),
+        "downsample_coords_hash@checked": (coords, [2, 2, 2], True),
+        "downsample_coords_sort@checked": (coords, [2, 2, 2], True),
+        "kmap_tiling@table": (coords, cells, [2, 2, 2], [1, 1, 1], True, *cell_table),
+        "downsample_tiling@checked": (coords, [2, 2, 2], [1, 1, 1], True),
+        "kmap_transpose@checked": (kmap.neighbors, kmap.num_in, True),
         "kmap_csr": (kmap.neighbors,),
         "kmap_transpose": (kmap.neighbors, kmap.num_in),
         "kmap_reorder": (kmap.neighbors, 2, 8, True),
@@ -126,7 +137,7 @@ def main(argv=None) -> int:
     unexpected = []
     calls = 0
     for name, valid in valid_calls(args.device).items():
-        op = getattr(torch.ops.pointsparse, name)
+        op = getattr(torch.ops.pointsparse, name.split("@")[0])  # name@variant: another call of the op
         op(*valid)  # the valid call works
         for i, value in enumerate(valid):
             for what, wrong in wrong_values(value, args.host_checked_only):

@@ -54,7 +54,8 @@ def emulated(tmp_path_factory):
 
 
 def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
-    """Output [N_out, C_out] of the emulated kernel (float32; float64 for float64 inputs)."""
+    """Output [N_out, C_out] of the emulated kernel: in the inputs' dtype from the tiled kernels, as on
+    the device; float32 (float64 for float64 inputs) from the SIMT kernel's accumulators."""
     K, C_in, C_out = weight.shape
     n_out = neighbors.shape[0]
     splits, tiles, words = reordering.tile_masks.shape
@@ -62,7 +63,8 @@ def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
     neighbors = neighbors.contiguous()
     order, masks = reordering.order.contiguous(), reordering.tile_masks.contiguous()
     acc_dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
-    acc = torch.full((n_out, C_out), float("nan"), dtype=acc_dtype)  # every entry must be written
+    out_dtype = acc_dtype if kernel == SIMT else feats.dtype
+    acc = torch.full((n_out, C_out), float("nan"), dtype=out_dtype)  # every entry must be written
     error = ctypes.create_string_buffer(512)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     status = entry.ps_emulated_implicit(
@@ -220,6 +222,8 @@ def test_the_emulation_catches_a_misaligned_wmma_pointer(emulated, tmp_path):
     (broken / "implicit_kernels.cuh").write_text(
         source.replace(needle, needle.replace("a + warp_row", "a + 1 + warp_row"))
         .replace('#include "../conv_element.h"', f'#include "{REPO}/csrc/conv/conv_element.h"'))
+    # the weight-gradient kernels include the (broken) copy beside them
+    (broken / "implicit_weight_grad_kernels.cuh").write_text((KERNELS.parent / "implicit_weight_grad_kernels.cuh").read_text())
     entry = entry_point(build_emulated(tmp_path / "libbroken.so", tmp_path, flags=("-O1",)))
     feats, weight, kmap = layer(16, 16, seed=6)
     reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))

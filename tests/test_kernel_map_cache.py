@@ -229,3 +229,45 @@ def test_a_map_takes_all_three_pair_arrays_or_none():
         ps.KernelMap(kmap.neighbors, kmap.offset_ptr, None, None, kmap.out_coords, (1, 1, 1), 5)
     handed = ps.KernelMap(kmap.neighbors, *kmap.pairs, kmap.out_coords, (1, 1, 1), 5)
     assert handed.has_pairs and not handed.trusted and kmap.trusted
+
+
+def test_hash_maps_share_one_table_per_stride(monkeypatch):
+    # Issue 26: with HASH, every map at a stride queries the family's one table of its coordinates:
+    # submanifold maps of any size or dilation, the strided maps that leave it, and the tiling map
+    # that arrives there (its downsampling made the coordinates). Maps equal the unshared ones.
+    config = ps.ConvConfig(kmap=ps.KernelMapAlgo.HASH)
+    made = []
+    original = ps.ops.coords_hash_table
+    monkeypatch.setattr(ps.ops, "coords_hash_table", lambda coords, checked=False: made.append(coords.shape[0])
+                        or original(coords, checked))
+    coords = torch.unique(torch.randint(0, 16, (500, 3), generator=torch.Generator().manual_seed(3)), dim=0)
+    coords = torch.cat([torch.zeros(coords.shape[0], 1, dtype=torch.int64), coords], 1).int()
+    x = SparseTensor(torch.randn(coords.shape[0], 1), coords)
+    maps = [ps.kernel_map(x, 3, config=config), ps.kernel_map(x, 5, dilation=2, config=config),
+            ps.kernel_map(x, 2, 2, config=config), ps.kernel_map(x, 3, 2, config=config)]
+    y = SparseTensor._derive(torch.randn(maps[2].num_out, 1), maps[2].out_coords, (2, 2, 2), x.cache, None)
+    maps += [ps.kernel_map(y, 3, config=config), ps.kernel_map(y, 2, 2, config=config)]
+    assert made == [coords.shape[0], maps[2].num_out, maps[5].num_out]  # one table per stride
+    assert set(x.cache.tables) == {(1, 1, 1), (2, 2, 2), (4, 4, 4)}
+    fresh = SparseTensor(x.feats, x.coords.clone())  # a family of its own, no tables: each map builds one
+    sort = ps.ConvConfig(kmap=ps.KernelMapAlgo.SORT)
+    expected = [ps.kernel_map(fresh, 3, config=sort), ps.kernel_map(fresh, 5, dilation=2, config=sort),
+                ps.kernel_map(fresh, 2, 2, config=sort), ps.kernel_map(fresh, 3, 2, config=sort)]
+    for got, want in zip(maps, expected):
+        assert got.neighbors.equal(want.neighbors) and got.out_coords.equal(want.out_coords)
+
+
+def test_a_hash_table_of_the_wrong_size_or_type_is_refused():
+    coords = line(range(10))
+    keys, values = ps.ops.coords_hash_table(coords)
+    offsets = ps.kernel_offsets(3)
+    with pytest.raises(ValueError, match="must have 16 slots"):
+        ps.ops.build_kmap_hash(coords[:3], coords[:3], offsets, False, table=(keys, values))
+    with pytest.raises(TypeError, match="int64 keys and int32 values"):
+        ps.ops.build_kmap_hash(coords, coords, offsets, False, table=(keys.int(), values))
+    with pytest.raises(ValueError, match="together"):
+        torch.ops.pointsparse.build_kmap_hash(coords, coords, offsets, False, False, keys, None)
+    with pytest.raises(ValueError, match="duplicate"):
+        ps.ops.coords_hash_table(torch.cat([coords, coords[:1]]))
+    table = ps.ops.build_kmap_hash(coords, coords, offsets, False, table=(keys, values))
+    assert table.equal(ps.ops.build_kmap_hash(coords, coords, offsets, False))

@@ -32,11 +32,14 @@ def op_cases(device):
         (ops.kmap_bitmask.default, (neighbors,)),
         (ops.kmap_tiling.default, (coords, coarse, [2, 2, 2], [1, 1, 1])),
         (ops.downsample_tiling.default, (coords, [2, 2, 1], [1, 1, 2])),
+        (ops.coords_hash_table.default, (coords,)),
+        (ops.build_kmap_hash.default, (coords, coords, offsets, True, True, *ops.coords_hash_table(coords))),
+        (ops.kmap_tiling.default, (coords, coarse, [2, 2, 2], [1, 1, 1], True, *ops.coords_hash_table(coarse))),
     ]
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("case", range(11))
+@pytest.mark.parametrize("case", range(14))
 def test_opcheck(device, case):
     op, args = op_cases(device)[case]
     torch.library.opcheck(op, args)

@@ -171,6 +171,26 @@ OwnedHashTable make_hash_table(int64_t n, int32_t fill_value, const at::TensorOp
   return table;
 }
 
+std::optional<OwnedHashTable> given_hash_table(const std::optional<at::Tensor>& keys,
+                                               const std::optional<at::Tensor>& values, const at::Tensor& like,
+                                               int64_t rows, const char* name) {
+  TORCH_CHECK_VALUE(keys.has_value() == values.has_value(), "the hash table of ", name,
+                    " takes table_keys and table_values together, or neither");
+  if (!keys) return std::nullopt;
+  const int64_t capacity = hash_capacity(rows);
+  TORCH_CHECK_TYPE(keys->scalar_type() == at::kLong && values->scalar_type() == at::kInt, "the hash table of ", name,
+                   " must be int64 keys and int32 values (coords_hash_table's), got ", keys->scalar_type(), " and ",
+                   values->scalar_type());
+  TORCH_CHECK_VALUE(keys->dim() == 1 && keys->size(0) == capacity && values->sizes() == keys->sizes(),
+                    "the hash table of ", name, " must have ", capacity, " slots (made by coords_hash_table for its ",
+                    rows, " rows), got ", keys->sizes(), " and ", values->sizes());
+  TORCH_CHECK_VALUE(keys->device() == like.device() && values->device() == like.device(), "the hash table of ",
+                    name, " is on ", keys->device(), " but the coordinates are on ", like.device());
+  OwnedHashTable table{keys->contiguous(), values->contiguous(), {}};
+  table.view = {table.keys.data_ptr<int64_t>(), table.values.data_ptr<int32_t>(), uint64_t(capacity - 1)};
+  return table;
+}
+
 void check_no_duplicates(bool has_duplicates, const char* name) {
   TORCH_CHECK_VALUE(!has_duplicates, name,
                     " holds duplicate coordinates; deduplicate them (e.g. sparse_quantize) first");

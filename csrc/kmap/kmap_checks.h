@@ -9,6 +9,7 @@
 #include <ATen/ATen.h>
 
 #include <array>
+#include <optional>
 
 #include "../common/column_range.h"
 #include "../common/hash_table.h"
@@ -60,6 +61,13 @@ struct OwnedHashTable {
   HashTable view;
 };
 OwnedHashTable make_hash_table(int64_t n, int32_t fill_value, const at::TensorOptions& options);
+
+// A row table handed back in (what coords_hash_table made for `rows` coordinates: keys int64 and
+// values int32 [hash_capacity(rows)] on the device of like), both or neither: its view, or nullopt.
+// Shapes, dtypes and device are checked; the entries are the caller's word.
+std::optional<OwnedHashTable> given_hash_table(const std::optional<at::Tensor>& keys,
+                                               const std::optional<at::Tensor>& values, const at::Tensor& like,
+                                               int64_t rows, const char* name);
 
 // Checked, contiguous inputs of a tiling map (kmap_tiling) and its output filled with -1.
 struct TilingInputs {

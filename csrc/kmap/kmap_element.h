@@ -38,13 +38,15 @@ PS_HD int64_t query_key(const int32_t* out_coords, const int32_t* offsets, int64
                    offsets[3 * k + 2]);
 }
 
-// Hash-table kernel map: neighbour k of output row o.
+// Hash-table kernel map: neighbour k of output row o. A row the table holds past n_in (a table
+// handed in for other coordinates) counts as absent rather than writing out of bounds.
 PS_HD void kmap_hash_element(HashTable table, const int32_t* out_coords, const int32_t* offsets,
-                             int32_t K, bool symmetric, int64_t o, int32_t k, int32_t* neighbors) {
+                             int32_t K, bool symmetric, int64_t o, int32_t k, int64_t n_in, int32_t* neighbors) {
   int32_t i = int32_t(o);
   if (!(symmetric && k == K / 2)) {
     const int64_t key = query_key(out_coords, offsets, o, k);
     i = key == kEmptyKey ? -1 : hash_lookup(table, key);
+    if (i >= n_in) i = -1;
   }
   record_neighbor(neighbors, K, o, k, i, symmetric);
 }
@@ -122,14 +124,14 @@ PS_HD bool record_tiling_neighbor(int32_t* neighbors, int32_t K, int64_t o, int3
 }
 
 PS_HD bool tiling_element(HashTable outputs, const int32_t* in_coords, Tiling tiling, int32_t K,
-                          int64_t i, int32_t* neighbors) {
+                          int64_t i, int64_t n_out, int32_t* neighbors) {
   const int32_t* c = in_coords + 4 * i;
   int32_t corner[4];
   downsample_coord(c, tiling.cell, corner);
   const int32_t k = tiling_offset(c, corner, tiling);
   if (k < 0) return true;
   const int32_t o = hash_lookup(outputs, pack_coord(corner));
-  return o < 0 || record_tiling_neighbor(neighbors, K, o, k, i);
+  return o < 0 || o >= n_out || record_tiling_neighbor(neighbors, K, o, k, i);  // (o >= n_out: a wrong table)
 }
 
 // Whether output row o sits on a cell corner (required of every output of a tiling map).
@@ -156,10 +158,14 @@ PS_HD void bitmask_element(const int32_t* row, int32_t K, int32_t word, int32_t*
 
 // The transposed table: input row i reaches output row o through offset k when
 // neighbors[o, k] == i, so transposed[i, k] = o. Each (i, k) occurs once, so writes never collide.
-// neighbors [N_out, K], transposed [N_in, K] (filled with -1 beforehand).
-PS_HD void transpose_element(const int32_t* neighbors, int64_t K, int64_t o, int64_t k, int32_t* transposed) {
+// neighbors [N_out, K], transposed [N_in, K] (filled with -1 beforehand). Returns false, writing
+// nothing, for an entry past N_in (a table handed in unchecked).
+PS_HD bool transpose_element(const int32_t* neighbors, int64_t K, int64_t o, int64_t k, int64_t n_in,
+                             int32_t* transposed) {
   const int32_t i = neighbors[o * K + k];
+  if (i >= n_in) return false;
   if (i >= 0) transposed[int64_t(i) * K + k] = int32_t(o);
+  return true;
 }
 
 // Word `word` of a row's neighbour mask restricted to the offsets [begin, end) of one split: bit

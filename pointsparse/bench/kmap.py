@@ -1,10 +1,12 @@
 """Kernel-map build times: hash and sort against a naive torch searchsorted reference.
 
 Cases on one voxelised scan: the submanifold 3x3x3 map and the strided k2 s2 map (output
-coordinates included). For each algorithm two numbers: the neighbour table alone by the general
-build (K lookups per output) and the whole KernelMap with its CSR layout (the bitmask is built on
-first use). k2 s2 tiles its stride, so its KernelMap rows run the tiling map (one hash lookup per
-input after the algorithm's downsampling), also timed on its own.
+coordinates included). For each algorithm: the neighbour table alone by the general build (K
+lookups per output), the KernelMap (its table: what the implicit GEMM on CUDA runs), the same for
+coordinates checked before (a later map of the family: no value checks), and the KernelMap with its
+CSR pairs (what gather-GEMM-scatter and FUSED run; built on first use, as the bitmask). k2 s2 tiles
+its stride, so its KernelMap rows run the tiling map (one hash lookup per input after the
+algorithm's downsampling), also timed on its own.
 """
 
 import argparse
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{coords.shape[0]} voxels at {args.voxel_size} m from {args.scan}; "
           f"{env['device']}, {torch.get_num_threads()} threads, torch {env['torch']}")
     results: Dict[str, Dict[str, object]] = {}
-    header = f"{'case':<16}{'variant':<28}{'median ms':>11}{'best ms':>10}{'naive / this':>14}"
+    header = f"{'case':<16}{'variant':<40}{'median ms':>11}{'best ms':>10}{'naive / this':>14}"
     print(header)
     print("-" * len(header))
     for case, (kernel_size, stride) in CASES.items():
@@ -76,6 +78,11 @@ def run(args: argparse.Namespace) -> int:
                 lambda: ours_neighbors(coords, kernel_size, stride, algo), args.repeats)
             rows[f"{algo.value}: KernelMap"] = time_ms(
                 lambda: build_kernel_map(coords, (1, 1, 1), kernel_size, stride, config=config), args.repeats)
+            rows[f"{algo.value}: KernelMap, checked"] = time_ms(
+                lambda: build_kernel_map(coords, (1, 1, 1), kernel_size, stride, config=config, checked=True),
+                args.repeats)
+            rows[f"{algo.value}: KernelMap + CSR"] = time_ms(
+                lambda: build_kernel_map(coords, (1, 1, 1), kernel_size, stride, config=config).pairs, args.repeats)
         if stride > 1 and kernel_size == stride and kernel_size % 2 == 0:
             # What the KernelMap rows run for this case: the tiling map, one lookup per input.
             rows["tiling: neighbors (incl. output coords)"] = time_ms(
@@ -83,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
                                         (kernel_size,) * 3, (1, 1, 1)), args.repeats)
         for name, timing in rows.items():
             timing["speedup_vs_naive"] = naive["median_ms"] / timing["median_ms"]
-            print(f"{case:<16}{name:<28}{timing['median_ms']:>11.2f}{timing['best_ms']:>10.2f}"
+            print(f"{case:<16}{name:<40}{timing['median_ms']:>11.2f}{timing['best_ms']:>10.2f}"
                   f"{timing['speedup_vs_naive']:>13.1f}x")
         results[case] = {"num_in": coords.shape[0], "num_out": int(naive_out.shape[0]), **rows}
     write_json(args.out, {"benchmark": "kmap", "scan": args.scan, "voxel_size": args.voxel_size,

@@ -9,7 +9,7 @@ marks an absent neighbour.
 checked, ranges, duplicates and symmetry are not, so that a CUDA build reads nothing back to the host.
 """
 
-from typing import Sequence, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -52,13 +52,25 @@ def downsample_coords_sort(coords: Tensor, factor: Sequence[int], checked: bool 
     return _ops.downsample_coords_sort(coords, list(factor), checked)
 
 
+HashTable = Tuple[Tensor, Tensor]  # (keys int64 [capacity], values int32 [capacity]) of coords_hash_table
+
+
+def coords_hash_table(coords: Tensor, checked: bool = False) -> HashTable:
+    """The hash table of the rows of coords int32 ``[N, 4]`` (row i at its packed key), to hand to
+    :func:`build_kmap_hash` (as ``in_coords``' table) and :func:`kmap_tiling` (as ``out_coords``') for
+    every map on these coordinates instead of a table per map. Duplicates raise ``ValueError``."""
+    return _ops.coords_hash_table(coords, checked)
+
+
 def build_kmap_hash(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
-                    checked: bool = False) -> Tensor:
+                    checked: bool = False, table: Optional[HashTable] = None) -> Tensor:
     """Neighbour table int32 ``[N_out, K]``: the row of ``in_coords`` (int32 ``[N_in, 4]``) at
     ``out_coords[o] + offsets[k]``, or -1. ``offsets``: int32 ``[K, 3]`` in coordinate units.
     ``symmetric``: a submanifold map of an odd centred kernel (``out_coords`` is ``in_coords``),
-    built from half the queries. Duplicate input coordinates raise ``ValueError``."""
-    return _ops.build_kmap_hash(in_coords, out_coords, offsets, symmetric, checked)
+    built from half the queries. Duplicate input coordinates raise ``ValueError``. ``table``: the
+    :func:`coords_hash_table` of ``in_coords``, queried instead of building one."""
+    keys, values = table or (None, None)
+    return _ops.build_kmap_hash(in_coords, out_coords, offsets, symmetric, checked, keys, values)
 
 
 def build_kmap_sort(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
@@ -96,13 +108,15 @@ def kmap_bitmask(neighbors: Tensor) -> Tensor:
 
 
 def kmap_tiling(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
-                tensor_stride: Sequence[int], checked: bool = False) -> Tensor:
+                tensor_stride: Sequence[int], checked: bool = False, table: Optional[HashTable] = None) -> Tensor:
     """Neighbour table int32 ``[N_out, K]`` of a kernel that tiles its stride: sizes even or 1
     (offsets ``0 .. k-1`` times ``tensor_stride``), conv stride equal to the kernel size, no
     dilation. ``out_coords`` must be the cell corners (multiples of ``kernel_size *
     tensor_stride``); each input finds its output by one hash lookup of its corner. Equal to
-    ``build_kmap_*`` with the same offsets; duplicates or off-corner outputs raise ``ValueError``."""
-    return _ops.kmap_tiling(in_coords, out_coords, list(kernel_size), list(tensor_stride), checked)
+    ``build_kmap_*`` with the same offsets; duplicates or off-corner outputs raise ``ValueError``.
+    ``table``: the :func:`coords_hash_table` of ``out_coords``."""
+    keys, values = table or (None, None)
+    return _ops.kmap_tiling(in_coords, out_coords, list(kernel_size), list(tensor_stride), checked, keys, values)
 
 
 def downsample_tiling(coords: Tensor, kernel_size: Sequence[int],
@@ -128,8 +142,15 @@ torch.library.register_fake("pointsparse::downsample_coords_sort", _downsample_f
 
 
 def _build_kmap_fake(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symmetric: bool,
-                     checked: bool = False) -> Tensor:
+                     checked: bool = False, table_keys: Optional[Tensor] = None,
+                     table_values: Optional[Tensor] = None) -> Tensor:
     return out_coords.new_empty((out_coords.shape[0], offsets.shape[0]))
+
+
+@torch.library.register_fake("pointsparse::coords_hash_table")
+def _coords_hash_table_fake(coords: Tensor, checked: bool = False) -> HashTable:
+    capacity = torch.library.get_ctx().new_dynamic_size()  # a power of two >= 4 N
+    return coords.new_empty((capacity,), dtype=torch.int64), coords.new_empty((capacity,))
 
 
 torch.library.register_fake("pointsparse::build_kmap_hash", _build_kmap_fake)
@@ -138,7 +159,8 @@ torch.library.register_fake("pointsparse::build_kmap_sort", _build_kmap_fake)
 
 @torch.library.register_fake("pointsparse::kmap_tiling")
 def _kmap_tiling_fake(in_coords: Tensor, out_coords: Tensor, kernel_size: Sequence[int],
-                      tensor_stride: Sequence[int], checked: bool = False) -> Tensor:
+                      tensor_stride: Sequence[int], checked: bool = False, table_keys: Optional[Tensor] = None,
+                      table_values: Optional[Tensor] = None) -> Tensor:
     return out_coords.new_empty((out_coords.shape[0], kernel_size[0] * kernel_size[1] * kernel_size[2]))
 
 

@@ -9,6 +9,7 @@
 #include "conv/cuda/implicit_kernels.cuh"
 #include "conv/cuda/implicit_weight_grad_kernels.cuh"
 
+#include <cmath>
 #include <cstring>
 #include <limits>
 #include <vector>
@@ -20,33 +21,38 @@ using namespace pointsparse::implicit_gemm;
 enum Kernel { kSimt = 0, kTensorCore = 1, kFmaTile = 2 };
 enum DType { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kFloat64 = 3 };
 
+// out: [n_out, C_out] in Acc for the SIMT kernel, in T for the tiled ones (which sum splits in a
+// float buffer of their own, as conv_implicit_cuda does).
 template <typename T, typename Acc>
 std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neighbors, int64_t K,
                 const int32_t* order, const int32_t* tile_masks, int64_t words, int64_t n_out, int64_t tile_rows,
-                int64_t tiles, int64_t splits, const void* weight, int64_t C_out, void* acc) {
+                int64_t tiles, int64_t splits, const void* weight, int64_t C_out, void* out) {
   const T* f = static_cast<const T*>(feats);
   const T* w = static_cast<const T*>(weight);
   std::string failure;
   // As conv_implicit_cuda launches them; a failed split stops the rest, as on the device.
   const auto each_split = [&](const auto& launch) {
     for_each_split(order, tile_masks, splits, n_out, tiles, words,
-                   [&](const int32_t* split_order, const int32_t* masks, bool assign) {
-                     if (failure.empty()) failure = launch(split_order, masks, assign);
+                   [&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
+                     if (failure.empty()) failure = launch(split_order, masks, assign, last);
                    });
   };
   if (kernel == kSimt) {
-    each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
+    each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool) {
       return emulation::launch(simt::grid(tiles, C_out), simt::block(), &simt::implicit_kernel<T, Acc>, f, C_in,
                                neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign,
-                               static_cast<Acc*>(acc));
+                               static_cast<Acc*>(out));
     });
   } else if constexpr (std::is_same_v<Acc, float> && !std::is_same_v<T, double>) {
     if (kernel == kFmaTile && !std::is_same_v<T, float>) return "the FMA tiles are for float32";
     const auto tiled_kernel = tiled::kernel_for<T>(C_out, kernel == kTensorCore);
-    each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
+    std::vector<float> sums;  // the float buffer of several splits; float32 sums in out itself
+    if (splits > 1 && !std::is_same_v<T, float>) sums.assign(size_t(n_out * C_out), std::nanf(""));
+    float* acc = std::is_same_v<T, float> ? static_cast<float*>(out) : sums.empty() ? nullptr : sums.data();
+    each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
       return emulation::launch(tiled::grid(tiles, C_out), dim3(tiled::kThreadsPerBlock), tiled_kernel, f, C_in,
-                               neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign,
-                               static_cast<float*>(acc));
+                               neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign, last,
+                               acc, static_cast<T*>(out));
     });
   } else {
     return "no tiled kernel for this type";
@@ -119,8 +125,8 @@ extern "C" int ps_emulated_weight_grad(int kernel, int dtype, const void* feats,
                 error, error_size);
 }
 
-// acc: float32 [n_out, C_out] (float64 for float64 inputs). Returns 0, or 1 with the failed kernel
-// assertion (or an unsupported combination) in error.
+// out: [n_out, C_out], float32 (float64 for float64 inputs) for the SIMT kernel, the inputs' dtype for
+// the tiled ones. Returns 0, or 1 with the failed kernel assertion (or an unsupported combination) in error.
 extern "C" int ps_emulated_implicit(int kernel, int dtype, const void* feats, int64_t C_in, const int32_t* neighbors,
                                     int64_t K, const int32_t* order, const int32_t* tile_masks, int64_t words,
                                     int64_t n_out, int64_t tile_rows, int64_t tiles, int64_t splits,

@@ -20,10 +20,12 @@
 namespace pointsparse {
 namespace {
 
-// Splits run in order (the first assigns), each one launch over its tiles, summed in float32 (half /
-// bfloat16 round once, at the end). On sm_80+ the tiled kernel: tensor cores for half / bfloat16,
-// and for float32 as TF32 when torch allows it (as for cuBLAS), FP32 FMA tiles for exact float32;
-// else, and for float64, the SIMT kernel. Neighbour rows are asserted in range per element.
+// Splits run in order (the first assigns), each one launch over its tiles, summed in float32. On
+// sm_80+ the tiled kernel: tensor cores for half / bfloat16, and for float32 as TF32 when torch allows
+// it (as for cuBLAS), FP32 FMA tiles for exact float32; the last split writes the output in its dtype
+// from the float sums (half / bfloat16 round once; one split needs no float buffer). Else, and for
+// float64, the SIMT kernel into an accumulator of the op-math type. Neighbour rows are asserted in
+// range per element.
 at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight_, const at::Tensor& neighbors,
                               const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
                               const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
@@ -33,53 +35,57 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
   const ImplicitInputs in = check_conv_implicit(feats_, weight_, neighbors, order, tile_masks, tile_rows);
   const at::Tensor weight = weight_.contiguous();  // [K, C_in, C_out]
   const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
-  at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(in.feats.scalar_type())));
-  if (n_out * C_out > 0 && in.tiles > 0) {
-    const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
-    const at::ScalarType dtype = in.feats.scalar_type();
-    const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
-                       at::cuda::getCurrentDeviceProperties()->major >= 8;
-    const auto for_each_split = [&](const auto& launch) {
-      const int32_t* order_ptr = in.order.data_ptr<int32_t>();
-      const int32_t* masks_ptr = in.tile_masks.data_ptr<int32_t>();
-      implicit_gemm::for_each_split(order_ptr, masks_ptr, in.splits, n_out, in.tiles, in.words,
-                                    [&](const int32_t* split_order, const int32_t* masks, bool assign) {
-                                      launch(split_order, masks, assign);
-                                      C10_CUDA_KERNEL_LAUNCH_CHECK();
-                                    });
-    };
-    if (tiled) {
-      namespace tc = implicit_gemm::tiled;
-      const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
-      const auto run = [&](auto element) {
-        using scalar_t = decltype(element);
-        const auto kernel = tc::kernel_for<scalar_t>(C_out, tensor_cores);
-        for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
-          kernel<<<tc::grid(in.tiles, C_out), tc::kThreadsPerBlock, 0, at::cuda::getCurrentCUDAStream()>>>(
-              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
-              weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<float>());
-        });
-      };
-      if (dtype == at::kFloat) {
-        run(float());
-      } else if (dtype == at::kHalf) {
-        run(c10::Half());
-      } else {
-        run(c10::BFloat16());
-      }
-    } else {
-      namespace simt = implicit_gemm::simt;
-      AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, in.feats.scalar_type(), "conv_implicit_cuda", [&] {
-        using acc_t = at::opmath_type<scalar_t>;
-        for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign) {
-          simt::implicit_kernel<<<simt::grid(in.tiles, C_out), simt::block(), 0, at::cuda::getCurrentCUDAStream()>>>(
-              in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
-              weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<acc_t>());
-        });
+  const at::ScalarType dtype = in.feats.scalar_type();
+  if (n_out * C_out == 0 || in.tiles == 0) return at::zeros({n_out, C_out}, in.feats.options());
+  const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
+  const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
+  const auto for_each_split = [&](const auto& launch) {
+    implicit_gemm::for_each_split(in.order.data_ptr<int32_t>(), in.tile_masks.data_ptr<int32_t>(), in.splits, n_out,
+                                  in.tiles, in.words,
+                                  [&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
+                                    launch(split_order, masks, assign, last);
+                                    C10_CUDA_KERNEL_LAUNCH_CHECK();
+                                  });
+  };
+  const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
+                     at::cuda::getCurrentDeviceProperties()->major >= 8;
+  if (tiled) {
+    namespace tc = implicit_gemm::tiled;
+    const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
+    at::Tensor out = at::empty({n_out, C_out}, in.feats.options());  // every row written by the last split
+    at::Tensor acc = dtype == at::kFloat ? out
+                     : in.splits > 1     ? at::empty({n_out, C_out}, in.feats.options().dtype(at::kFloat))
+                                         : at::Tensor();
+    const auto run = [&](auto element) {
+      using scalar_t = decltype(element);
+      const auto kernel = tc::kernel_for<scalar_t>(C_out, tensor_cores);
+      float* acc_ptr = acc.defined() ? acc.data_ptr<float>() : nullptr;
+      for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
+        kernel<<<tc::grid(in.tiles, C_out), tc::kThreadsPerBlock, 0, stream>>>(
+            in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
+            weight.data_ptr<scalar_t>(), C_out, assign, last, acc_ptr, out.data_ptr<scalar_t>());
       });
+    };
+    if (dtype == at::kFloat) {
+      run(float());
+    } else if (dtype == at::kHalf) {
+      run(c10::Half());
+    } else {
+      run(c10::BFloat16());
     }
+    return out;
   }
-  return acc.scalar_type() == in.feats.scalar_type() ? acc : acc.to(in.feats.scalar_type());
+  namespace simt = implicit_gemm::simt;
+  at::Tensor acc = at::empty({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(dtype)));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool) {
+      simt::implicit_kernel<<<simt::grid(in.tiles, C_out), simt::block(), 0, stream>>>(
+          in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
+          weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<acc_t>());
+    });
+  });
+  return acc.scalar_type() == dtype ? acc : acc.to(dtype);
 }
 
 // Split-K over chunks of the forward's reorder tiles: enough chunks for about 8 blocks per SM, each

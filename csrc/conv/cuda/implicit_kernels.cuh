@@ -25,11 +25,12 @@ namespace pointsparse {
 namespace implicit_gemm {
 
 // The splits run in order, one launch each, the first assigning and the others adding:
-// launch(order, masks, assign) with split s's order [N_out] and tile masks [tiles, words].
+// launch(order, masks, assign, last) with split s's order [N_out] and tile masks [tiles, words]; the
+// last split writes the output (the tiled kernels round the float sums to the output's type there).
 template <typename Launch>
 void for_each_split(const int32_t* order, const int32_t* masks, int64_t splits, int64_t n_out, int64_t tiles,
                     int64_t words, const Launch& launch) {
-  for (int64_t s = 0; s < splits; ++s) launch(order + s * n_out, masks + s * tiles * words, s == 0);
+  for (int64_t s = 0; s < splits; ++s) launch(order + s * n_out, masks + s * tiles * words, s == 0, s == splits - 1);
 }
 
 // SIMT kernel: block (tile t, 32 output columns), its 8 thread rows walk the tile's rows, one
@@ -291,12 +292,16 @@ struct FmaTile {
 };
 #endif
 
-// Grid (tiles, ceil(C_out / kCols)) of kThreadsPerBlock threads; acc float [N_out, C_out]; the other
-// arguments as for simt::implicit_kernel. kTensorCores false (float32 only): FP32 FMAs, exact.
+// Grid (tiles, ceil(C_out / kCols)) of kThreadsPerBlock threads; the other arguments as for
+// simt::implicit_kernel, but the sums go to acc float [N_out, C_out] (assigned by the first split,
+// added to by the others) and the last split writes acc + its sum, rounded once, to out [N_out, C_out]
+// in T: a single split needs no acc (nullptr), and for float32 acc may be out. kTensorCores false
+// (float32 only): FP32 FMAs, exact.
 template <typename T, int kCols, bool kTensorCores = true>
 __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K,
                                 const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
-                                int64_t tile_rows, const T* weight_, int64_t C_out, bool assign, float* acc) {
+                                int64_t tile_rows, const T* weight_, int64_t C_out, bool assign, bool last,
+                                float* acc, T* out) {
 #if PS_TENSOR_CORE_ARCH
   static_assert(kTensorCores || std::is_same_v<T, float>, "the FMA tiles are for float32");
   using Tile = std::conditional_t<kTensorCores, TensorCoreTile<T, kCols>, FmaTile<kCols>>;
@@ -350,10 +355,15 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
     __syncthreads();
     for (int e = threadIdx.x; e < kRows * kCols; e += kThreadsPerBlock) {
       const int r = e / kCols, j = e % kCols;
-      const int32_t out = rows_s[r];
-      if (out < 0 || col0 + j >= C_out) continue;
-      float* dst = acc + int64_t(out) * C_out + col0 + j;
-      *dst = assign ? c_s[e] : *dst + c_s[e];
+      const int32_t o = rows_s[r];
+      if (o < 0 || col0 + j >= C_out) continue;
+      const int64_t at = int64_t(o) * C_out + col0 + j;
+      const float sum = assign ? c_s[e] : acc[at] + c_s[e];
+      if (last) {
+        out[at] = T(sum);
+      } else {
+        acc[at] = sum;
+      }
     }
     __syncthreads();
   }

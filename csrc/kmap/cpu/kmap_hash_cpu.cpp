@@ -14,16 +14,31 @@ namespace {
 
 constexpr int64_t kGrain = 1024;
 
-// Duplicates are found while inserting (no extra pass), so they raise even when checked.
-at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                               const at::Tensor& offsets_, bool symmetric, bool checked) {
-  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
-  if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
+// The table of coords' rows (row i at its packed key); duplicates raise (found while inserting, no
+// extra pass, so even for checked coordinates).
+OwnedHashTable row_table(const at::Tensor& coords, const char* name) {
+  const OwnedHashTable table = make_hash_table(coords.size(0), -1, coords.options());
+  const int32_t* ptr = coords.data_ptr<int32_t>();
+  check_no_duplicates(any_row(coords.size(0), [&](int64_t i) { return insert_row_element(table.view, ptr, i); }),
+                      name);
+  return table;
+}
 
-  const OwnedHashTable table = make_hash_table(args.n_in, -1, args.in_coords.options());
-  const int32_t* in_ptr = args.in_coords.data_ptr<int32_t>();
-  check_no_duplicates(any_row(args.n_in, [&](int64_t i) { return insert_row_element(table.view, in_ptr, i); }),
-                      "in_coords");
+std::tuple<at::Tensor, at::Tensor> coords_hash_table_cpu(const at::Tensor& coords_, bool checked) {
+  check_coords(coords_, "coords", checked);
+  const OwnedHashTable table = row_table(coords_.contiguous(), "coords");
+  return {table.keys, table.values};
+}
+
+at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
+                               const at::Tensor& offsets_, bool symmetric, bool checked,
+                               const std::optional<at::Tensor>& table_keys,
+                               const std::optional<at::Tensor>& table_values) {
+  const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
+  const std::optional<OwnedHashTable> given =
+      given_hash_table(table_keys, table_values, args.in_coords, args.n_in, "in_coords");
+  if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
+  const OwnedHashTable table = given ? *given : row_table(args.in_coords, "in_coords");
 
   const int32_t* out_ptr = args.out_coords.data_ptr<int32_t>();
   const int32_t* off_ptr = args.offsets.data_ptr<int32_t>();
@@ -32,7 +47,7 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
   at::parallel_for(0, args.n_out, kGrain, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
       for (int32_t k = 0; k < queried; ++k) {
-        kmap_hash_element(table.view, out_ptr, off_ptr, args.K, symmetric, o, k, nbr_ptr);
+        kmap_hash_element(table.view, out_ptr, off_ptr, args.K, symmetric, o, k, args.n_in, nbr_ptr);
       }
     }
   });
@@ -40,22 +55,23 @@ at::Tensor build_kmap_hash_cpu(const at::Tensor& in_coords_, const at::Tensor& o
 }
 
 at::Tensor kmap_tiling_cpu(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                           at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked) {
+                           at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked,
+                           const std::optional<at::Tensor>& table_keys, const std::optional<at::Tensor>& table_values) {
   const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride, checked);
   at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
   const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
+  const std::optional<OwnedHashTable> given =
+      given_hash_table(table_keys, table_values, inputs.out_coords, n_out, "out_coords");
   if (n_in == 0 || n_out == 0) return neighbors;
   const int32_t* in_ptr = inputs.in_coords.data_ptr<int32_t>();
   const int32_t* out_ptr = inputs.out_coords.data_ptr<int32_t>();
   const Tiling tiling = inputs.tiling;
   check_cell_corners(any_row(n_out, [&](int64_t o) { return !is_cell_corner_element(out_ptr, tiling, o); }));
 
-  const OwnedHashTable table = make_hash_table(n_out, -1, inputs.out_coords.options());
-  check_no_duplicates(any_row(n_out, [&](int64_t o) { return insert_row_element(table.view, out_ptr, o); }),
-                      "out_coords");
+  const OwnedHashTable table = given ? *given : row_table(inputs.out_coords, "out_coords");
   int32_t* nbr_ptr = neighbors.data_ptr<int32_t>();
   check_no_duplicates(any_row(n_in, [&](int64_t i) {
-                        return !tiling_element(table.view, in_ptr, tiling, inputs.K, i, nbr_ptr);
+                        return !tiling_element(table.view, in_ptr, tiling, inputs.K, i, n_out, nbr_ptr);
                       }),
                       "in_coords");
   return neighbors;
@@ -90,6 +106,7 @@ at::Tensor downsample_coords_hash_cpu(const at::Tensor& coords_, at::IntArrayRef
 }  // namespace
 
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
+  m.impl("coords_hash_table", &coords_hash_table_cpu);
   m.impl("build_kmap_hash", &build_kmap_hash_cpu);
   m.impl("downsample_coords_hash", &downsample_coords_hash_cpu);
   m.impl("kmap_tiling", &kmap_tiling_cpu);

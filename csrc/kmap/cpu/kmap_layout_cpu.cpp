@@ -160,14 +160,16 @@ at::Tensor kmap_bitmask_cpu(const at::Tensor& neighbors_) {
   return bitmask;
 }
 
-at::Tensor kmap_transpose_cpu(const at::Tensor& neighbors_, int64_t num_in, bool checked) {
-  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in, checked);  // [N_in, K], [N_out, K]
+// The range is checked even when `checked` (one vectorised pass; a wrong entry would write out of
+// bounds).
+at::Tensor kmap_transpose_cpu(const at::Tensor& neighbors_, int64_t num_in, bool /*checked*/) {
+  auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in, /*checked=*/false);  // [N_in, K], [N_out, K]
   const int64_t n = neighbors.size(0), K = neighbors.size(1);
   const int32_t* nbr = neighbors.data_ptr<int32_t>();
   int32_t* out = transposed.data_ptr<int32_t>();
   at::parallel_for(0, n, 2048, [&](int64_t begin, int64_t end) {
     for (int64_t o = begin; o < end; ++o) {
-      for (int64_t k = 0; k < K; ++k) transpose_element(nbr, K, o, k, out);
+      for (int64_t k = 0; k < K; ++k) transpose_element(nbr, K, o, k, num_in, out);
     }
   });
   return transposed;

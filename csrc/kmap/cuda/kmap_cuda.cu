@@ -36,11 +36,11 @@ __global__ void insert_rows_kernel(HashTable table, const int32_t* coords, int64
 
 // One thread per (output row, queried offset).
 __global__ void kmap_hash_kernel(HashTable table, const int32_t* out_coords, const int32_t* offsets,
-                                 int32_t K, bool symmetric, int64_t n_out, int32_t queried,
+                                 int32_t K, bool symmetric, int64_t n_out, int32_t queried, int64_t n_in,
                                  int32_t* neighbors) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= n_out * queried) return;
-  kmap_hash_element(table, out_coords, offsets, K, symmetric, t / queried, int32_t(t % queried),
+  kmap_hash_element(table, out_coords, offsets, K, symmetric, t / queried, int32_t(t % queried), n_in,
                     neighbors);
 }
 
@@ -87,9 +87,9 @@ __global__ void cell_corner_kernel(const int32_t* out_coords, Tiling tiling, int
 }
 
 __global__ void tiling_kernel(HashTable outputs, const int32_t* in_coords, Tiling tiling, int32_t K,
-                              int64_t n, int32_t* neighbors, int* duplicate) {
+                              int64_t n, int64_t n_out, int32_t* neighbors, int* duplicate) {
   const int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (i < n && !tiling_element(outputs, in_coords, tiling, K, i, neighbors)) *duplicate = 1;
+  if (i < n && !tiling_element(outputs, in_coords, tiling, K, i, n_out, neighbors)) *duplicate = 1;
 }
 
 __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, int32_t words,
@@ -100,10 +100,11 @@ __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, i
   bitmask_element(neighbors + o * K, K, int32_t(t % words), bitmask + o * words);
 }
 
-// One thread per (output row, offset).
-__global__ void transpose_kernel(const int32_t* neighbors, int64_t n, int64_t K, int32_t* transposed) {
+// One thread per (output row, offset). An entry past n_in (a checked table that was not) fails the
+// assertion instead of writing out of bounds.
+__global__ void transpose_kernel(const int32_t* neighbors, int64_t n, int64_t K, int64_t n_in, int32_t* transposed) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (t < n * K) transpose_element(neighbors, K, t / K, t % K, transposed);
+  if (t < n * K) CUDA_KERNEL_ASSERT(transpose_element(neighbors, K, t / K, t % K, n_in, transposed));
 }
 
 // One thread per (row, word).
@@ -139,25 +140,43 @@ at::Tensor pack_coords_cuda(const at::Tensor& coords) {
   return pack_rows_cuda(coords.contiguous());
 }
 
-// checked: the duplicate flag is not read back, so nothing synchronises.
+// The table of coords' rows (row i at its packed key); duplicates raise unless checked (reading the
+// flag back is the one synchronisation of a table).
+OwnedHashTable row_table_cuda(const at::Tensor& coords, bool checked, const char* name) {
+  const int64_t n = coords.size(0);
+  const OwnedHashTable table = make_hash_table(n, -1, coords.options());
+  if (n == 0) return table;
+  at::Tensor duplicate = at::zeros({1}, coords.options());
+  insert_rows_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(table.view, coords.data_ptr<int32_t>(), n,
+                                                               duplicate.data_ptr<int>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  if (!checked) check_no_duplicates(duplicate.item<int>() != 0, name);
+  return table;
+}
+
+std::tuple<at::Tensor, at::Tensor> coords_hash_table_cuda(const at::Tensor& coords, bool checked) {
+  check_coords(coords, "coords", checked);
+  const c10::OptionalDeviceGuard guard(at::device_of(coords));
+  const OwnedHashTable table = row_table_cuda(coords.contiguous(), checked, "coords");
+  return {table.keys, table.values};
+}
+
+// A table handed in (the family's, for in_coords) is queried as it is; else one is built.
 at::Tensor build_kmap_hash_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                                const at::Tensor& offsets_, bool symmetric, bool checked) {
+                                const at::Tensor& offsets_, bool symmetric, bool checked,
+                                const std::optional<at::Tensor>& table_keys,
+                                const std::optional<at::Tensor>& table_values) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
   const KmapInputs args = prepare_kmap(in_coords_, out_coords_, offsets_, symmetric, checked);
+  const std::optional<OwnedHashTable> given =
+      given_hash_table(table_keys, table_values, args.in_coords, args.n_in, "in_coords");
   if (args.n_in == 0 || args.n_out == 0) return args.neighbors;
-
-  const OwnedHashTable owned = make_hash_table(args.n_in, -1, args.in_coords.options());
-  const HashTable table = owned.view;
-  at::Tensor duplicate = at::zeros({1}, args.in_coords.options());
-  insert_rows_kernel<<<blocks_for(args.n_in), kThreads, 0, stream()>>>(
-      table, args.in_coords.data_ptr<int32_t>(), args.n_in, duplicate.data_ptr<int>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (!checked) check_no_duplicates(duplicate.item<int>() != 0, "in_coords");
+  const OwnedHashTable owned = given ? *given : row_table_cuda(args.in_coords, checked, "in_coords");
 
   const int32_t queried = num_queried_offsets(args.K, symmetric);
   kmap_hash_kernel<<<blocks_for(args.n_out * queried), kThreads, 0, stream()>>>(
-      table, args.out_coords.data_ptr<int32_t>(), args.offsets.data_ptr<int32_t>(), args.K, symmetric, args.n_out,
-      queried, args.neighbors.data_ptr<int32_t>());
+      owned.view, args.out_coords.data_ptr<int32_t>(), args.offsets.data_ptr<int32_t>(), args.K, symmetric,
+      args.n_out, queried, args.n_in, args.neighbors.data_ptr<int32_t>());
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return args.neighbors;
 }
@@ -187,22 +206,30 @@ at::Tensor build_kmap_sort_cuda(const at::Tensor& in_coords_, const at::Tensor& 
 }
 
 at::Tensor kmap_tiling_cuda(const at::Tensor& in_coords_, const at::Tensor& out_coords_,
-                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked) {
+                            at::IntArrayRef kernel_size, at::IntArrayRef tensor_stride, bool checked,
+                            const std::optional<at::Tensor>& table_keys, const std::optional<at::Tensor>& table_values) {
   const c10::OptionalDeviceGuard guard(at::device_of(in_coords_));
   const TilingInputs inputs = prepare_tiling(in_coords_, out_coords_, kernel_size, tensor_stride, checked);
   at::Tensor neighbors = inputs.neighbors;  // [N_out, K]
   const int64_t n_in = inputs.in_coords.size(0), n_out = inputs.out_coords.size(0);
+  const std::optional<OwnedHashTable> given =
+      given_hash_table(table_keys, table_values, inputs.out_coords, n_out, "out_coords");
   if (n_in == 0 || n_out == 0) return neighbors;
   const int32_t* out_ptr = inputs.out_coords.data_ptr<int32_t>();
   at::Tensor flags = at::zeros({3}, inputs.out_coords.options());  // off corner, duplicate out, duplicate in
   int* flag = flags.data_ptr<int>();
   cell_corner_kernel<<<blocks_for(n_out), kThreads, 0, stream()>>>(out_ptr, inputs.tiling, n_out, flag);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-  const OwnedHashTable owned = make_hash_table(n_out, -1, inputs.out_coords.options());
-  insert_rows_kernel<<<blocks_for(n_out), kThreads, 0, stream()>>>(owned.view, out_ptr, n_out, flag + 1);
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  OwnedHashTable owned;
+  if (given) {
+    owned = *given;
+  } else {
+    owned = make_hash_table(n_out, -1, inputs.out_coords.options());
+    insert_rows_kernel<<<blocks_for(n_out), kThreads, 0, stream()>>>(owned.view, out_ptr, n_out, flag + 1);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
   tiling_kernel<<<blocks_for(n_in), kThreads, 0, stream()>>>(
-      owned.view, inputs.in_coords.data_ptr<int32_t>(), inputs.tiling, inputs.K, n_in,
+      owned.view, inputs.in_coords.data_ptr<int32_t>(), inputs.tiling, inputs.K, n_in, n_out,
       neighbors.data_ptr<int32_t>(), flag + 2);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   if (checked) return neighbors;
@@ -224,7 +251,8 @@ std::tuple<at::Tensor, at::Tensor> downsample_tiling_cuda(const at::Tensor& coor
   const Tiling tiling = check_tiling(coords, kernel_size, tensor_stride, &K, checked);
   const at::Tensor out_coords =
       downsample_coords_hash_cuda(coords, {tiling.cell[0], tiling.cell[1], tiling.cell[2]}, /*checked=*/true);
-  return {out_coords, kmap_tiling_cuda(coords, out_coords, kernel_size, tensor_stride, checked)};
+  return {out_coords, kmap_tiling_cuda(coords, out_coords, kernel_size, tensor_stride, checked, std::nullopt,
+                                      std::nullopt)};
 }
 
 // Floors coords to multiples of factor. Returns (floored int32 [N, 4], keys int64 [N]).
@@ -311,7 +339,7 @@ at::Tensor kmap_transpose_cuda(const at::Tensor& neighbors_, int64_t num_in, boo
   auto [transposed, neighbors] = prepare_transpose(neighbors_, num_in, checked);  // [N_in, K], [N_out, K]
   const int64_t n = neighbors.size(0), K = neighbors.size(1);
   if (n * K > 0) {
-    transpose_kernel<<<blocks_for(n * K), kThreads, 0, stream()>>>(neighbors.data_ptr<int32_t>(), n, K,
+    transpose_kernel<<<blocks_for(n * K), kThreads, 0, stream()>>>(neighbors.data_ptr<int32_t>(), n, K, num_in,
                                                                     transposed.data_ptr<int32_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   }
@@ -353,6 +381,7 @@ TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
   m.impl("kmap_tiling", &kmap_tiling_cuda);
   m.impl("downsample_tiling", &downsample_tiling_cuda);
   m.impl("downsample_coords_sort", &downsample_coords_sort_cuda);
+  m.impl("coords_hash_table", &coords_hash_table_cuda);
   m.impl("build_kmap_hash", &build_kmap_hash_cuda);
   m.impl("build_kmap_sort", &build_kmap_sort_cuda);
   m.impl("kmap_csr", &kmap_csr_cuda);
