@@ -43,7 +43,7 @@ TORCH_LIBRARY(pointsparse, m) {
   // neighbors int32 [N_out, K] as kmap_tiling gives them).
   m.def("downsample_tiling(Tensor coords, int[3] kernel_size, int[3] tensor_stride, bool checked=False) "
         "-> (Tensor, Tensor)");
-  // neighbors int32 [N_out, K] -> per-offset pairs as CSR: offset_ptr int64 [K + 1],
+  // neighbors int32 [N_out, K] -> per-offset pairs as CSR: offset_ptr int64 [K + 1] on the CPU,
   // in_idx int32 [P], out_idx int32 [P]; pairs of offset k sit in offset_ptr[k] .. offset_ptr[k+1]
   // with out_idx ascending.
   m.def("kmap_csr(Tensor neighbors) -> (Tensor offset_ptr, Tensor in_idx, Tensor out_idx)");
@@ -104,6 +104,11 @@ TORCH_LIBRARY(pointsparse, m) {
   m.def("conv_implicit(Tensor feats, Tensor weight, Tensor neighbors, Tensor order, Tensor tile_masks, "
         "Tensor neighbors_t, Tensor order_t, Tensor tile_masks_t, Tensor offset_ptr, Tensor in_idx, "
         "Tensor out_idx, int tile_rows) -> Tensor");
+  // conv_implicit ending in relu?(out * scale + shift [+ residual]) per output channel (an eval-mode
+  // batch norm, a residual block's addition, a ReLU), applied to the float sums before they are
+  // rounded to the output's dtype (CUDA: in the tiled kernel's store). Inference: no autograd.
+  m.def("conv_implicit_affine_relu(Tensor feats, Tensor weight, Tensor neighbors, Tensor order, Tensor tile_masks, "
+        "int tile_rows, Tensor scale, Tensor shift, bool relu, Tensor? residual=None) -> Tensor");
   // Weight gradient of conv_implicit: [K, C_in, C_out], deterministic. CUDA reads the neighbour table
   // in the forward's order and tiles (split-K partial sums added in a fixed order: no pair lists);
   // the CPU runs the pairs (offset_ptr / in_idx / out_idx) through the fused kernels.

@@ -24,7 +24,8 @@ class Epilogue:
     ``relu?(y * scale + shift [+ residual.feats])`` per channel — an eval-mode batch norm (``scale``,
     ``shift`` ``[C_out]``), a residual block's addition (``residual`` at the conv's output
     coordinates) and a ReLU. The fused CPU dataflow applies it to each block of output rows while the
-    block is in cache (float32 / float64 without autocast); other dataflows after the conv."""
+    block is in cache (float32 / float64 without autocast), the implicit GEMM on CUDA in its kernel's
+    store for inference; other dataflows after the conv."""
 
     scale: Tensor
     shift: Tensor
@@ -83,12 +84,14 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     residual = epilogue.residual
     if residual is not None and not same_coords(residual, kmap.out_coords, kmap.out_stride):
         raise ValueError("the epilogue's residual must be at the conv's output coordinates and stride")
-    if spec.run_epilogue is None or not epilogue._fuses_with(x.feats) or weight.dtype != x.feats.dtype:
+    feats = None
+    if spec.run_epilogue is not None:  # in the dataflow's kernels, where they take the operands
+        shift = epilogue.shift if bias is None else epilogue.shift + bias * epilogue.scale  # (y + b) s + t
+        feats = spec.run_epilogue(x.feats, weight, kmap, identity, config, epilogue.scale, shift, epilogue.relu,
+                                  None if residual is None else residual.feats.contiguous())  # [N_out, C_out]
+    if feats is None:
         out = conv_output(x, kmap, spec.run(x.feats, weight, kmap, identity, config), bias)
         return out.with_feats(epilogue.apply(out.feats))
-    shift = epilogue.shift if bias is None else epilogue.shift + bias * epilogue.scale  # (y + b) s + t
-    feats = spec.run_epilogue(x.feats, weight, kmap, identity, config, epilogue.scale, shift, epilogue.relu,
-                              None if residual is None else residual.feats.contiguous())  # [N_out, C_out]
     return conv_output(x, kmap, feats)
 
 

@@ -449,9 +449,9 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
         neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride, checked, table)
     else:
         symmetric = submanifold and all(s % 2 == 1 for s in size)
-        if shared:
+        if shared:  # the table checked coords if nothing had: a submanifold map has nothing left to check
             table = coords_table(cache, tensor_stride, coords, checked)
-            neighbors = ops.build_kmap_hash(coords, out_coords, offsets, symmetric, checked, table)
+            neighbors = ops.build_kmap_hash(coords, out_coords, offsets, symmetric, checked or submanifold, table)
         else:
             neighbors = build_neighbors(coords, out_coords, offsets, symmetric, algo, checked)
     return KernelMap.from_neighbors(neighbors, out_coords, out_stride, coords.shape[0])

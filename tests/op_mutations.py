@@ -79,6 +79,8 @@ def valid_calls(device: str) -> Dict[str, Tuple]:
         "conv_implicit": (feats, weight, kmap.neighbors, forward.order, forward.tile_masks, kmap.neighbors_t,
                           backward.order, backward.tile_masks, *pairs, 8),
         "conv_implicit_weight_grad": (feats, grad, kmap.neighbors, forward.order, forward.tile_masks, 8, *pairs),
+        "conv_implicit_affine_relu": (feats, weight, kmap.neighbors, forward.order, forward.tile_masks, 8,
+                                      torch.ones(5, device=device), torch.zeros(5, device=device), True, grad.clone()),
     }
     if device == "cpu":  # the fused kernels and the fused norms run on the CPU only
         calls.update({

@@ -237,3 +237,55 @@ def test_torch_compile_fullgraph_of_blocks_with_their_norms_inside_the_convs():
         eager = net(x)  # builds the maps into x.cache
         compiled = torch.compile(lambda f: net(x.with_feats(f)).feats, fullgraph=True)
         torch.testing.assert_close(compiled(x.feats.clone()), eager.feats)
+
+
+def implicit_case(dtype=torch.float32, c_in=6, c_out=9, device="cpu"):
+    x = random_tensor(num_points=500, channels=c_in, span=10, seed=4, dtype=dtype, device=device)
+    kmap = ps.kernel_map(x, 3)
+    reordering = ps.dataflows.implicit.reordering(kmap, ps.ImplicitGemmConfig(32, True, 2))
+    weight = torch.randn(27, c_in, c_out, generator=torch.Generator().manual_seed(5), dtype=dtype).to(device)
+    return x, kmap, reordering, weight
+
+
+def test_the_implicit_epilogue_op_equals_the_conv_then_the_affine():
+    # The reference the CUDA kernels' store is held to (tests/test_implicit_kernels.py), and its checks.
+    x, kmap, reordering, weight = implicit_case(torch.float64)
+    scale, shift = affine(9, torch.float64)
+    residual = torch.randn(kmap.num_out, 9, dtype=torch.float64)
+    args = (x.feats, weight, kmap.neighbors, reordering.order, reordering.tile_masks, 32)
+    conv = ps.ops.conv_implicit(*args[:5], kmap.neighbors_t, reordering.order, reordering.tile_masks, *kmap.pairs, 32)
+    for relu, res in ((True, residual), (False, None)):
+        got = ps.ops.conv_implicit_affine_relu(*args, scale, shift, relu, res)
+        torch.testing.assert_close(got, reference(conv, scale, shift, relu, res))
+    torch.library.opcheck(ops.conv_implicit_affine_relu.default, (*args, scale, shift, True, residual),
+                          test_utils=("test_schema", "test_faketensor"))
+    with pytest.raises(ValueError, match=r"scale must have shape \[C_out = 9\]"):
+        ps.ops.conv_implicit_affine_relu(*args, scale[:4], shift, True)
+    with pytest.raises(TypeError, match="residual dtype"):
+        ps.ops.conv_implicit_affine_relu(*args, scale, shift, True, residual.float())
+    with pytest.raises(ValueError, match="residual must have shape"):
+        ps.ops.conv_implicit_affine_relu(*args, scale, shift, True, residual[:-1])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_an_inference_epilogue_runs_in_the_cuda_implicit_kernel(monkeypatch, dtype):
+    # conv3d on CUDA in inference hands the epilogue to the implicit GEMM's store; the result equals
+    # the conv followed by the affine (one rounding fewer), and training still takes the unfused path.
+    x, kmap, reordering, weight = implicit_case(dtype, 16, 32, "cuda")
+    scale, shift = (t.to(dtype).cuda() for t in affine(32, torch.float32))
+    residual = ps.SparseTensor._derive(torch.randn(x.coords.shape[0], 32, dtype=dtype, device="cuda"), x.coords,
+                                       x.stride, x.cache, None)
+    config = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM)
+    calls = []
+    original = ps.ops.conv_implicit_affine_relu
+    monkeypatch.setattr(ps.ops, "conv_implicit_affine_relu", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad():
+        fused = F.conv3d(x, weight, kernel_size=3, config=config, epilogue=F.Epilogue(scale, shift, True, residual))
+        plain = F.conv3d(x, weight, kernel_size=3, config=config)
+    assert calls == [1]
+    expected = reference(plain.feats.float(), scale.float(), shift.float(), True, residual.feats.float())
+    torch.testing.assert_close(fused.feats.float(), expected, rtol=2e-2, atol=2e-2)
+    F.conv3d(x.with_feats(x.feats.requires_grad_()), weight, kernel_size=3, config=config,
+             epilogue=F.Epilogue(scale, shift, True, residual))
+    assert calls == [1]

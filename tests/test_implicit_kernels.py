@@ -53,9 +53,10 @@ def emulated(tmp_path_factory):
     return entry_point(build_emulated(tmp_path_factory.mktemp("emulation") / "libimplicit_emulated.so"))
 
 
-def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
+def run_emulated(entry, kernel, feats, weight, neighbors, reordering, epilogue=None):
     """Output [N_out, C_out] of the emulated kernel: in the inputs' dtype from the tiled kernels, as on
-    the device; float32 (float64 for float64 inputs) from the SIMT kernel's accumulators."""
+    the device; float32 (float64 for float64 inputs) from the SIMT kernel's accumulators. ``epilogue``:
+    (scale, shift, residual or None, relu) for the tiled kernels' store."""
     K, C_in, C_out = weight.shape
     n_out = neighbors.shape[0]
     splits, tiles, words = reordering.tile_masks.shape
@@ -65,13 +66,18 @@ def run_emulated(entry, kernel, feats, weight, neighbors, reordering):
     acc_dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
     out_dtype = acc_dtype if kernel == SIMT else feats.dtype
     acc = torch.full((n_out, C_out), float("nan"), dtype=out_dtype)  # every entry must be written
+    scale, shift, residual, relu = epilogue or (None, None, None, False)
+    if scale is not None:
+        scale, shift = scale.float().contiguous(), shift.float().contiguous()
+        residual = None if residual is None else residual.to(feats.dtype).contiguous()
+    address = lambda t: ptr(None if t is None else t.data_ptr())  # noqa: E731
     error = ctypes.create_string_buffer(512)
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     status = entry.ps_emulated_implicit(
         ctypes.c_int(kernel), ctypes.c_int(DTYPES[feats.dtype]), ptr(feats.data_ptr()), i64(C_in),
         ptr(neighbors.data_ptr()), i64(K), ptr(order.data_ptr()), ptr(masks.data_ptr()), i64(words), i64(n_out),
         i64(reordering.tile_rows), i64(tiles), i64(splits), ptr(weight.data_ptr()), i64(C_out), ptr(acc.data_ptr()),
-        error, i64(len(error)))
+        address(scale), address(shift), address(residual), ctypes.c_int(relu), error, i64(len(error)))
     assert status == 0, error.value.decode()
     return acc
 
@@ -201,6 +207,27 @@ def test_tiled_kernels_on_a_real_scan(run, kernel, dtype, kernel_size, stride, c
     assert relative_error(result, reference(feats, weight, kmap, reordering)) < 1e-5
 
 
+@pytest.mark.parametrize("kernel,dtype,tolerance", TILED, ids=TILED_IDS)
+@pytest.mark.parametrize("splits,with_residual", [(1, True), (2, False)])
+def test_the_epilogue_in_the_tiled_store_matches_the_cpu(kernel, dtype, tolerance, splits, with_residual, emulated):
+    # An eval-mode batch norm, a residual and a ReLU applied to the float sums before the output is
+    # rounded (conv_implicit_affine_relu on CUDA), against the CPU op in float64.
+    feats, weight, kmap = layer(13, 40, seed=21 + splits)
+    feats, weight = feats.to(dtype), weight.to(dtype)
+    generator = torch.Generator().manual_seed(splits)
+    scale, shift = torch.rand(40, generator=generator, dtype=torch.float64) + 0.5, torch.randn(40, generator=generator,
+                                                                                              dtype=torch.float64)
+    residual = torch.randn(kmap.num_out, 40, generator=generator, dtype=torch.float64).to(dtype) if with_residual else None
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, splits))
+    result = run_emulated(emulated, kernel, feats, weight, kmap.neighbors, reordering,
+                          (scale.to(dtype), shift.to(dtype), residual, True))
+    expected = ps.ops.conv_implicit_affine_relu(
+        feats.double(), weight.double(), kmap.neighbors, reordering.order, reordering.tile_masks, reordering.tile_rows,
+        scale.to(dtype).double(), shift.to(dtype).double(), True, None if residual is None else residual.double())
+    assert (expected == 0).float().mean() > 0.2  # the ReLU clips some
+    assert relative_error(result, expected) < tolerance
+
+
 def test_an_output_row_out_of_range_fails_the_kernel_assertion(emulated):
     feats, weight, kmap = layer(4, 8, seed=5)
     reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 1))
@@ -303,9 +330,8 @@ WEIGHT_GRAD_IDS = [*TILED_IDS, "simt float64", "simt float32"]
 
 
 @pytest.mark.parametrize("kernel,dtype,tolerance", WEIGHT_GRAD_KERNELS, ids=WEIGHT_GRAD_IDS)
-@pytest.mark.parametrize("tile_rows,reorder,splits,tiles_per_chunk", [(32, True, 1, 1), (16, False, 2, 3),
-                                                                      (64, True, 3, 2), (48, True, 2, 100),
-                                                                      (128, False, 1, 1)])
+@pytest.mark.parametrize("tile_rows,reorder,splits,tiles_per_chunk", [(16, False, 2, 3), (64, True, 3, 2),
+                                                                      (48, True, 2, 100)])
 def test_weight_grad_kernels_match_the_cpu(run_weight_grad, kernel, dtype, tolerance, tile_rows, reorder, splits,
                                            tiles_per_chunk):
     # 13 -> 40 channels: a partial tile of input channels and a partial second column block; tile
@@ -321,7 +347,7 @@ def test_weight_grad_kernels_match_the_cpu(run_weight_grad, kernel, dtype, toler
 
 
 @pytest.mark.parametrize("kernel,dtype,tolerance", [TILED[0], TILED[2], TILED[3]], ids=[TILED_IDS[0], *TILED_IDS[2:]])
-@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
+@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (32, 64), (40, 33), (72, 40)])
 def test_weight_grad_kernels_on_channel_counts(run_weight_grad, kernel, dtype, tolerance, C_in, C_out):
     # Rows staged by 16-byte copies where the channel count allows and element by element elsewhere;
     # one or several tiles of input channels and blocks of output channels.

@@ -191,17 +191,19 @@ def ops_transpose(kmap):
     return ps.ops.kmap_transpose(kmap.neighbors, kmap.num_in)
 
 
-def test_bad_coordinates_still_raise_at_their_first_map():
+@pytest.mark.parametrize("algo", list(ps.KernelMapAlgo))
+def test_bad_coordinates_still_raise_at_their_first_map(algo):
+    config = ps.ConvConfig(kmap=algo)  # HASH: the family's table checks them
     duplicated = torch.tensor([[0, 1, 1, 1], [0, 2, 1, 1], [0, 1, 1, 1]], dtype=torch.int32)
     with pytest.raises(ValueError, match="duplicate"):
-        ps.kernel_map(SparseTensor(torch.randn(3, 1), duplicated), 3)
+        ps.kernel_map(SparseTensor(torch.randn(3, 1), duplicated), 3, config=config)
     far = torch.tensor([[0, 1, 1, 1], [0, 200000, 1, 1]], dtype=torch.int32)
     x = SparseTensor(torch.randn(2, 1), far)
     with pytest.raises(ValueError, match="x coordinates must be in"):
-        ps.kernel_map(x, 3)
+        ps.kernel_map(x, 3, config=config)
     assert not x.cache.checked  # a failed build vouches for nothing
     with pytest.raises(ValueError, match="x coordinates must be in"):
-        ps.kernel_map(x, 2, 2)
+        ps.kernel_map(x, 2, 2, config=config)
 
 
 def test_checked_downsampling_by_a_factor_that_does_not_divide_two_to_the_17_keeps_its_range_check():

@@ -183,6 +183,25 @@ ImplicitInputs check_conv_implicit_weight_grad(const at::Tensor& feats, const at
   return check_implicit_table(feats, neighbors.size(1), neighbors, order, tile_masks, tile_rows, entries);
 }
 
+void check_implicit_epilogue(const at::Tensor& feats, int64_t n_out, int64_t C_out, const at::Tensor& scale,
+                             const at::Tensor& shift, const std::optional<at::Tensor>& residual) {
+  for (const auto& [tensor, name] : {std::pair<const at::Tensor*, const char*>{&scale, "scale"}, {&shift, "shift"}}) {
+    TORCH_CHECK_TYPE(at::isFloatingType(tensor->scalar_type()), name, " must be floating point, got ",
+                     tensor->scalar_type());
+    TORCH_CHECK_VALUE(tensor->dim() == 1 && tensor->size(0) == C_out, name, " must have shape [C_out = ", C_out,
+                      "], got ", tensor->sizes());
+    TORCH_CHECK_VALUE(tensor->device() == feats.device(), name, " is on ", tensor->device(), " but feats are on ",
+                      feats.device());
+  }
+  if (!residual) return;
+  TORCH_CHECK_TYPE(residual->scalar_type() == feats.scalar_type(), "residual dtype ", residual->scalar_type(),
+                   " differs from feats dtype ", feats.scalar_type());
+  TORCH_CHECK_VALUE(residual->dim() == 2 && residual->size(0) == n_out && residual->size(1) == C_out,
+                    "residual must have shape [N_out = ", n_out, ", C_out = ", C_out, "], got ", residual->sizes());
+  TORCH_CHECK_VALUE(residual->device() == feats.device(), "residual is on ", residual->device(),
+                    " but feats are on ", feats.device());
+}
+
 at::Tensor check_pair_positions(const at::Tensor& pos, int64_t rows, const ConvPairs& pairs, const char* name) {
   TORCH_CHECK_TYPE(pos.scalar_type() == at::kInt, name, " must be int32, got ", pos.scalar_type());
   TORCH_CHECK_VALUE(pos.dim() == 2 && pos.size(0) == rows && pos.size(1) == pairs.K, name,

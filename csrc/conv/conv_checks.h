@@ -6,6 +6,8 @@
 
 #include <ATen/ATen.h>
 
+#include <optional>
+
 namespace pointsparse {
 
 // Checked, contiguous operands of a convolution over per-offset pairs (CSR).
@@ -54,6 +56,11 @@ ImplicitInputs check_conv_implicit(const at::Tensor& feats, const at::Tensor& we
 ImplicitInputs check_conv_implicit_weight_grad(const at::Tensor& feats, const at::Tensor& grad_out,
                                                const at::Tensor& neighbors, const at::Tensor& order,
                                                const at::Tensor& tile_masks, int64_t tile_rows, bool entries);
+
+// The epilogue of conv_implicit_affine_relu with n_out x C_out outputs: scale and shift floating
+// [C_out] on feats' device, residual (when given) [n_out, C_out] of feats' dtype and device.
+void check_implicit_epilogue(const at::Tensor& feats, int64_t n_out, int64_t C_out, const at::Tensor& scale,
+                             const at::Tensor& shift, const std::optional<at::Tensor>& residual);
 
 // pos: int32 [rows, K] on feats' device, pair index of (row, offset) or -1 (grouped dataflow).
 // Shape, dtype and device only: the entries are checked where they are read (an error on the CPU,

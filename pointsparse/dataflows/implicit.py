@@ -2,7 +2,7 @@
 offsets skipped per tile, no atomics (:mod:`pointsparse.ops.conv_implicit`; config, reordering and
 exact accounting: :mod:`pointsparse.implicit`)."""
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -36,6 +36,20 @@ def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, co
                              backward.order, backward.tile_masks, *pairs_for(kmap, feats.device), implicit.tile_rows)
 
 
+def run_epilogue(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig,
+                 scale: Tensor, shift: Tensor, relu: bool, residual: Optional[Tensor]) -> Optional[Tensor]:
+    """The conv and its epilogue in the CUDA kernels' store, for inference (nothing requires a
+    gradient, no autocast) with every operand of the features' dtype; None otherwise."""
+    operands = (feats, weight, scale, shift) + (() if residual is None else (residual,))
+    if (feats.device.type != "cuda" or torch.is_autocast_enabled("cuda")
+            or any(t.dtype != feats.dtype for t in operands)
+            or (torch.is_grad_enabled() and any(t.requires_grad for t in operands))):
+        return None
+    forward = reordering(kmap, config.implicit)
+    return ops.conv_implicit_affine_relu(feats, weight, kmap.neighbors, forward.order, forward.tile_masks,
+                                         config.implicit.tile_rows, scale, shift, relu, residual)
+
+
 def pairs_for(kmap: KernelMap, device: torch.device) -> Tuple[Tensor, Tensor, Tensor]:
     """The pairs the op takes: the map's on the CPU (its weight gradient runs them); on CUDA, whose
     kernels read only the tables, empty stand-ins, so the map never builds pair lists there."""
@@ -66,4 +80,4 @@ def work(config: ConvConfig, kmap: KernelMap, identity_offset: int) -> Work:
 
 SPEC = DataflowSpec(Dataflow.IMPLICIT_GEMM, "implicit", frozenset({"cpu", "cuda"}), FLOATS, run,
                     "output-stationary tiles of mask-sorted rows, offsets skipped per tile, no atomics",
-                    candidates, work)
+                    candidates, work, run_epilogue)

@@ -12,7 +12,8 @@ from ..kmap import KernelMap
 from ..work import RowWork
 
 Run = Callable[[Tensor, Tensor, KernelMap, int, ConvConfig], Tensor]
-RunEpilogue = Callable[[Tensor, Tensor, KernelMap, int, ConvConfig, Tensor, Tensor, bool, Optional[Tensor]], Tensor]
+RunEpilogue = Callable[[Tensor, Tensor, KernelMap, int, ConvConfig, Tensor, Tensor, bool, Optional[Tensor]],
+                       Optional[Tensor]]
 
 FLOATS = frozenset({torch.float64, torch.float32, torch.float16, torch.bfloat16})
 
@@ -38,7 +39,7 @@ class DataflowSpec:
     """A dataflow: ``run(feats, weight, kmap, identity_offset, config)`` gives the output features;
     ``run_epilogue`` (where the dataflow can end in an eval-mode batch norm itself,
     :class:`pointsparse.functional.Epilogue`) takes the epilogue's scale, shift, ReLU flag and
-    residual features as well; ``candidates(num_offsets, quick)`` are its strategies for a kernel of
+    residual features as well, and returns None where its kernels do not take these operands; ``candidates(num_offsets, quick)`` are its strategies for a kernel of
     ``num_offsets`` offsets (``quick``: one setting, for tests and smoke runs); ``work(config, kmap,
     identity_offset)`` is the forward pass's work."""
 
@@ -50,7 +51,7 @@ class DataflowSpec:
     summary: str
     candidates: Callable[[int, bool], List[Strategy]]
     work: Callable[[ConvConfig, KernelMap, int], Work]
-    run_epilogue: Optional[RunEpilogue] = None  # float32 / float64 only
+    run_epilogue: Optional[RunEpilogue] = None
 
     def runs_on(self, device: torch.device, dtype: torch.dtype) -> bool:
         return device.type in self.devices and dtype in self.dtypes

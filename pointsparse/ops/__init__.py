@@ -2,7 +2,7 @@
 
 from .conv_fused import conv_fused, conv_fused_affine_relu, conv_fused_weight_grad, linear_fused
 from .conv_ggs import conv_gather_scatter, conv_grouped, conv_grouped_weight_grad, conv_weight_grad
-from .conv_implicit import conv_implicit, conv_implicit_weight_grad
+from .conv_implicit import conv_implicit, conv_implicit_affine_relu, conv_implicit_weight_grad
 from .kmap import (
     BATCH_RANGE,
     COORD_RANGE,
@@ -34,6 +34,7 @@ __all__ = [
     "conv_grouped",
     "conv_grouped_weight_grad",
     "conv_implicit",
+    "conv_implicit_affine_relu",
     "conv_implicit_weight_grad",
     "conv_weight_grad",
     "coords_hash_table",

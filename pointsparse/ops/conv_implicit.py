@@ -21,6 +21,17 @@ def conv_implicit(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tenso
                               offset_ptr, in_idx, out_idx, tile_rows)
 
 
+def conv_implicit_affine_relu(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
+                              tile_rows: int, scale: Tensor, shift: Tensor, relu: bool,
+                              residual: Optional[Tensor] = None) -> Tensor:
+    """``relu?(conv_implicit(...) * scale + shift [+ residual])``: an implicit GEMM ending in an eval-mode
+    batch norm (``scale``, ``shift`` ``[C_out]``), a residual ``[N_out, C_out]`` and a ReLU, applied on
+    CUDA to the float sums in the kernel's store (no pass of its own, one rounding). Inference only:
+    not differentiable."""
+    return OPS.conv_implicit_affine_relu(feats, weight, neighbors, order, tile_masks, tile_rows, scale, shift, relu,
+                                         residual)
+
+
 def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
                               tile_rows: int, offset_ptr: Tensor, in_idx: Tensor, out_idx: Tensor) -> Tensor:
     """``[K, C_in, C_out]`` weight gradient of :func:`conv_implicit`, deterministic: on CUDA from the
@@ -32,6 +43,10 @@ def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, neighbors: Tensor
 
 def _implicit_fake(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr,
                    in_idx, out_idx, tile_rows):
+    return feats.new_empty((neighbors.shape[0], weight.shape[2]))
+
+
+def _implicit_affine_fake(feats, weight, neighbors, order, tile_masks, tile_rows, scale, shift, relu, residual=None):
     return feats.new_empty((neighbors.shape[0], weight.shape[2]))
 
 
@@ -63,6 +78,7 @@ def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
 
 torch.library.register_fake("pointsparse::conv_implicit")(_implicit_fake)
 torch.library.register_fake("pointsparse::conv_implicit_weight_grad")(_implicit_weight_grad_fake)
+torch.library.register_fake("pointsparse::conv_implicit_affine_relu")(_implicit_affine_fake)
 torch.library.register_autograd("pointsparse::conv_implicit", _implicit_backward,
                                 setup_context=_implicit_setup_context)
 register_autocast("pointsparse::conv_implicit")

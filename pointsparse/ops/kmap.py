@@ -82,7 +82,9 @@ def build_kmap_sort(in_coords: Tensor, out_coords: Tensor, offsets: Tensor, symm
 
 def kmap_csr(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     """Per-offset pairs of a neighbour table int32 ``[N_out, K]`` as CSR: ``offset_ptr`` int64
-    ``[K + 1]``, ``in_idx`` and ``out_idx`` int32 ``[P]``; within an offset, ``out_idx`` ascends."""
+    ``[K + 1]`` on the CPU (on CUDA the one synchronisation: the pair count sizes the outputs),
+    ``in_idx`` and ``out_idx`` int32 ``[P]`` on the table's device; within an offset, ``out_idx``
+    ascends."""
     return _ops.kmap_csr(neighbors)
 
 
@@ -175,7 +177,7 @@ def _downsample_tiling_fake(coords: Tensor, kernel_size: Sequence[int],
 @torch.library.register_fake("pointsparse::kmap_csr")
 def _kmap_csr_fake(neighbors: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
     num_pairs = torch.library.get_ctx().new_dynamic_size()
-    offset_ptr = neighbors.new_empty((neighbors.shape[1] + 1,), dtype=torch.int64)
+    offset_ptr = torch.empty((neighbors.shape[1] + 1,), dtype=torch.int64)  # on the CPU, on every device
     return offset_ptr, neighbors.new_empty((num_pairs,)), neighbors.new_empty((num_pairs,))
 
 

@@ -3,6 +3,7 @@
 // registers across offsets (the register-blocked kernels of fused_kernels.h).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <torch/library.h>
@@ -75,6 +76,23 @@ at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight,
   return out;
 }
 
+// The implicit GEMM, then its epilogue on the output in float (half / bfloat16 outputs round twice
+// here, once on CUDA, where the kernel applies it to its float sums).
+at::Tensor conv_implicit_affine_relu_cpu(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
+                                         const at::Tensor& order, const at::Tensor& tile_masks, int64_t tile_rows,
+                                         const at::Tensor& scale, const at::Tensor& shift, bool relu,
+                                         const std::optional<at::Tensor>& residual) {
+  const at::Tensor none = at::empty({0}, neighbors.options());  // the gradients' operands, unread
+  const at::Tensor out = conv_implicit_cpu(feats, weight, neighbors, order, tile_masks, none, none, none,
+                                           none.to(at::kLong), none, none, tile_rows);  // [N_out, C_out]
+  check_implicit_epilogue(feats, out.size(0), out.size(1), scale, shift, residual);
+  const at::ScalarType math = at::toOpMathType(out.scalar_type());
+  at::Tensor z = out.to(math) * scale.to(math) + shift.to(math);
+  if (residual) z += residual->to(math);
+  if (relu) z.relu_();
+  return z.to(out.scalar_type());
+}
+
 // The weight gradient of the implicit GEMM, from the map's pairs: the fused kernels' (deterministic:
 // fixed tasks, per-task partial sums reduced in order). The table, order and tile masks (what CUDA
 // reads) are checked for shape only.
@@ -90,6 +108,7 @@ at::Tensor conv_implicit_weight_grad_cpu(const at::Tensor& feats, const at::Tens
 
 TORCH_LIBRARY_IMPL(pointsparse, CPU, m) {
   m.impl("conv_implicit", &conv_implicit_cpu);
+  m.impl("conv_implicit_affine_relu", &conv_implicit_affine_relu_cpu);
   m.impl("conv_implicit_weight_grad", &conv_implicit_weight_grad_cpu);
 }
 

@@ -12,6 +12,8 @@
 #include <mma.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "../conv_checks.h"
 #include "async_copy.cuh"
 #include "implicit_kernels.cuh"
@@ -20,23 +22,25 @@
 namespace pointsparse {
 namespace {
 
+// The epilogue's operands as the kernels take them: scale and shift in float, the residual in the
+// output's dtype.
+struct EpilogueTensors {
+  at::Tensor scale, shift;  // float [C_out]
+  std::optional<at::Tensor> residual;
+  bool relu;
+};
+
 // Splits run in order (the first assigns), each one launch over its tiles, summed in float32. On
 // sm_80+ the tiled kernel: tensor cores for half / bfloat16, and for float32 as TF32 when torch allows
 // it (as for cuBLAS), FP32 FMA tiles for exact float32; the last split writes the output in its dtype
-// from the float sums (half / bfloat16 round once; one split needs no float buffer). Else, and for
-// float64, the SIMT kernel into an accumulator of the op-math type. Neighbour rows are asserted in
-// range per element.
-at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight_, const at::Tensor& neighbors,
-                              const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
-                              const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
-                              const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
-  const c10::OptionalDeviceGuard guard(at::device_of(feats_));
-  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
-  const ImplicitInputs in = check_conv_implicit(feats_, weight_, neighbors, order, tile_masks, tile_rows);
+// from the float sums through the epilogue (half / bfloat16 round once; one split needs no float
+// buffer). Else, and for float64, the SIMT kernel into an accumulator of the op-math type, the
+// epilogue after it. Neighbour rows are asserted in range per element.
+at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_, const EpilogueTensors* epilogue) {
   const at::Tensor weight = weight_.contiguous();  // [K, C_in, C_out]
   const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
+  const int64_t tile_rows = in.tile_rows;
   const at::ScalarType dtype = in.feats.scalar_type();
-  if (n_out * C_out == 0 || in.tiles == 0) return at::zeros({n_out, C_out}, in.feats.options());
   const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();
   const auto for_each_split = [&](const auto& launch) {
@@ -49,7 +53,7 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
   };
   const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
                      at::cuda::getCurrentDeviceProperties()->major >= 8;
-  if (tiled) {
+  if (tiled && n_out * C_out > 0 && in.tiles > 0) {
     namespace tc = implicit_gemm::tiled;
     const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
     at::Tensor out = at::empty({n_out, C_out}, in.feats.options());  // every row written by the last split
@@ -58,12 +62,19 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
                                          : at::Tensor();
     const auto run = [&](auto element) {
       using scalar_t = decltype(element);
+      implicit_gemm::tiled::Epilogue<scalar_t> apply;
+      if (epilogue != nullptr) {
+        apply.scale = epilogue->scale.data_ptr<float>();
+        apply.shift = epilogue->shift.data_ptr<float>();
+        apply.residual = epilogue->residual ? epilogue->residual->data_ptr<scalar_t>() : nullptr;
+        apply.relu = epilogue->relu;
+      }
       const auto kernel = tc::kernel_for<scalar_t>(C_out, tensor_cores);
       float* acc_ptr = acc.defined() ? acc.data_ptr<float>() : nullptr;
       for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
         kernel<<<tc::grid(in.tiles, C_out), tc::kThreadsPerBlock, 0, stream>>>(
             in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
-            weight.data_ptr<scalar_t>(), C_out, assign, last, acc_ptr, out.data_ptr<scalar_t>());
+            weight.data_ptr<scalar_t>(), C_out, assign, last, acc_ptr, out.data_ptr<scalar_t>(), apply);
       });
     };
     if (dtype == at::kFloat) {
@@ -75,17 +86,48 @@ at::Tensor conv_implicit_cuda(const at::Tensor& feats_, const at::Tensor& weight
     }
     return out;
   }
-  namespace simt = implicit_gemm::simt;
-  at::Tensor acc = at::empty({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(dtype)));
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_cuda", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool) {
-      simt::implicit_kernel<<<simt::grid(in.tiles, C_out), simt::block(), 0, stream>>>(
-          in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
-          weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<acc_t>());
+  at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(dtype)));
+  if (n_out * C_out > 0 && in.tiles > 0) {
+    namespace simt = implicit_gemm::simt;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_cuda", [&] {
+      using acc_t = at::opmath_type<scalar_t>;
+      for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool) {
+        simt::implicit_kernel<<<simt::grid(in.tiles, C_out), simt::block(), 0, stream>>>(
+            in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
+            weight.data_ptr<scalar_t>(), C_out, assign, acc.data_ptr<acc_t>());
+      });
     });
-  });
+  }
+  if (epilogue != nullptr) {
+    acc = acc * epilogue->scale.to(acc.scalar_type()) + epilogue->shift.to(acc.scalar_type());
+    if (epilogue->residual) acc += epilogue->residual->to(acc.scalar_type());
+    if (epilogue->relu) acc.relu_();
+  }
   return acc.scalar_type() == dtype ? acc : acc.to(dtype);
+}
+
+at::Tensor conv_implicit_cuda(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
+                              const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
+                              const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
+                              const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
+  const c10::OptionalDeviceGuard guard(at::device_of(feats));
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  return implicit_forward(check_conv_implicit(feats, weight, neighbors, order, tile_masks, tile_rows), weight, nullptr);
+}
+
+// The eval-mode batch norm, residual and ReLU in the tiled kernel's store (inference: no autograd).
+at::Tensor conv_implicit_affine_relu_cuda(const at::Tensor& feats, const at::Tensor& weight,
+                                          const at::Tensor& neighbors, const at::Tensor& order,
+                                          const at::Tensor& tile_masks, int64_t tile_rows, const at::Tensor& scale,
+                                          const at::Tensor& shift, bool relu,
+                                          const std::optional<at::Tensor>& residual) {
+  const c10::OptionalDeviceGuard guard(at::device_of(feats));
+  const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
+  const ImplicitInputs in = check_conv_implicit(feats, weight, neighbors, order, tile_masks, tile_rows);
+  check_implicit_epilogue(in.feats, in.neighbors.size(0), weight.size(2), scale, shift, residual);
+  const EpilogueTensors epilogue{scale.to(at::kFloat).contiguous(), shift.to(at::kFloat).contiguous(),
+                                 residual ? std::optional<at::Tensor>(residual->contiguous()) : std::nullopt, relu};
+  return implicit_forward(in, weight, &epilogue);
 }
 
 // Split-K over chunks of the forward's reorder tiles: enough chunks for about 8 blocks per SM, each
@@ -159,6 +201,7 @@ at::Tensor conv_implicit_weight_grad_cuda(const at::Tensor& feats_, const at::Te
 
 TORCH_LIBRARY_IMPL(pointsparse, CUDA, m) {
   m.impl("conv_implicit", &conv_implicit_cuda);
+  m.impl("conv_implicit_affine_relu", &conv_implicit_affine_relu_cuda);
   m.impl("conv_implicit_weight_grad", &conv_implicit_weight_grad_cuda);
 }
 

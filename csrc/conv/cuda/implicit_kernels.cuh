@@ -204,6 +204,25 @@ __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t
 }
 #endif
 
+// What the last split applies to a finished float sum before rounding it to the output's type: an
+// eval-mode batch norm (scale, shift [C_out] float), a residual [N_out, C_out] in T and a ReLU,
+// relu?(sum * scale + shift + residual), as the CPU's fused epilogue. Null pointers skip a part; the
+// default is none at all.
+template <typename T>
+struct Epilogue {
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+  const T* residual = nullptr;
+  bool relu = false;
+
+  // v for output row o (at = o * C_out + col) and column col.
+  __device__ float apply(float v, int64_t at, int64_t col) const {
+    if (scale != nullptr) v = v * scale[col] + shift[col];
+    if (residual != nullptr) v += static_cast<float>(residual[at]);
+    return relu && v < 0.f ? 0.f : v;
+  }
+};
+
 // Output columns per block: 64 once C_out needs more than one block of 32, so that a tile's rows
 // are gathered half as often and each warp's A fragment feeds two MMAs.
 inline int block_columns(int64_t C_out) { return C_out > 32 ? 64 : 32; }
@@ -295,13 +314,13 @@ struct FmaTile {
 // Grid (tiles, ceil(C_out / kCols)) of kThreadsPerBlock threads; the other arguments as for
 // simt::implicit_kernel, but the sums go to acc float [N_out, C_out] (assigned by the first split,
 // added to by the others) and the last split writes acc + its sum, rounded once, to out [N_out, C_out]
-// in T: a single split needs no acc (nullptr), and for float32 acc may be out. kTensorCores false
-// (float32 only): FP32 FMAs, exact.
+// in T, through the epilogue: a single split needs no acc (nullptr), and for float32 acc may be out.
+// kTensorCores false (float32 only): FP32 FMAs, exact.
 template <typename T, int kCols, bool kTensorCores = true>
 __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K,
                                 const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
                                 int64_t tile_rows, const T* weight_, int64_t C_out, bool assign, bool last,
-                                float* acc, T* out) {
+                                float* acc, T* out, Epilogue<T> epilogue) {
 #if PS_TENSOR_CORE_ARCH
   static_assert(kTensorCores || std::is_same_v<T, float>, "the FMA tiles are for float32");
   using Tile = std::conditional_t<kTensorCores, TensorCoreTile<T, kCols>, FmaTile<kCols>>;
@@ -360,7 +379,7 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       const int64_t at = int64_t(o) * C_out + col0 + j;
       const float sum = assign ? c_s[e] : acc[at] + c_s[e];
       if (last) {
-        out[at] = T(sum);
+        out[at] = T(epilogue.apply(sum, at, col0 + j));
       } else {
         acc[at] = sum;
       }

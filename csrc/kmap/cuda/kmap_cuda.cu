@@ -304,18 +304,38 @@ at::Tensor downsample_coords_sort_cuda(const at::Tensor& coords_, at::IntArrayRe
   return floored.index({is_first});
 }
 
-// Pairs of offset k in ascending output row: nonzero() of the transposed presence mask walks
-// offsets major, rows minor.
-std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cuda(const at::Tensor& neighbors) {
-  check_neighbors(neighbors);
-  const c10::OptionalDeviceGuard guard(at::device_of(neighbors));
-  const at::Tensor by_offset = neighbors.t();                  // [K, N_out]
-  const at::Tensor present = by_offset.ge(0);                  // [K, N_out]
-  at::Tensor counts = present.sum(1);                          // [K] int64
-  at::Tensor offset_ptr = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});  // [K + 1]
-  at::Tensor in_idx = by_offset.masked_select(present);        // [P]
-  at::Tensor out_idx = present.nonzero().select(1, 1).to(at::kInt);  // [P]
-  return {offset_ptr, in_idx, out_idx};
+// One thread per (row, offset): a present neighbour's pair goes to offset_ptr[k] + its rank among
+// the present rows of column k (ranks: an inclusive count down the column), so the pairs of an
+// offset ascend by output row.
+__global__ void csr_fill_kernel(const int32_t* neighbors, const int32_t* ranks, const int64_t* offset_ptr, int64_t n,
+                                int64_t K, int32_t* in_idx, int32_t* out_idx) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= n * K || neighbors[t] < 0) return;
+  const int64_t p = offset_ptr[t % K] + ranks[t] - 1;
+  in_idx[p] = neighbors[t];
+  out_idx[p] = int32_t(t / K);
+}
+
+// Count, scan, fill: offset_ptr comes to the host (the one synchronisation: the pair count sizes
+// the outputs, and the gather-GEMM-scatter host sizes a GEMM per offset from it), returned there.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> kmap_csr_cuda(const at::Tensor& neighbors_) {
+  check_neighbors(neighbors_);
+  const c10::OptionalDeviceGuard guard(at::device_of(neighbors_));
+  const at::Tensor neighbors = neighbors_.contiguous();                   // [N_out, K]
+  const int64_t n = neighbors.size(0), K = neighbors.size(1);
+  const at::Tensor ranks = neighbors.ge(0).cumsum(0, at::kInt);          // [N_out, K]
+  const at::Tensor counts = n > 0 ? ranks.select(0, n - 1).to(at::kLong) : at::zeros({K}, ranks.options().dtype(at::kLong));
+  const at::Tensor offset_ptr = at::cat({at::zeros({1}, counts.options()), counts.cumsum(0)});  // [K + 1]
+  const at::Tensor host = offset_ptr.cpu();
+  const int64_t pairs = host.data_ptr<int64_t>()[K];
+  at::Tensor in_idx = at::empty({pairs}, neighbors.options()), out_idx = at::empty({pairs}, neighbors.options());
+  if (pairs > 0) {
+    csr_fill_kernel<<<blocks_for(n * K), kThreads, 0, stream()>>>(
+        neighbors.data_ptr<int32_t>(), ranks.data_ptr<int32_t>(), offset_ptr.data_ptr<int64_t>(), n, K,
+        in_idx.data_ptr<int32_t>(), out_idx.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {host, in_idx, out_idx};
 }
 
 at::Tensor kmap_bitmask_cuda(const at::Tensor& neighbors_) {
