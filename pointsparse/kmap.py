@@ -195,6 +195,11 @@ def check_kernel_map(kmap: KernelMap, check_ranges: bool = True) -> None:
     if not isinstance(kmap.num_in, int) or kmap.num_in < 0:
         raise ValueError(f"KernelMap.num_in must be a non-negative int, got {kmap.num_in!r}")
     if pairs is None:
+        if check_ranges and kmap.neighbors.numel():  # the table is what the CUDA kernels read
+            lo, hi = torch.stack(torch.aminmax(kmap.neighbors)).tolist()  # one read-back
+            if lo < -1 or hi >= kmap.num_in:
+                raise ValueError(f"KernelMap.neighbors must hold -1 or rows in [0, {kmap.num_in}), got values "
+                                 f"in [{lo}, {hi}]")
         return
     K = kmap.neighbors.shape[1]
     ptr = kmap.offset_ptr
@@ -208,10 +213,12 @@ def check_kernel_map(kmap: KernelMap, check_ranges: bool = True) -> None:
             or bool((ptr.diff() < 0).any())):
         raise ValueError(f"KernelMap.offset_ptr must rise from 0 to the {num_pairs} pairs of in_idx / out_idx")
     if num_pairs and check_ranges:
-        bounds = torch.stack([torch.stack(torch.aminmax(kmap.in_idx)),
-                              torch.stack(torch.aminmax(kmap.out_idx))]).tolist()   # one read-back
-        for name, (lo, hi), rows in (("in_idx", bounds[0], kmap.num_in), ("out_idx", bounds[1], kmap.num_out)):
-            if lo < 0 or hi >= rows:
+        bounds = torch.stack([torch.stack(torch.aminmax(kmap.in_idx)), torch.stack(torch.aminmax(kmap.out_idx)),
+                              torch.stack(torch.aminmax(kmap.neighbors))]).tolist()   # one read-back
+        for name, (lo, hi), rows, absent in (("in_idx", bounds[0], kmap.num_in, 0),
+                                             ("out_idx", bounds[1], kmap.num_out, 0),
+                                             ("neighbors", bounds[2], kmap.num_in, -1)):
+            if lo < absent or hi >= rows:
                 raise ValueError(f"KernelMap.{name} must index rows in [0, {rows}), got values in [{lo}, {hi}]")
 
 
@@ -445,8 +452,13 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     if made:  # (a tiling map into a new stride of the family comes here, so that it keeps their table)
         out_coords = downsample_coords(coords, out_stride, algo, checked)
     if tiling:
-        table = coords_table(cache, out_stride, out_coords, checked or made) if shared else None
+        table = None
+        if shared:  # made here: the outputs' table, the family's once the map stands
+            table = ops.coords_hash_table(out_coords, True) if made else coords_table(cache, out_stride, out_coords,
+                                                                                       checked)
         neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride, checked, table)
+        if shared and made:
+            cache.tables[out_stride] = table
     else:
         symmetric = submanifold and all(s % 2 == 1 for s in size)
         if shared:  # the table checked coords if nothing had: a submanifold map has nothing left to check
@@ -496,19 +508,24 @@ def cached_kernel_map(cache: KernelMapCache, coords: Tensor, tensor_stride: Trip
         if kmap.out_stride not in cache.coords:
             register_coords(cache, kmap.out_stride, kmap.out_coords)
             cache.ranges[kmap.out_stride] = kmap.out_range
-            cache.checked.add(kmap.out_stride)  # the library made them from checked coordinates
             if key.outputs is OutputRule.REACHED and not transposed or key.generative:
                 cache.foreign.add(kmap.out_stride)
-    if not _is_identity(key):  # every other build checked the coordinates it read
+            else:
+                cache.checked.add(kmap.out_stride)  # floored from coordinates in range, unique
+    if _checks_its_input(key):
         cache.checked.add(tensor_stride)
     cache.kmaps[key] = kmap
     return kmap
 
 
-def _is_identity(key: KernelMapKey) -> bool:
-    """A submanifold 1x1x1 map: every row its own neighbour, built without reading a coordinate."""
-    return (key.kernel_size == (1, 1, 1) and key.stride == (1, 1, 1) and not key.transposed
-            and key.outputs is OutputRule.OCCUPIED)
+def _checks_its_input(key: KernelMapKey) -> bool:
+    """Whether building ``key``'s map checks its input coordinates whole (range and duplicates), as
+    the hash and sort builders (and the family's hash table) do; not the identity map (reads none),
+    a transposed map (reuses the strided one) or a tiling map (skips inputs off the stride grid)."""
+    identity = key.kernel_size == (1, 1, 1) and key.stride == (1, 1, 1) and not key.transposed
+    tiling = (key.outputs is OutputRule.OCCUPIED and key.stride != (1, 1, 1)
+              and _kernel_tiles_stride(key.kernel_size, key.stride, key.dilation))
+    return not (identity and key.outputs is OutputRule.OCCUPIED or key.transposed or tiling)
 
 
 def reached_cells(coords: Tensor, shifts: Tensor, step: Triple, out_range: Optional[Triple]) -> Tensor:

@@ -134,6 +134,10 @@ def handed_in_map(**changes):
     (lambda m: {"offset_ptr": m.offset_ptr.flip(0)}, ValueError, "offset_ptr"),
     (lambda m: {"offset_ptr": m.offset_ptr[:-1]}, ValueError, r"K \+ 1"),
     (lambda m: {"neighbors": m.neighbors[:2]}, ValueError, "neighbors must have shape"),
+    (lambda m: {"neighbors": m.neighbors + 5}, ValueError, r"neighbors must index rows in \[0, 3\)"),
+    # a table without pairs (they are built from it on first use) is checked on its own
+    (lambda m: {"neighbors": m.neighbors + 5, "offset_ptr": None, "in_idx": None, "out_idx": None}, ValueError,
+     r"neighbors must hold -1 or rows in \[0, 3\)"),
 ])
 def test_a_handed_in_kernel_map_is_checked_once(change, error, message):
     valid = handed_in_map()
@@ -154,7 +158,7 @@ def test_maps_the_library_builds_skip_the_range_read_back(monkeypatch):
     ps.kernel_map(SparseTensor(torch.randn(coarse.num_out, 2), coarse.out_coords, 2, x.cache), 2, 2, transposed=True)
     assert calls == []
     handed_in_map()
-    assert len(calls) == 2  # in_idx and out_idx, read back together
+    assert len(calls) == 3  # in_idx, out_idx and the table, read back together
 
 
 def test_a_tensor_cannot_join_a_cache_of_other_coordinates():

@@ -273,3 +273,17 @@ def test_a_hash_table_of_the_wrong_size_or_type_is_refused():
         ps.ops.coords_hash_table(torch.cat([coords, coords[:1]]))
     table = ps.ops.build_kmap_hash(coords, coords, offsets, False, table=(keys, values))
     assert table.equal(ps.ops.build_kmap_hash(coords, coords, offsets, False))
+
+
+def test_only_builds_that_check_their_input_whole_vouch_for_it(monkeypatch):
+    # A tiling map skips inputs off the stride grid (it cannot see their duplicates) and a REACHED
+    # map's outputs may leave the packable range: neither marks coordinates checked.
+    log = BuildLog(monkeypatch)
+    x = SparseTensor(torch.randn(64, 1), line(range(64)))
+    ps.kernel_map(x, 2, 2)
+    assert x.cache.checked == {(2, 2, 2)}  # the downsampled outputs, not the input
+    ps.kernel_map(x, 3)
+    assert log.calls[-1] == ("build_kmap_sort", False) and (1, 1, 1) in x.cache.checked
+    y = SparseTensor(torch.randn(64, 1), line(range(64)))
+    ps.kernel_map(y, 3, 2, outputs=ps.OutputRule.REACHED, padding=1)
+    assert y.cache.checked == {(1, 1, 1)}

@@ -22,10 +22,10 @@
 namespace pointsparse {
 namespace {
 
-// The epilogue's operands as the kernels take them: scale and shift in float, the residual in the
-// output's dtype.
+// The epilogue's operands: scale and shift [C_out] as given (the tiled kernels read them in float,
+// the SIMT path in its accumulator's type), the residual in the output's dtype.
 struct EpilogueTensors {
-  at::Tensor scale, shift;  // float [C_out]
+  at::Tensor scale, shift;
   std::optional<at::Tensor> residual;
   bool relu;
 };
@@ -60,12 +60,14 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
     at::Tensor acc = dtype == at::kFloat ? out
                      : in.splits > 1     ? at::empty({n_out, C_out}, in.feats.options().dtype(at::kFloat))
                                          : at::Tensor();
+    const at::Tensor scale = epilogue ? epilogue->scale.to(at::kFloat).contiguous() : at::Tensor();
+    const at::Tensor shift = epilogue ? epilogue->shift.to(at::kFloat).contiguous() : at::Tensor();
     const auto run = [&](auto element) {
       using scalar_t = decltype(element);
       implicit_gemm::tiled::Epilogue<scalar_t> apply;
       if (epilogue != nullptr) {
-        apply.scale = epilogue->scale.data_ptr<float>();
-        apply.shift = epilogue->shift.data_ptr<float>();
+        apply.scale = scale.data_ptr<float>();
+        apply.shift = shift.data_ptr<float>();
         apply.residual = epilogue->residual ? epilogue->residual->data_ptr<scalar_t>() : nullptr;
         apply.relu = epilogue->relu;
       }
@@ -125,8 +127,8 @@ at::Tensor conv_implicit_affine_relu_cuda(const at::Tensor& feats, const at::Ten
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   const ImplicitInputs in = check_conv_implicit(feats, weight, neighbors, order, tile_masks, tile_rows);
   check_implicit_epilogue(in.feats, in.neighbors.size(0), weight.size(2), scale, shift, residual);
-  const EpilogueTensors epilogue{scale.to(at::kFloat).contiguous(), shift.to(at::kFloat).contiguous(),
-                                 residual ? std::optional<at::Tensor>(residual->contiguous()) : std::nullopt, relu};
+  const EpilogueTensors epilogue{scale, shift, residual ? std::optional<at::Tensor>(residual->contiguous()) : std::nullopt,
+                                 relu};
   return implicit_forward(in, weight, &epilogue);
 }
 
@@ -150,8 +152,11 @@ at::Tensor conv_implicit_weight_grad_cuda(const at::Tensor& feats_, const at::Te
   if (size == 0 || in.tiles == 0) return at::zeros({K, C_in, C_out}, in.feats.options());
   const bool tiled = (at::isReducedFloatingType(dtype) || dtype == at::kFloat) &&
                      at::cuda::getCurrentDeviceProperties()->major >= 8;
-  const int64_t channel_blocks =
-      tiled ? (dim3(wg::tiled::grid(1, 1, C_in, C_out)).z) : (dim3(wg::simt::grid(1, 1, C_in, C_out)).z);
+  const dim3 one_chunk = tiled ? wg::tiled::grid(1, K, C_in, C_out) : wg::simt::grid(1, K, C_in, C_out);
+  const int64_t channel_blocks = one_chunk.z;
+  TORCH_CHECK_VALUE(K <= 65535 && channel_blocks <= 65535, "the implicit weight gradient runs at most 65535 offsets ",
+                    "and 65535 channel tiles (grid y / z), got ", K, " offsets and ", channel_blocks,
+                    " tiles of C_in = ", C_in, " x C_out = ", C_out);
   const int64_t target_blocks = 8 * int64_t(at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   const wg::Chunking cut = wg::chunking(in.tiles, K * channel_blocks, target_blocks, size, int64_t(1) << 26);
   const at::ScalarType acc_type = at::toOpMathType(dtype);

@@ -207,22 +207,26 @@ __global__ void weight_grad_kernel(const T* feats_, int64_t C_in, const T* grad_
   const int64_t first = blockIdx.x * tiles_per_chunk;
   const bool feats_vectors = C_in % kVector == 0 && implicit_gemm::tiled::aligned16(feats);
   const bool grad_vectors = C_out % kVector == 0 && implicit_gemm::tiled::aligned16(grad_out);
+  // Per buffer, the slab's rows: the output row and its neighbour at k, both -1 where the row has none
+  // or lies past its tile. Looked up once per row (not once per copy), before the copies are issued.
+  __shared__ int32_t outs_s[2][kSlab], ins_s[2][kSlab];
   const auto stage_both = [&](const RowCursor& at, int buffer) {
-    // Row r of the slab: its output row o and neighbour i at k (-1: none, or past the tile).
-    const auto pair_of = [&](int r, int32_t* o) {
-      const int64_t p = at.position(r);
-      *o = p >= 0 ? split_order[p] : -1;
-      CUDA_KERNEL_ASSERT(*o < 0 || row_in_range(*o, n_out));
-      return *o >= 0 ? neighbors[int64_t(*o) * K + k] : -1;
-    };
+    if (threadIdx.x < kSlab) {
+      const int64_t p = at.position(threadIdx.x);
+      const int32_t o = p >= 0 ? split_order[p] : -1;
+      CUDA_KERNEL_ASSERT(o < 0 || row_in_range(o, n_out));
+      const int32_t i = o >= 0 ? neighbors[int64_t(o) * K + k] : -1;
+      outs_s[buffer][threadIdx.x] = i >= 0 ? o : -1;
+      ins_s[buffer][threadIdx.x] = i;
+    }
+    __syncthreads();  // (this buffer's rows were last read two stages ago, barriers between)
     stage_slab<W, kRows, kLdA>(a_s[buffer], feats, C_in, c0, feats_vectors, [&](int r) -> const W* {
-      int32_t o;
-      const int32_t i = pair_of(r, &o);
+      const int32_t i = ins_s[buffer][r];
       return i >= 0 ? feats + int64_t(i) * C_in : nullptr;
     }, zero);
     stage_slab<W, kCols, kLdB>(b_s[buffer], grad_out, C_out, col0, grad_vectors, [&](int r) -> const W* {
-      int32_t o;
-      return pair_of(r, &o) >= 0 ? grad_out + int64_t(o) * C_out : nullptr;
+      const int32_t o = outs_s[buffer][r];
+      return o >= 0 ? grad_out + int64_t(o) * C_out : nullptr;
     }, zero);
   };
   Tile tile;

@@ -104,7 +104,9 @@ __global__ void bitmask_kernel(const int32_t* neighbors, int64_t n, int32_t K, i
 // assertion instead of writing out of bounds.
 __global__ void transpose_kernel(const int32_t* neighbors, int64_t n, int64_t K, int64_t n_in, int32_t* transposed) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
-  if (t < n * K) CUDA_KERNEL_ASSERT(transpose_element(neighbors, K, t / K, t % K, n_in, transposed));
+  if (t >= n * K) return;
+  const bool in_range = transpose_element(neighbors, K, t / K, t % K, n_in, transposed);
+  CUDA_KERNEL_ASSERT(in_range);
 }
 
 // One thread per (row, word).
