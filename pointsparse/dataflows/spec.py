@@ -39,9 +39,10 @@ class DataflowSpec:
     """A dataflow: ``run(feats, weight, kmap, identity_offset, config)`` gives the output features;
     ``run_epilogue`` (where the dataflow can end in an eval-mode batch norm itself,
     :class:`pointsparse.functional.Epilogue`) takes the epilogue's scale, shift, ReLU flag and
-    residual features as well, and returns None where its kernels do not take these operands; ``candidates(num_offsets, quick)`` are its strategies for a kernel of
-    ``num_offsets`` offsets (``quick``: one setting, for tests and smoke runs); ``work(config, kmap,
-    identity_offset)`` is the forward pass's work."""
+    residual features as well, and returns None where its kernels do not take these operands;
+    ``candidates(num_offsets, quick)`` are its strategies for a kernel of ``num_offsets`` offsets
+    (``quick``: one setting, for tests and smoke runs); ``work(config, kmap, identity_offset)`` is the
+    forward pass's work."""
 
     dataflow: Dataflow
     family: str

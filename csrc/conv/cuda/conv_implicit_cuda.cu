@@ -22,6 +22,18 @@
 namespace pointsparse {
 namespace {
 
+// run(element) with a value of the tiled kernels' element type for dtype (float32, half or bfloat16).
+template <typename Run>
+void for_tiled_dtype(at::ScalarType dtype, const Run& run) {
+  if (dtype == at::kFloat) {
+    run(float());
+  } else if (dtype == at::kHalf) {
+    run(c10::Half());
+  } else {
+    run(c10::BFloat16());
+  }
+}
+
 // The epilogue's operands: scale and shift [C_out] as given (the tiled kernels read them in float,
 // the SIMT path in its accumulator's type), the residual in the output's dtype.
 struct EpilogueTensors {
@@ -79,13 +91,7 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
             weight.data_ptr<scalar_t>(), C_out, assign, last, acc_ptr, out.data_ptr<scalar_t>(), apply);
       });
     };
-    if (dtype == at::kFloat) {
-      run(float());
-    } else if (dtype == at::kHalf) {
-      run(c10::Half());
-    } else {
-      run(c10::BFloat16());
-    }
+    for_tiled_dtype(dtype, run);
     return out;
   }
   at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(dtype)));
@@ -174,13 +180,7 @@ at::Tensor conv_implicit_weight_grad_cuda(const at::Tensor& feats_, const at::Te
           in.feats.data_ptr<scalar_t>(), C_in, grad_out.data_ptr<scalar_t>(), C_out, nbr, K, order_ptr, masks_ptr,
           in.splits, in.words, n_out, tile_rows, in.tiles, cut.tiles_per_chunk, partial.data_ptr<float>());
     };
-    if (dtype == at::kFloat) {
-      run(float());
-    } else if (dtype == at::kHalf) {
-      run(c10::Half());
-    } else {
-      run(c10::BFloat16());
-    }
+    for_tiled_dtype(dtype, run);
   } else {
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_weight_grad_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
