@@ -53,14 +53,16 @@ def emulated(tmp_path_factory):
     return entry_point(build_emulated(tmp_path_factory.mktemp("emulation") / "libimplicit_emulated.so"))
 
 
-def run_emulated(entry, kernel, feats, weight, neighbors, reordering, epilogue=None):
+def run_emulated(entry, kernel, feats, weight, neighbors, reordering, epilogue=None, weight_transposed=False):
     """Output [N_out, C_out] of the emulated kernel: in the inputs' dtype from the tiled kernels, as on
     the device; float32 (float64 for float64 inputs) from the SIMT kernel's accumulators. ``epilogue``:
-    (scale, shift, residual or None, relu) for the tiled kernels' store."""
+    (scale, shift, residual or None, relu) for the tiled kernels' store; ``weight_transposed``: hand
+    the weight over stored [K, C_out, C_in] (as the input gradient's transposed view)."""
     K, C_in, C_out = weight.shape
     n_out = neighbors.shape[0]
     splits, tiles, words = reordering.tile_masks.shape
-    feats, weight = feats.contiguous(), weight.contiguous()
+    feats = feats.contiguous()
+    weight = weight.transpose(1, 2).contiguous() if weight_transposed else weight.contiguous()
     neighbors = neighbors.contiguous()
     order, masks = reordering.order.contiguous(), reordering.tile_masks.contiguous()
     acc_dtype = torch.float64 if feats.dtype == torch.float64 else torch.float32
@@ -77,7 +79,8 @@ def run_emulated(entry, kernel, feats, weight, neighbors, reordering, epilogue=N
         ctypes.c_int(kernel), ctypes.c_int(DTYPES[feats.dtype]), ptr(feats.data_ptr()), i64(C_in),
         ptr(neighbors.data_ptr()), i64(K), ptr(order.data_ptr()), ptr(masks.data_ptr()), i64(words), i64(n_out),
         i64(reordering.tile_rows), i64(tiles), i64(splits), ptr(weight.data_ptr()), i64(C_out), ptr(acc.data_ptr()),
-        address(scale), address(shift), address(residual), ctypes.c_int(relu), error, i64(len(error)))
+        address(scale), address(shift), address(residual), ctypes.c_int(relu), ctypes.c_int(weight_transposed), error,
+        i64(len(error)))
     assert status == 0, error.value.decode()
     return acc
 
@@ -226,6 +229,33 @@ def test_the_epilogue_in_the_tiled_store_matches_the_cpu(kernel, dtype, toleranc
         scale.to(dtype).double(), shift.to(dtype).double(), True, None if residual is None else residual.double())
     assert (expected == 0).float().mean() > 0.2  # the ReLU clips some
     assert relative_error(result, expected) < tolerance
+
+
+@pytest.mark.parametrize("kernel,dtype,tolerance", TILED, ids=TILED_IDS)
+@pytest.mark.parametrize("C_in,C_out", [(3, 5), (13, 40), (40, 72)])
+def test_tiled_kernels_read_a_transposed_weight_in_place(run_transposed, kernel, dtype, tolerance, C_in, C_out):
+    # The input gradient runs the forward kernel with weight.transpose(1, 2): staged from the
+    # transposed storage, not copied, with the same result.
+    feats, weight, kmap = layer(C_in, C_out, num_points=150, seed=C_in + C_out)
+    feats, weight = feats.to(dtype), weight.to(dtype)
+    reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 2))
+    result = run_transposed(kernel, feats, weight, kmap, reordering)
+    assert relative_error(result, reference(feats, weight, kmap, reordering)) < tolerance
+
+
+@pytest.fixture(params=["emulated", pytest.param("cuda", marks=pytest.mark.skipif(
+    not TENSOR_CORE_GPU, reason="needs an sm_80+ GPU"))])
+def run_transposed(request):
+    """run(kernel, feats, weight, kmap, reordering) with the weight handed over as a transposed view."""
+    if request.param == "cuda":
+        def on_cuda(kernel, feats, weight, kmap, reordering):
+            view = weight.transpose(1, 2).contiguous().transpose(1, 2)  # logical [K, C_in, C_out], stored transposed
+            assert not view.is_contiguous()
+            return run_on_cuda(kernel, feats, view, kmap, reordering)
+        return on_cuda
+    entry = request.getfixturevalue("emulated")
+    return lambda kernel, feats, weight, kmap, reordering: run_emulated(entry, kernel, feats, weight, kmap.neighbors,
+                                                                        reordering, weight_transposed=True)
 
 
 def test_an_output_row_out_of_range_fails_the_kernel_assertion(emulated):
@@ -437,6 +467,8 @@ for kernel, dtype, c_in, c_out, tile, splits in [(t.TENSOR_CORE, torch.float16, 
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = reordering_of(kmap, ImplicitGemmConfig(tile, True, splits))
     t.run_emulated(entry, kernel, feats, weight, kmap.neighbors, reordering)
+    if kernel != t.SIMT:
+        t.run_emulated(entry, kernel, feats, weight, kmap.neighbors, reordering, weight_transposed=True)
     grad_out = torch.randn(kmap.num_out, c_out, dtype=torch.float64).to(dtype)
     t.run_weight_grad_emulated(entry, kernel, feats, grad_out, kmap.neighbors, reordering, 2)
 print("ran")

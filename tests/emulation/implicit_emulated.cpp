@@ -28,7 +28,7 @@ template <typename T, typename Acc>
 std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neighbors, int64_t K,
                 const int32_t* order, const int32_t* tile_masks, int64_t words, int64_t n_out, int64_t tile_rows,
                 int64_t tiles, int64_t splits, const void* weight, int64_t C_out, void* out, const float* scale,
-                const float* shift, const void* residual, bool relu) {
+                const float* shift, const void* residual, bool relu, bool weight_transposed) {
   const T* f = static_cast<const T*>(feats);
   const T* w = static_cast<const T*>(weight);
   std::string failure;
@@ -40,7 +40,9 @@ std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neig
                    });
   };
   if (kernel == kSimt) {
-    if (scale != nullptr || residual != nullptr || relu) return "the SIMT kernel has no epilogue";
+    if (scale != nullptr || residual != nullptr || relu || weight_transposed) {
+      return "the SIMT kernel has no epilogue and reads a contiguous weight";
+    }
     each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool) {
       return emulation::launch(simt::grid(tiles, C_out), simt::block(), &simt::implicit_kernel<T, Acc>, f, C_in,
                                neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign,
@@ -56,7 +58,7 @@ std::string run(int kernel, const void* feats, int64_t C_in, const int32_t* neig
     each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
       return emulation::launch(tiled::grid(tiles, C_out), dim3(tiled::kThreadsPerBlock), tiled_kernel, f, C_in,
                                neighbors, K, split_order, masks, words, n_out, tile_rows, w, C_out, assign, last,
-                               acc, static_cast<T*>(out), epilogue);
+                               acc, static_cast<T*>(out), weight_transposed, epilogue);
     });
   } else {
     return "no tiled kernel for this type";
@@ -131,18 +133,19 @@ extern "C" int ps_emulated_weight_grad(int kernel, int dtype, const void* feats,
 
 // out: [n_out, C_out], float32 (float64 for float64 inputs) for the SIMT kernel, the inputs' dtype for
 // the tiled ones; scale / shift float [C_out] and residual [n_out, C_out] in the inputs' dtype (or null)
-// and relu: the tiled kernels' epilogue. Returns 0, or 1 with the failed kernel assertion (or an
-// unsupported combination) in error.
+// and relu: the tiled kernels' epilogue; weight_transposed: weight stored [K, C_out, C_in]. Returns 0,
+// or 1 with the failed kernel assertion (or an unsupported combination) in error.
 extern "C" int ps_emulated_implicit(int kernel, int dtype, const void* feats, int64_t C_in, const int32_t* neighbors,
                                     int64_t K, const int32_t* order, const int32_t* tile_masks, int64_t words,
                                     int64_t n_out, int64_t tile_rows, int64_t tiles, int64_t splits,
                                     const void* weight, int64_t C_out, void* acc, const float* scale, const float* shift,
-                                    const void* residual, int relu, char* error, int64_t error_size) {
+                                    const void* residual, int relu, int weight_transposed, char* error,
+                                    int64_t error_size) {
   const auto call = [&](auto element, auto accumulator) {
     using T = decltype(element);
     using Acc = decltype(accumulator);
     return run<T, Acc>(kernel, feats, C_in, neighbors, K, order, tile_masks, words, n_out, tile_rows, tiles, splits,
-                       weight, C_out, acc, scale, shift, residual, relu != 0);
+                       weight, C_out, acc, scale, shift, residual, relu != 0, weight_transposed != 0);
   };
   return report(by_dtype(dtype, call), error, error_size);
 }

@@ -42,15 +42,16 @@ struct EpilogueTensors {
   bool relu;
 };
 
-// Splits run in order (the first assigns), each one launch over its tiles, summed in float32. On
+// Splits run in order (the first assigns), each one launch over its tiles, summed in float32. The
+// tiled kernels read a transposed weight view in place (the input gradient's); the SIMT kernel a
+// contiguous copy. On
 // sm_80+ the tiled kernel: tensor cores for half / bfloat16, and for float32 as TF32 when torch allows
 // it (as for cuBLAS), FP32 FMA tiles for exact float32; the last split writes the output in its dtype
 // from the float sums through the epilogue (half / bfloat16 round once; one split needs no float
 // buffer). Else, and for float64, the SIMT kernel into an accumulator of the op-math type, the
 // epilogue after it. Neighbour rows are asserted in range per element.
 at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_, const EpilogueTensors* epilogue) {
-  const at::Tensor weight = weight_.contiguous();  // [K, C_in, C_out]
-  const int64_t K = weight.size(0), C_in = weight.size(1), C_out = weight.size(2), n_out = in.neighbors.size(0);
+  const int64_t K = weight_.size(0), C_in = weight_.size(1), C_out = weight_.size(2), n_out = in.neighbors.size(0);
   const int64_t tile_rows = in.tile_rows;
   const at::ScalarType dtype = in.feats.scalar_type();
   const int32_t* nbr = in.neighbors.data_ptr<int32_t>();
@@ -67,6 +68,9 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
                      at::cuda::getCurrentDeviceProperties()->major >= 8;
   if (tiled && n_out * C_out > 0 && in.tiles > 0) {
     namespace tc = implicit_gemm::tiled;
+    // The input gradient passes weight.transpose(1, 2) of a contiguous weight: read in place, no copy.
+    const bool transposed = !weight_.is_contiguous() && weight_.transpose(1, 2).is_contiguous();
+    const at::Tensor weight = transposed ? weight_ : weight_.contiguous();  // [K, C_in, C_out] (logical)
     const bool tensor_cores = dtype != at::kFloat || at::globalContext().allowTF32CuBLAS();
     at::Tensor out = at::empty({n_out, C_out}, in.feats.options());  // every row written by the last split
     at::Tensor acc = dtype == at::kFloat ? out
@@ -88,7 +92,7 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
       for_each_split([&](const int32_t* split_order, const int32_t* masks, bool assign, bool last) {
         kernel<<<tc::grid(in.tiles, C_out), tc::kThreadsPerBlock, 0, stream>>>(
             in.feats.data_ptr<scalar_t>(), C_in, nbr, K, split_order, masks, in.words, n_out, tile_rows,
-            weight.data_ptr<scalar_t>(), C_out, assign, last, acc_ptr, out.data_ptr<scalar_t>(), apply);
+            weight.data_ptr<scalar_t>(), C_out, assign, last, acc_ptr, out.data_ptr<scalar_t>(), transposed, apply);
       });
     };
     for_tiled_dtype(dtype, run);
@@ -96,6 +100,7 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
   }
   at::Tensor acc = at::zeros({n_out, C_out}, in.feats.options().dtype(at::toOpMathType(dtype)));
   if (n_out * C_out > 0 && in.tiles > 0) {
+    const at::Tensor weight = weight_.contiguous();  // [K, C_in, C_out]
     namespace simt = implicit_gemm::simt;
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, dtype, "conv_implicit_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;

@@ -182,12 +182,20 @@ __device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i,
 
 // B [kSlab, kCols] (rows padded(kCols) apart): weight[k, c0 + c, col0 + j], zero past C_in or C_out;
 // the block's threads share it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight
-// 16-byte aligned).
+// 16-byte aligned). transposed: the weight is stored [K, C_out, C_in] (the input gradient's
+// weight.transpose(1, 2), read in place), staged element by element with the threads along c,
+// which is contiguous there.
 template <typename W, int kSlab, int kCols>
 __device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t C_out, int64_t k, int64_t c0,
-                                    int64_t col0, bool vectors, W zero) {
+                                    int64_t col0, bool vectors, bool transposed, W zero) {
   const W* wk = weight + k * C_in * C_out;
-  if (vectors) {
+  if (transposed) {
+    for (int e = threadIdx.x; e < kSlab * kCols; e += kThreadsPerBlock) {
+      const int j = e / kSlab, c = e % kSlab;
+      const bool valid = c0 + c < C_in && col0 + j < C_out;
+      stage(b + c * padded<W>(kCols) + j, valid ? wk + (col0 + j) * C_in + c0 + c : weight, valid, zero);
+    }
+  } else if (vectors) {
     constexpr int kVector = 16 / sizeof(W), kPerRow = kCols / kVector;
     for (int e = threadIdx.x; e < kSlab * kPerRow; e += kThreadsPerBlock) {
       const int c = e / kPerRow, j = e % kPerRow * kVector;
@@ -315,12 +323,13 @@ struct FmaTile {
 // simt::implicit_kernel, but the sums go to acc float [N_out, C_out] (assigned by the first split,
 // added to by the others) and the last split writes acc + its sum, rounded once, to out [N_out, C_out]
 // in T, through the epilogue: a single split needs no acc (nullptr), and for float32 acc may be out.
-// kTensorCores false (float32 only): FP32 FMAs, exact.
+// weight_transposed: weight_ is stored [K, C_out, C_in] (see stage_weight). kTensorCores false
+// (float32 only): FP32 FMAs, exact.
 template <typename T, int kCols, bool kTensorCores = true>
 __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* neighbors, int64_t K,
                                 const int32_t* order, const int32_t* masks, int64_t words, int64_t n_out,
                                 int64_t tile_rows, const T* weight_, int64_t C_out, bool assign, bool last,
-                                float* acc, T* out, Epilogue<T> epilogue) {
+                                float* acc, T* out, bool weight_transposed, Epilogue<T> epilogue) {
 #if PS_TENSOR_CORE_ARCH
   static_assert(kTensorCores || std::is_same_v<T, float>, "the FMA tiles are for float32");
   using Tile = std::conditional_t<kTensorCores, TensorCoreTile<T, kCols>, FmaTile<kCols>>;
@@ -351,7 +360,8 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
     const int32_t* nb_row = o >= 0 ? neighbors + int64_t(o) * K : nullptr;
     const auto stage_both = [&](const StageCursor& at, int buffer) {
       stage_rows<W, kSlab>(a_s[buffer], feats, C_in, nb_row ? nb_row[at.k] : -1, row, part, at.c0, row_vectors, zero);
-      stage_weight<W, kSlab, kCols>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors, zero);
+      stage_weight<W, kSlab, kCols>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors,
+                                    weight_transposed, zero);
     };
     Tile tile;
     tile.zero();
