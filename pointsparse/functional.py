@@ -44,9 +44,7 @@ class Epilogue:
 
     def _fuses_with(self, feats: Tensor) -> bool:
         """Whether the CPU kernels (fused conv epilogue, ``affine_relu``) take it with ``feats``."""
-        dtype = feats.dtype
-        return (norm.fused_on(feats) and self.scale.dtype == dtype and self.shift.dtype == dtype
-                and (self.residual is None or self.residual.feats.dtype == dtype))
+        return norm.fused_with(feats, self.scale, self.shift, None if self.residual is None else self.residual.feats)
 
 
 def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bias: Optional[Tensor] = None,

@@ -21,8 +21,7 @@ def run_epilogue(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset
                  scale: Tensor, shift: Tensor, relu: bool, residual: Optional[Tensor]) -> Optional[Tensor]:
     """The conv with the epilogue in its kernels (differentiable), where the CPU's fused kernels take
     every operand (float32 / float64 of one dtype, no autocast); None otherwise."""
-    if not (norm.fused_on(feats) and all(t.dtype == feats.dtype for t in (weight, scale, shift))
-            and (residual is None or residual.dtype == feats.dtype)):
+    if not norm.fused_with(feats, weight, scale, shift, residual):
         return None
     return ops.conv_fused_affine_relu(feats, weight, kmap.offset_ptr, kmap.in_idx, kmap.out_idx, kmap.num_out,
                                       identity_offset, scale, shift, relu, residual)

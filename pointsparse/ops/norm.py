@@ -93,6 +93,12 @@ def fused_on(x: Tensor) -> bool:
             and x.shape[0] > 0 and not torch.is_autocast_enabled("cpu"))
 
 
+def fused_with(x: Tensor, *operands: Optional[Tensor]) -> bool:
+    """Whether the fused CPU kernels take ``x`` with ``operands`` (None: absent), all of ``x``'s dtype
+    (the affine epilogue of a conv or of :func:`affine_relu`)."""
+    return fused_on(x) and all(t is None or t.dtype == x.dtype for t in operands)
+
+
 def batch_norm_relu(x: Tensor, running_mean: Optional[Tensor], running_var: Optional[Tensor], weight: Tensor,
                     bias: Tensor, training: bool, momentum: float, eps: float, relu: bool,
                     residual: Optional[Tensor] = None) -> Tensor:
