@@ -160,10 +160,11 @@ def test_tiled_kernels_match_the_cpu(run, kernel, dtype, tolerance, tile_rows, r
 
 
 @pytest.mark.parametrize("kernel,dtype,tolerance", [TILED[0], TILED[2], TILED[3]], ids=[TILED_IDS[0], *TILED_IDS[2:]])
-@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
+@pytest.mark.parametrize("C_in,C_out", [(1, 1), (3, 5), (4, 32), (16, 32), (32, 64), (40, 33), (72, 40), (96, 96)])
 def test_tiled_kernels_on_channel_counts(run, kernel, dtype, tolerance, C_in, C_out):
     # Rows and weights staged by 16-byte copies where the channel count allows (C % 8 for half, % 4
-    # for float) and element by element elsewhere; one or several slabs of input channels per offset.
+    # for float) and element by element elsewhere; one or several slabs of input channels per offset,
+    # or several offsets per slab up to C_in = slab / 2 (the 4-channel stem: 16 in a half slab).
     feats, weight, kmap = layer(C_in, C_out, num_points=150, seed=C_in * 100 + C_out)
     feats, weight = feats.to(dtype), weight.to(dtype)
     reordering = reordering_of(kmap, ImplicitGemmConfig(32, True, 2))

@@ -17,3 +17,9 @@ PS_HD int lowest_bit(uint32_t bits) {
   return __builtin_ctz(bits);
 #endif
 }
+
+// Index of the n-th lowest set bit (n = 0: the lowest) of a word with more than n bits set.
+PS_HD int nth_bit(uint32_t bits, int n) {
+  for (; n > 0; --n) bits &= bits - 1;
+  return lowest_bit(bits);
+}

@@ -73,11 +73,12 @@ __global__ void implicit_kernel(const T* feats, int64_t C_in, const int32_t* nei
 // cores (WMMA) for half / bfloat16, and for float32 as TF32 when torch allows it, each warp 16 rows
 // x kCols / 2 columns in 16 x 16 fragments; or on the FP32 pipes for exact float32, each thread
 // 4 rows x kCols / 16 columns. The work of a tile is a sequence of stages, one per (offset in the
-// mask, slab of kSlab input channels): the tile's neighbour rows of that offset (zero where absent or
-// past C_in) and the weight block, staged in shared memory by cp.async into one of two buffers while
-// the block multiplies the other (half / bfloat16 rows whose channel count is not a multiple of 8 go
-// through registers instead). Any channel count: partial slabs are zero-padded when staged and
-// masked when stored.
+// mask, slab of kSlab input channels), or for narrow inputs one per group of offsets whose channels
+// fill a slab together (StageCursor): the tile's neighbour rows (zero where absent or past the
+// stage's channels) and the weight block, staged in shared memory by cp.async into one of two
+// buffers while the block multiplies the other (half / bfloat16 rows whose channel count is not a
+// multiple of 8 go through registers instead). Any channel count: partial slabs are zero-padded when
+// staged and masked when stored.
 namespace tiled {
 
 constexpr int kRows = 32, kThreadsPerBlock = 128;
@@ -117,27 +118,59 @@ struct Wmma<float> {
   static __device__ type zero() { return 0.f; }
 };
 
+// Offsets a stage packs side by side when the input is narrow (see StageCursor): 16 fill the MMA
+// depth of half / bfloat16 slabs for a 4-channel stem.
+constexpr int kMaxPack = 16;
+
+// Offsets per stage for C_in input channels and slabs of `slab`: several once two fit in a slab.
+inline __host__ __device__ int64_t offsets_per_stage(int64_t C_in, int64_t slab) {
+  return 2 * C_in > slab ? 1 : (slab / C_in < kMaxPack ? slab / C_in : kMaxPack);
+}
+
 #if PS_TENSOR_CORE_ARCH
-// The stages of one tile in order: each offset set in its mask, ascending, and per offset the input
-// channels c0, c0 + slab, ... < C_in; k < 0 once all are done. The same in every thread of a block.
+// The stages of one tile in order, the same in every thread of a block; k < 0 once all are done.
+// Wide inputs (pack 1): each offset set in the tile's mask, ascending, and per offset its input
+// channels c0, c0 + slab, ... < C_in. Narrow inputs (pack > 1, C_in <= slab / 2): up to `pack` offsets
+// of one mask word per stage with all their channels side by side, position p of the stage being
+// channel p % C_in of its offset p / C_in, so that a 4-channel stem fills the MMA depth with 16
+// offsets instead of zero-padding one offset to it (and 32 half channels take two offsets a stage).
 struct StageCursor {
   const int32_t* mask;
-  int64_t words, K, C_in, slab;
+  int64_t words, K, C_in, slab, pack;
   int64_t w = -1, k = -1, c0 = 0;
-  uint32_t bits = 0;
+  int n = 0;                          // offsets in this stage, the first being k
+  uint32_t bits = 0, stage_bits = 0;  // word w's bits after this stage; from this stage's first on
 
-  __device__ void next_offset() {
+  __device__ void next_offsets() {
     while (bits == 0 && ++w < words) bits = uint32_t(mask[w]);
-    k = bits == 0 ? -1 : 32 * w + lowest_bit(bits);
-    bits &= bits - 1;
-    if (k >= K) k = -1;  // bits past K: none in a well-formed mask
+    stage_bits = bits;
+    n = 0;
     c0 = 0;
+    // bits past K: none in a well-formed mask; they end the tile
+    while (bits != 0 && n < pack && 32 * w + lowest_bit(bits) < K) {
+      bits &= bits - 1;
+      ++n;
+    }
+    if (n == 0) bits = 0, w = words;
+    k = n == 0 ? -1 : 32 * w + lowest_bit(stage_bits);
   }
 
   __device__ void advance() {
     c0 += slab;
-    if (c0 >= C_in) next_offset();
+    if (pack > 1 || c0 >= C_in) next_offsets();
   }
+
+  // Positions of the stage per offset, its j-th offset (j < n), and how many positions hold data.
+  __device__ int64_t width() const { return pack > 1 ? C_in : slab; }
+  __device__ int64_t offset(int j) const { return 32 * w + nth_bit(stage_bits, j); }
+  __device__ int64_t depth() const { return pack > 1 ? n * C_in : min(slab, C_in - c0); }
+
+  // The offset (-1: past the stage's offsets) and input channel at position p.
+  __device__ int64_t offset_at(int64_t p) const {
+    const int64_t j = p / width();
+    return j < n ? offset(int(j)) : -1;
+  }
+  __device__ int64_t channel_at(int64_t p) const { return c0 + p % width(); }
 };
 
 template <typename W>
@@ -156,57 +189,79 @@ __device__ inline void stage(W* dst, const W* src, bool valid, W zero) {
   }
 }
 
-// This thread's part of A [kRows, kSlab] (rows padded(kSlab) apart): kSlab / kThreadsPerRow channels
-// from c0 + part * that of neighbour row i (-1: absent) into row r. vectors: 16-byte copies (C_in a
-// multiple of 16 bytes and feats 16-byte aligned, so a vector is wholly inside or past C_in).
+// This thread's part of A [kRows, kSlab] (rows padded(kSlab) apart) for stage `at`: positions
+// part * kSlab / kThreadsPerRow on, of the output row whose neighbours are nb_row (null: none), into
+// row r; zero where the neighbour is absent or past the stage's channels. vectors: 16-byte copies
+// (C_in a multiple of 16 bytes and feats 16-byte aligned, so a vector is wholly inside or past one
+// offset's channels).
 template <typename W, int kSlab>
-__device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, int32_t i, int r, int part, int64_t c0,
-                                  bool vectors, W zero) {
+__device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, const int32_t* nb_row, const StageCursor& at,
+                                  int r, int part, bool vectors, W zero) {
   constexpr int kPart = kSlab / kThreadsPerRow, kVector = 16 / sizeof(W);
   static_assert(kPart % kVector == 0, "a thread's part of a row is whole vectors");
   W* dst = a + r * padded<W>(kSlab) + part * kPart;
-  const int64_t first = c0 + part * kPart;
-  const W* row = i >= 0 ? feats + int64_t(i) * C_in : feats;
+  const int64_t first = part * kPart, width = at.width();
+  int64_t looked_up = -1;  // the offset index whose neighbour i holds: a part spans few offsets
+  int32_t i = -1;
+  const auto source = [&](int64_t p, bool& valid) {
+    const int64_t j = p / width;
+    if (j != looked_up) {
+      looked_up = j;
+      i = nb_row != nullptr && j < at.n ? nb_row[at.offset(int(j))] : -1;
+    }
+    const int64_t c = at.channel_at(p);
+    valid = i >= 0 && c < C_in;
+    return valid ? feats + int64_t(i) * C_in + c : feats;
+  };
+  bool valid;
   if (vectors) {
     for (int e = 0; e < kPart; e += kVector) {
-      const bool valid = i >= 0 && first + e < C_in;
-      cp_async16_zfill(dst + e, valid ? row + first + e : feats, valid);
+      const W* src = source(first + e, valid);
+      cp_async16_zfill(dst + e, src, valid);
     }
   } else {
     for (int e = 0; e < kPart; ++e) {
-      const bool valid = i >= 0 && first + e < C_in;
-      stage(dst + e, valid ? row + first + e : feats, valid, zero);
+      const W* src = source(first + e, valid);
+      stage(dst + e, src, valid, zero);
     }
   }
 }
 
-// B [kSlab, kCols] (rows padded(kCols) apart): weight[k, c0 + c, col0 + j], zero past C_in or C_out;
-// the block's threads share it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight
-// 16-byte aligned). transposed: the weight is stored [K, C_out, C_in] (the input gradient's
-// weight.transpose(1, 2), read in place), staged element by element with the threads along c,
-// which is contiguous there.
+// B [kSlab, kCols] (rows padded(kCols) apart) for stage `at`: row p is weight[offset, c, col0 + j] of
+// the offset and channel at position p, zero past the stage's channels or C_out; the block's threads
+// share it. vectors: 16-byte copies (C_out a multiple of 16 bytes and weight 16-byte aligned).
+// transposed: the weight is stored [K, C_out, C_in] (the input gradient's weight.transpose(1, 2),
+// read in place), staged element by element with the threads along p, contiguous there within an
+// offset.
 template <typename W, int kSlab, int kCols>
-__device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t C_out, int64_t k, int64_t c0,
+__device__ inline void stage_weight(W* b, const W* weight, int64_t C_in, int64_t C_out, const StageCursor& at,
                                     int64_t col0, bool vectors, bool transposed, W zero) {
-  const W* wk = weight + k * C_in * C_out;
+  // weight[offset, c] of position p (its row of C_out, or with transposed its column of stride C_in)
+  const auto source = [&](int p, int64_t col, bool& valid) {
+    const int64_t k = at.offset_at(p), c = at.channel_at(p);
+    valid = k >= 0 && c < C_in && col < C_out;
+    if (!valid) return weight;
+    return weight + k * C_in * C_out + (transposed ? col * C_in + c : c * C_out + col);
+  };
+  bool valid;
   if (transposed) {
     for (int e = threadIdx.x; e < kSlab * kCols; e += kThreadsPerBlock) {
-      const int j = e / kSlab, c = e % kSlab;
-      const bool valid = c0 + c < C_in && col0 + j < C_out;
-      stage(b + c * padded<W>(kCols) + j, valid ? wk + (col0 + j) * C_in + c0 + c : weight, valid, zero);
+      const int j = e / kSlab, p = e % kSlab;
+      const W* src = source(p, col0 + j, valid);
+      stage(b + p * padded<W>(kCols) + j, src, valid, zero);
     }
   } else if (vectors) {
     constexpr int kVector = 16 / sizeof(W), kPerRow = kCols / kVector;
     for (int e = threadIdx.x; e < kSlab * kPerRow; e += kThreadsPerBlock) {
-      const int c = e / kPerRow, j = e % kPerRow * kVector;
-      const bool valid = c0 + c < C_in && col0 + j < C_out;
-      cp_async16_zfill(b + c * padded<W>(kCols) + j, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid);
+      const int p = e / kPerRow, j = e % kPerRow * kVector;
+      const W* src = source(p, col0 + j, valid);
+      cp_async16_zfill(b + p * padded<W>(kCols) + j, src, valid);
     }
   } else {
     for (int e = threadIdx.x; e < kSlab * kCols; e += kThreadsPerBlock) {
-      const int c = e / kCols, j = e % kCols;
-      const bool valid = c0 + c < C_in && col0 + j < C_out;
-      stage(b + c * padded<W>(kCols) + j, valid ? wk + (c0 + c) * C_out + col0 + j : weight, valid, zero);
+      const int p = e / kCols, j = e % kCols;
+      const W* src = source(p, col0 + j, valid);
+      stage(b + p * padded<W>(kCols) + j, src, valid, zero);
     }
   }
 }
@@ -359,14 +414,14 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
     const int32_t o = rows_s[row];
     const int32_t* nb_row = o >= 0 ? neighbors + int64_t(o) * K : nullptr;
     const auto stage_both = [&](const StageCursor& at, int buffer) {
-      stage_rows<W, kSlab>(a_s[buffer], feats, C_in, nb_row ? nb_row[at.k] : -1, row, part, at.c0, row_vectors, zero);
-      stage_weight<W, kSlab, kCols>(b_s[buffer], weight, C_in, C_out, at.k, at.c0, col0, weight_vectors,
-                                    weight_transposed, zero);
+      stage_rows<W, kSlab>(a_s[buffer], feats, C_in, nb_row, at, row, part, row_vectors, zero);
+      stage_weight<W, kSlab, kCols>(b_s[buffer], weight, C_in, C_out, at, col0, weight_vectors, weight_transposed,
+                                    zero);
     };
     Tile tile;
     tile.zero();
-    StageCursor stage{masks + t * words, words, K, C_in, kSlab};
-    stage.next_offset();
+    StageCursor stage{masks + t * words, words, K, C_in, kSlab, offsets_per_stage(C_in, kSlab)};
+    stage.next_offsets();
     if (stage.k >= 0) stage_both(stage, 0);
     cp_async_commit();
     for (int buffer = 0; stage.k >= 0; buffer ^= 1) {
@@ -376,7 +431,7 @@ __global__ void implicit_kernel(const T* feats_, int64_t C_in, const int32_t* ne
       cp_async_commit();
       cp_async_wait<1>();  // this stage's copies have landed
       __syncthreads();
-      tile.template multiply<kLdA, kLdB>(a_s[buffer], b_s[buffer], min(int64_t(kSlab), C_in - stage.c0));
+      tile.template multiply<kLdA, kLdB>(a_s[buffer], b_s[buffer], stage.depth());
       __syncthreads();  // before the next iteration stages into this buffer
       stage = next;
     }
