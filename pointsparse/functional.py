@@ -3,6 +3,7 @@
 Addition of tensors at equal coordinates is ``SparseTensor.__add__`` (``a + b``).
 """
 
+import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -11,7 +12,7 @@ from torch import Tensor
 
 from . import dataflows
 from .config import ConvConfig, OutputRule
-from .kmap import output_cache
+from .kmap import Triple, output_cache
 from .offsets import IntOrTriple, as_triple
 from .ops import norm
 from .pooling import max_over_neighbors
@@ -76,7 +77,7 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     spec = dataflows.resolve(config.dataflow, x.feats.device, x.feats.dtype)
     kmap = kernel_map(x, size, step, dilation, transposed, config, outputs=outputs, padding=padding,
                       generative=generative)
-    identity = identity_offset(size, step, transposed) if outputs is OutputRule.OCCUPIED else -1
+    identity = _identity_offset(size, step, transposed) if outputs is OutputRule.OCCUPIED else -1
     if epilogue is None:
         return conv_output(x, kmap, spec.run(x.feats, weight, kmap, identity, config), bias)
     residual = epilogue.residual
@@ -113,7 +114,13 @@ def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: b
     """The offset whose pairs are i -> i for every row (the centre of a submanifold odd kernel),
     computed as one GEMM without gather or scatter; -1 when there is none (and for any conv with
     ``OutputRule.REACHED``, whose outputs are not its inputs)."""
-    size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
+    return _identity_offset(as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1),
+                            bool(transposed))
+
+
+@functools.lru_cache(maxsize=256)
+def _identity_offset(size: Triple, step: Triple, transposed: bool) -> int:
+    """identity_offset of checked triples, memoised: every conv call asks."""
     if transposed or step != (1, 1, 1) or not all(k % 2 for k in size):
         return -1
     return size[0] * size[1] * size[2] // 2

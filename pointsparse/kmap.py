@@ -242,29 +242,13 @@ class KernelMapKey:
            dilation: IntOrTriple = 1, transposed: bool = False, outputs: OutputRule = OutputRule.OCCUPIED,
            padding: Optional[IntOrTriple] = None, spatial_range: Optional[Triple] = None,
            generative: bool = False) -> "KernelMapKey":
-        size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
-        dil = as_triple(dilation, "dilation", planar=1)
-        if not isinstance(outputs, OutputRule):
-            raise TypeError(f"outputs must be an OutputRule, got {outputs!r}")
-        if generative and not transposed:
-            raise ValueError("a generative conv is a transposed conv: pass transposed=True")
-        pad = None if padding is None else as_triple(padding, "padding", minimum=0, planar=0)
-        if pad == default_padding(size, dil):
-            pad = None
-        if generative:
-            outputs = OutputRule.REACHED
-        if (outputs is OutputRule.REACHED and _kernel_tiles_stride(size, step, dil) and pad is None
-                and spatial_range is None):
-            outputs = OutputRule.OCCUPIED  # the windows partition space: both rules give the same cells
-        if outputs is OutputRule.OCCUPIED:
-            if pad is not None:
-                raise ValueError(f"padding {pad} needs outputs=OutputRule.REACHED (spconv's rule); the "
-                                 f"occupied-cell rule anchors kernels as kernel_offsets does (padding "
-                                 f"{default_padding(size, dil)})")
-            spatial_range = None  # it bounds no occupied cell
-        elif spatial_range is not None:
-            spatial_range = as_triple(tuple(spatial_range), "spatial_range", minimum=0, planar=1)
-        return KernelMapKey(tensor_stride, size, step, dil, transposed, outputs, pad, spatial_range, generative)
+        arguments = (tensor_stride, kernel_size, stride, dilation, transposed, outputs, padding, spatial_range,
+                     generative)
+        # A conv call asks for the same key each time: one lookup then. Only ints and tuples of ints
+        # go through the memo, which would take True or 3.0 inside a tuple for an equal int.
+        if all(map(_ints, (tensor_stride, kernel_size, stride, dilation, padding, spatial_range))):
+            return _key_of(*arguments)
+        return _key_of.__wrapped__(*arguments)
 
     def offsets(self, device: torch.device) -> Tensor:
         """int32 ``[K, 3]`` in coordinate units of the finer side (the input, or the output of a
@@ -294,6 +278,42 @@ class KernelMapKey:
                          for n, s, p, w in zip(self.spatial_range, self.stride, pad, span))
         return tuple(max(0, (n + 2 * p - w - 1) // s + 1)
                      for n, s, p, w in zip(self.spatial_range, self.stride, pad, span))
+
+
+def _ints(value: Any) -> bool:
+    """None, an int or a tuple of 3 ints, by exact type (no bool, no float)."""
+    return value is None or type(value) is int or (type(value) is tuple and len(value) == 3 and type(value[0]) is int
+                                                   and type(value[1]) is int and type(value[2]) is int)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _key_of(tensor_stride: Triple, kernel_size: IntOrTriple, stride: IntOrTriple, dilation: IntOrTriple,
+            transposed: bool, outputs: OutputRule, padding: Optional[IntOrTriple], spatial_range: Optional[Triple],
+            generative: bool) -> KernelMapKey:
+    """KernelMapKey.of, memoised on its (hashable) arguments."""
+    size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
+    dil = as_triple(dilation, "dilation", planar=1)
+    if not isinstance(outputs, OutputRule):
+        raise TypeError(f"outputs must be an OutputRule, got {outputs!r}")
+    if generative and not transposed:
+        raise ValueError("a generative conv is a transposed conv: pass transposed=True")
+    pad = None if padding is None else as_triple(padding, "padding", minimum=0, planar=0)
+    if pad is not None and pad == default_padding(size, dil):
+        pad = None
+    if generative:
+        outputs = OutputRule.REACHED
+    if (outputs is OutputRule.REACHED and _kernel_tiles_stride(size, step, dil) and pad is None
+            and spatial_range is None):
+        outputs = OutputRule.OCCUPIED  # the windows partition space: both rules give the same cells
+    if outputs is OutputRule.OCCUPIED:
+        if pad is not None:
+            raise ValueError(f"padding {pad} needs outputs=OutputRule.REACHED (spconv's rule); the "
+                             f"occupied-cell rule anchors kernels as kernel_offsets does (padding "
+                             f"{default_padding(size, dil)})")
+        spatial_range = None  # it bounds no occupied cell
+    elif spatial_range is not None:
+        spatial_range = as_triple(tuple(spatial_range), "spatial_range", minimum=0, planar=1)
+    return KernelMapKey(tensor_stride, size, step, dil, transposed, outputs, pad, spatial_range, generative)
 
 
 @dataclass

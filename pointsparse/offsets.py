@@ -13,11 +13,18 @@ def as_triple(value: IntOrTriple, name: str, minimum: int = 1, planar: Optional[
     """An int or 3 ints, each an int >= minimum, as a 3-tuple; ValueError / TypeError otherwise.
     With ``planar`` (the unit of the third axis: 1 for sizes, strides and dilations, 0 for
     padding), 2 ints mean a 2-D value: ``(a, b, planar)`` (2-D data lies in the plane z = 0)."""
-    triple = (value,) * 3 if isinstance(value, int) else tuple(value)
+    if type(value) is int and value >= minimum:  # the common cases first: every conv call takes this
+        return (value, value, value)
+    if type(value) is tuple and len(value) == 3 and all(type(v) is int and v >= minimum for v in value):
+        return value
+    what = "an int, 2 ints (2-D) or 3 ints" if planar is not None else "an int or 3 ints"
+    try:
+        triple = (value,) * 3 if isinstance(value, int) else tuple(value)
+    except TypeError:  # not a sequence (a float, None)
+        raise TypeError(f"{name} must be {what}, got {value!r}") from None
     if planar is not None and len(triple) == 2:
         triple = (*triple, planar)
     if len(triple) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) for v in triple):
-        what = "an int, 2 ints (2-D) or 3 ints" if planar is not None else "an int or 3 ints"
         raise TypeError(f"{name} must be {what}, got {value!r}")
     if min(triple) < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value!r}")

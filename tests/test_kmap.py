@@ -254,6 +254,24 @@ def test_offsets_are_made_once_per_geometry_and_device():
     assert torch.equal(key.offsets(torch.device("cpu")), ps.kernel_offsets(2))  # the finer side's units
 
 
+def test_a_key_is_made_once_per_geometry_and_the_memo_takes_no_look_alike():
+    # Every conv call asks for its key: the memo serves it, normalised ([3, 3, 3] is (3, 3, 3)),
+    # without taking True or 3.0 for the equal int (the memo's keys compare equal for those).
+    key = ps.KernelMapKey.of((1, 1, 1), 3, (2, 2, 1))
+    assert ps.KernelMapKey.of((1, 1, 1), 3, (2, 2, 1)) is key
+    assert ps.KernelMapKey.of((1, 1, 1), [3, 3, 3], [2, 2, 1]) == key
+    assert ps.KernelMapKey.of((1, 1, 1), 3, [2, 2]) == key  # 2-D: z of unit stride
+    for size, stride in (((3, 3, 3.0), 1), (3, (2, 2, True)), (True, 1), (3, 1.0)):
+        with pytest.raises(TypeError, match="kernel_size|stride"):
+            ps.KernelMapKey.of((1, 1, 1), size, stride)
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        ps.KernelMapKey.of((1, 1, 1), 3, (2, 2, 0))
+    assert ps.functional.identity_offset(3, 1, False) == 13 and ps.functional.identity_offset((3, 3, 1), 1, False) == 4
+    assert ps.functional.identity_offset(3, 2, False) == -1 and ps.functional.identity_offset(2, 1, False) == -1
+    with pytest.raises(TypeError, match="kernel_size"):
+        ps.functional.identity_offset((3, 3, 3.0), 1, False)
+
+
 def test_the_default_algorithm_is_the_faster_per_device_and_round_trips():
     from pointsparse.config import default_kmap_algo
     from pointsparse.strategies import config_from_dict, config_to_dict

@@ -29,9 +29,10 @@ def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, co
     forward = reordering(kmap, implicit)
     if needs_input_grad(feats):
         table_t, backward = kmap.neighbors_t, reordering(kmap, implicit, transposed=True)
-    else:  # no input gradient: no transposed table (empty stand-ins the forward never reads)
-        table_t = kmap.neighbors.new_empty((0, kmap.num_offsets))
-        backward = Reordering(forward.order[:, :0], forward.tile_masks[:, :0], implicit.tile_rows)
+    else:  # no input gradient: no transposed table (empty stand-ins the forward never reads, made once)
+        table_t, backward = kmap.memo(("implicit", implicit, "no input gradient"), lambda: (
+            kmap.neighbors.new_empty((0, kmap.num_offsets)),
+            Reordering(forward.order[:, :0], forward.tile_masks[:, :0], implicit.tile_rows)))
     return ops.conv_implicit(feats, weight, kmap.neighbors, forward.order, forward.tile_masks, table_t,
                              backward.order, backward.tile_masks, *pairs_for(kmap, feats.device), implicit.tile_rows)
 
