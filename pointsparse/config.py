@@ -60,7 +60,7 @@ class Dataflow(enum.Enum):
 class ConvConfig:
     # None: the faster per device (default_kmap_algo). Both build identical maps.
     kmap: Optional[KernelMapAlgo] = None
-    # AUTO: FUSED on the CPU, IMPLICIT_GEMM on CUDA for float16 / float32 (dataflows.AUTO_ORDER).
+    # AUTO: FUSED on the CPU, IMPLICIT_GEMM on CUDA but for float64 (dataflows.AUTO_ORDER).
     dataflow: Dataflow = Dataflow.AUTO
     # Grouping of offsets into batched GEMMs (GATHER_GEMM_SCATTER): a Grouping member (default
     # parameters), a GroupingConfig, or a ConvGrouping with one config per pass (forward, input

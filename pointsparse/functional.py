@@ -65,7 +65,7 @@ def conv3d(x: SparseTensor, weight: Tensor, *, kernel_size: IntOrTriple = 3, bia
     in spconv, ``None`` meaning the anchoring of :func:`~pointsparse.offsets.kernel_offsets`;
     ``generative`` (transposed only) outputs every finer cell the kernel reaches instead of
     returning to known coordinates. ``bias``: ``[C_out]``. ``config.dataflow`` picks how the per-offset products run
-    (fused kernels on the CPU by default, the implicit GEMM on CUDA for float16 / float32; see
+    (fused kernels on the CPU by default, the implicit GEMM on CUDA but for float64; see
     :mod:`pointsparse.dataflows`) and ``config.grouping`` how gather-GEMM-scatter batches offsets.
     ``epilogue`` (:class:`Epilogue`): an eval-mode batch norm, residual and ReLU the conv ends with,
     after the bias. Arguments after ``weight`` are keyword-only. Under ``torch.autocast``

@@ -66,10 +66,9 @@ def test_fused_weight_grad_spans_many_tasks():
 def test_auto_is_fused_on_cpu_and_fused_is_cpu_only():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert dataflows.resolve(Dataflow.AUTO, cpu, torch.float32).dataflow is Dataflow.FUSED
-    assert dataflows.resolve(Dataflow.AUTO, cuda, torch.float16).dataflow is Dataflow.IMPLICIT_GEMM
-    assert dataflows.resolve(Dataflow.AUTO, cuda, torch.float32).dataflow is Dataflow.IMPLICIT_GEMM
-    for unmeasured in (torch.bfloat16, torch.float64):
-        assert dataflows.resolve(Dataflow.AUTO, cuda, unmeasured).dataflow is Dataflow.GATHER_GEMM_SCATTER
+    for tensor_cores in (torch.float16, torch.bfloat16, torch.float32):
+        assert dataflows.resolve(Dataflow.AUTO, cuda, tensor_cores).dataflow is Dataflow.IMPLICIT_GEMM
+    assert dataflows.resolve(Dataflow.AUTO, cuda, torch.float64).dataflow is Dataflow.GATHER_GEMM_SCATTER
     with pytest.raises(ValueError, match="available there: Dataflow.GATHER_GEMM_SCATTER, Dataflow.IMPLICIT_GEMM"):
         dataflows.resolve(Dataflow.FUSED, cuda, torch.float32)
     assert {s.dataflow for s in dataflows.dataflows_for(cpu, torch.bfloat16)} == {

@@ -141,6 +141,7 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_implici
   bench conv 150 conv_cuda
   bench implicit 120 implicit_cuda_float32
   bench implicit 120 implicit_cuda_tf32 --tf32
+  bench implicit 120 implicit_cuda_bfloat16 --dtype bfloat16  # bfloat16's AUTO follows float16's numbers
   bench grouping 150 grouping_cuda
 else
   DEVICE=cpu; REPEATS=1; QUICK=(--voxel-size 0.2); PROFILE_CR=0.125

@@ -20,11 +20,12 @@ REGISTRY: Dict[Dataflow, DataflowSpec] = {spec.dataflow: spec for spec in (ggs.S
 # dtype and runs there. CPU: FUSED, 3-5x GATHER_GEMM_SCATTER on a 92k-voxel scan (bench conv). CUDA:
 # IMPLICIT_GEMM for float16 and float32, measured on an H200 (GPU run of 6060b1a, 78,744 voxels):
 # submanifold k3 layers of 16-128 channels took 1.7-3.6 ms forward+backward against 3.4-4.8 ms, and
-# ten MinkUNet layers in float16 18.9-21.7 ms against 34.1 ms; bfloat16 and float64 (not measured)
-# stay on GATHER_GEMM_SCATTER.
+# ten MinkUNet layers in float16 18.9-21.7 ms against 34.1 ms. bfloat16 (not measured on its own)
+# runs float16's WMMA kernels (k 16, float accumulators) and follows float16; float64, which the
+# implicit GEMM runs only on its SIMT kernel, stays on GATHER_GEMM_SCATTER (cuBLAS).
 AUTO_ORDER: Dict[str, Tuple[Tuple[Dataflow, FrozenSet[torch.dtype]], ...]] = {
     "cpu": ((Dataflow.FUSED, FLOATS), (Dataflow.GATHER_GEMM_SCATTER, FLOATS)),
-    "cuda": ((Dataflow.IMPLICIT_GEMM, frozenset({torch.float16, torch.float32})),
+    "cuda": ((Dataflow.IMPLICIT_GEMM, frozenset({torch.float16, torch.bfloat16, torch.float32})),
              (Dataflow.GATHER_GEMM_SCATTER, FLOATS)),
 }
 
