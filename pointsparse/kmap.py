@@ -405,6 +405,8 @@ def scaled_offsets(kernel_size: Triple, dilation: Triple, padding: Optional[Trip
     """int32 ``[K, 3]``: :func:`~pointsparse.offsets.kernel_offsets` times ``scale`` (a tensor
     stride), made once per geometry and device: no host-to-device copy per map. Read-only."""
     offsets = kernel_offsets(kernel_size, dilation, padding) * torch.tensor(scale, dtype=torch.int32)
+    if device.type == "cuda":  # from pinned memory: a copy from pageable memory would wait for the device
+        return offsets.pin_memory().to(device, non_blocking=True)
     return offsets.to(device)
 
 
@@ -453,7 +455,6 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
     """
     size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     dil = as_triple(dilation, "dilation", planar=1)
-    offsets = scaled_offsets(size, dil, None, tensor_stride, coords.device)             # [K, 3]
     submanifold = step == (1, 1, 1)
     out_stride = _mul(tensor_stride, step)
     tiling = not submanifold and _kernel_tiles_stride(size, step, dil)
@@ -479,7 +480,8 @@ def build_kernel_map(coords: Tensor, tensor_stride: Triple, kernel_size: IntOrTr
         neighbors = ops.kmap_tiling(coords, out_coords, size, tensor_stride, checked, table)
         if shared and made:
             cache.tables[out_stride] = table
-    else:
+    else:  # (the identity and tiling maps above need no offsets, nor their copy to the device)
+        offsets = scaled_offsets(size, dil, None, tensor_stride, coords.device)         # [K, 3]
         symmetric = submanifold and all(s % 2 == 1 for s in size)
         if shared:  # the table checked coords if nothing had: a submanifold map has nothing left to check
             table = coords_table(cache, tensor_stride, coords, checked)

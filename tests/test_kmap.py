@@ -254,6 +254,19 @@ def test_offsets_are_made_once_per_geometry_and_device():
     assert torch.equal(key.offsets(torch.device("cpu")), ps.kernel_offsets(2))  # the finer side's units
 
 
+def test_identity_and_tiling_maps_make_no_offsets():
+    # On CUDA the first use of a geometry copies its offsets to the device; maps that read none skip it.
+    from pointsparse.kmap import scaled_offsets
+
+    coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 1, 0]], dtype=torch.int32)
+    scaled_offsets.cache_clear()
+    ps.build_kernel_map(coords, (1, 1, 1), 1)
+    ps.build_kernel_map(coords, (1, 1, 1), 2, 2)
+    assert scaled_offsets.cache_info().currsize == 0
+    ps.build_kernel_map(coords, (1, 1, 1), 3)
+    assert scaled_offsets.cache_info().currsize == 1
+
+
 def test_a_key_is_made_once_per_geometry_and_the_memo_takes_no_look_alike():
     # Every conv call asks for its key: the memo serves it, normalised ([3, 3, 3] is (3, 3, 3)),
     # without taking True or 3.0 for the equal int (the memo's keys compare equal for those).

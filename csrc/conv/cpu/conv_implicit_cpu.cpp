@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../conv_checks.h"
+#include "../conv_epilogue.h"
 #include "fused_kernels.h"
 
 namespace pointsparse {
@@ -86,11 +87,8 @@ at::Tensor conv_implicit_affine_relu_cpu(const at::Tensor& feats, const at::Tens
   const at::Tensor out = conv_implicit_cpu(feats, weight, neighbors, order, tile_masks, none, none, none,
                                            none.to(at::kLong), none, none, tile_rows);  // [N_out, C_out]
   check_implicit_epilogue(feats, out.size(0), out.size(1), scale, shift, residual);
-  const at::ScalarType math = at::toOpMathType(out.scalar_type());
-  at::Tensor z = out.to(math) * scale.to(math) + shift.to(math);
-  if (residual) z += residual->to(math);
-  if (relu) z.relu_();
-  return z.to(out.scalar_type());
+  return affine_relu_after(out.to(at::toOpMathType(out.scalar_type())), scale, shift, residual, relu)
+      .to(out.scalar_type());
 }
 
 // The weight gradient of the implicit GEMM, from the map's pairs: the fused kernels' (deterministic:

@@ -15,6 +15,7 @@
 #include <optional>
 
 #include "../conv_checks.h"
+#include "../conv_epilogue.h"
 #include "async_copy.cuh"
 #include "implicit_kernels.cuh"
 #include "implicit_weight_grad_kernels.cuh"
@@ -111,11 +112,7 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
       });
     });
   }
-  if (epilogue != nullptr) {
-    acc = acc * epilogue->scale.to(acc.scalar_type()) + epilogue->shift.to(acc.scalar_type());
-    if (epilogue->residual) acc += epilogue->residual->to(acc.scalar_type());
-    if (epilogue->relu) acc.relu_();
-  }
+  if (epilogue != nullptr) acc = affine_relu_after(acc, epilogue->scale, epilogue->shift, epilogue->residual, epilogue->relu);
   return acc.scalar_type() == dtype ? acc : acc.to(dtype);
 }
 
