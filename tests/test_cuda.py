@@ -94,6 +94,19 @@ def test_maps_on_checked_coordinates_build_without_a_sync(real_batch):
     assert coarse.neighbors.shape == (y.coords.shape[0], 27)
 
 
+def test_a_fresh_minkunet_forward_syncs_once_to_check_and_once_per_downsampling(real_batch):
+    # Issue 26: on new coordinates the stride-1 hash table reads their range and duplicate flag back
+    # together (1), and each of the 4 downsamplings its output count (4); nothing else waits.
+    from pointsparse.breakdown import count_host_syncs
+
+    model = minkunet18(in_channels=4, num_classes=19, cr=0.5).cuda().eval()
+    coords = real_batch.cuda()
+    with torch.no_grad():
+        model(SparseTensor(torch.randn(coords.shape[0], 4, device="cuda"), coords))  # warm-up: offsets, libraries
+        fresh = SparseTensor(torch.randn(coords.shape[0], 4, device="cuda"), coords.clone())  # a new family
+        assert count_host_syncs(lambda: model(fresh), "cuda") == 5
+
+
 def test_a_cached_implicit_conv_trains_without_a_sync_or_pair_lists(real_batch):
     # The implicit GEMM, CUDA's default for float32: forward, input and weight gradient over the
     # tables only (no pair lists), with no host synchronisation once the map and its reorderings exist.

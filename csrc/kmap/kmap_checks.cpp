@@ -12,6 +12,11 @@ ColumnRange check_coords(const at::Tensor& coords, const char* name, bool checke
                     " must have shape [N, 4] as (batch, x, y, z), got ", coords.sizes());
   if (coords.size(0) == 0 || checked) return {};
   ColumnRange range = column_range(coords);
+  check_coords_range(range, name);
+  return range;
+}
+
+void check_coords_range(const ColumnRange& range, const char* name) {
   const int32_t* mn = range.lo.data();
   const int32_t* mx = range.hi.data();
   TORCH_CHECK_VALUE(mn[0] >= 0 && mx[0] <= kBatchMax, name, ": batch index must be in [0, ",
@@ -22,7 +27,6 @@ ColumnRange check_coords(const at::Tensor& coords, const char* name, bool checke
                       " coordinates must be in [", kCoordMin, ", ", kCoordMax, "], got values in [",
                       mn[a], ", ", mx[a], "]");
   }
-  return range;
 }
 
 std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name) {

@@ -22,6 +22,9 @@ namespace pointsparse {
 // checks need no second pass.
 ColumnRange check_coords(const at::Tensor& coords, const char* name, bool checked = false);
 
+// The value half of check_coords, on a range read elsewhere (with another flag, in one read-back).
+void check_coords_range(const ColumnRange& range, const char* name);
+
 // factor: 3 positive ints (one per spatial axis). Returns them as int32.
 std::array<int32_t, 3> check_factor(at::IntArrayRef factor, const char* name);
 

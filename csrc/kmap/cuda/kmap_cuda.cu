@@ -142,24 +142,43 @@ at::Tensor pack_coords_cuda(const at::Tensor& coords) {
   return pack_rows_cuda(coords.contiguous());
 }
 
-// The table of coords' rows (row i at its packed key); duplicates raise unless checked (reading the
-// flag back is the one synchronisation of a table).
-OwnedHashTable row_table_cuda(const at::Tensor& coords, bool checked, const char* name) {
+// The table of coords' rows (row i at its packed key), and int32 [1] on the device: 1 where a row
+// repeats an earlier one's key. Memory-safe for rows out of the packable range too (their keys are
+// garbage, every probe stays inside the table), so a caller may read the flag with the range.
+std::pair<OwnedHashTable, at::Tensor> insert_rows_cuda(const at::Tensor& coords) {
   const int64_t n = coords.size(0);
   const OwnedHashTable table = make_hash_table(n, -1, coords.options());
-  if (n == 0) return table;
   at::Tensor duplicate = at::zeros({1}, coords.options());
-  insert_rows_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(table.view, coords.data_ptr<int32_t>(), n,
-                                                               duplicate.data_ptr<int>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
-  if (!checked) check_no_duplicates(duplicate.item<int>() != 0, name);
+  if (n > 0) {
+    insert_rows_kernel<<<blocks_for(n), kThreads, 0, stream()>>>(table.view, coords.data_ptr<int32_t>(), n,
+                                                                 duplicate.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  }
+  return {table, duplicate};
+}
+
+// The table of coords' rows; duplicates raise unless checked (reading the flag back is the one
+// synchronisation of a table).
+OwnedHashTable row_table_cuda(const at::Tensor& coords, bool checked, const char* name) {
+  auto [table, duplicate] = insert_rows_cuda(coords);
+  if (!checked && coords.size(0) > 0) check_no_duplicates(duplicate.item<int>() != 0, name);
   return table;
 }
 
-std::tuple<at::Tensor, at::Tensor> coords_hash_table_cuda(const at::Tensor& coords, bool checked) {
-  check_coords(coords, "coords", checked);
-  const c10::OptionalDeviceGuard guard(at::device_of(coords));
-  const OwnedHashTable table = row_table_cuda(coords.contiguous(), checked, "coords");
+// Unchecked coordinates are checked with one read-back, not two: their range and the duplicate flag
+// together, after the insert; the range error comes first, as from check_coords.
+std::tuple<at::Tensor, at::Tensor> coords_hash_table_cuda(const at::Tensor& coords_, bool checked) {
+  check_coords(coords_, "coords", /*checked=*/true);  // dtype and shape; the values below
+  const c10::OptionalDeviceGuard guard(at::device_of(coords_));
+  const at::Tensor coords = coords_.contiguous();
+  const auto [table, duplicate] = insert_rows_cuda(coords);
+  if (!checked && coords.size(0) > 0) {
+    const auto [lo, hi] = at::aminmax(coords, 0);                             // [4] each
+    const at::Tensor back = at::cat({lo, hi, duplicate}).cpu();              // [9]: one synchronisation
+    const int32_t* v = back.data_ptr<int32_t>();
+    check_coords_range(ColumnRange{std::vector<int32_t>(v, v + 4), std::vector<int32_t>(v + 4, v + 8)}, "coords");
+    check_no_duplicates(v[8] != 0, "coords");
+  }
   return {table.keys, table.values};
 }
 
