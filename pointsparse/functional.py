@@ -3,7 +3,6 @@
 Addition of tensors at equal coordinates is ``SparseTensor.__add__`` (``a + b``).
 """
 
-import functools
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -114,14 +113,13 @@ def identity_offset(kernel_size: IntOrTriple, stride: IntOrTriple, transposed: b
     """The offset whose pairs are i -> i for every row (the centre of a submanifold odd kernel),
     computed as one GEMM without gather or scatter; -1 when there is none (and for any conv with
     ``OutputRule.REACHED``, whose outputs are not its inputs)."""
-    return _identity_offset(as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1),
-                            bool(transposed))
+    size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
+    return _identity_offset(size, step, transposed)
 
 
-@functools.lru_cache(maxsize=256)
 def _identity_offset(size: Triple, step: Triple, transposed: bool) -> int:
-    """identity_offset of checked triples, memoised: every conv call asks."""
-    if transposed or step != (1, 1, 1) or not all(k % 2 for k in size):
+    """identity_offset of checked triples (conv3d has them: no second check per call)."""
+    if transposed or step != (1, 1, 1) or not (size[0] % 2 and size[1] % 2 and size[2] % 2):
         return -1
     return size[0] * size[1] * size[2] // 2
 

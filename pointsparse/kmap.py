@@ -38,6 +38,7 @@ KERNEL_MAP_RANGE = "pointsparse::kernel_map"  # the profiler range around every 
 
 
 PAIRS = "pairs"  # the memo key of a map's per-offset pairs
+TABLES = "tables"  # the memo key of (the memo shared with the map this one inverts, this map's side)
 
 
 @dataclass(frozen=True, init=False, eq=False)
@@ -88,6 +89,17 @@ class KernelMap:
         if key not in self._memo:
             self._memo[key] = build()
         return self._memo[key]
+
+    def table_memo(self, key: Hashable, transposed: bool, build: Callable[[Tensor], T]) -> T:
+        """``build(table)`` for this map's table (``transposed``: its transpose, ``neighbors_t``),
+        made once per ``key``. A transposed conv's map and the strided map it inverts hold each
+        other's transpose (see :meth:`transposed`), so what is built from a table (the implicit
+        GEMM's reorderings) is built once for both."""
+        shared, side = self._memo.get(TABLES, (self._memo, 0))
+        entry = (TABLES, key, side ^ transposed)  # side 0: the first map's table; 1: its transpose
+        if entry not in shared:
+            shared[entry] = build(self.neighbors_t if transposed else self.neighbors)
+        return shared[entry]
 
     @property
     def pairs(self) -> Tuple[Tensor, Tensor, Tensor]:
@@ -171,9 +183,19 @@ class KernelMap:
         return KernelMap(neighbors, None, None, None, out_coords, out_stride, num_in, out_range, check_ranges=False)
 
     def transposed(self, out_coords: Tensor, out_stride: Triple, out_range: Optional[Triple] = None) -> "KernelMap":
-        """The same pairs with input and output swapped; ``out_coords`` are this map's inputs."""
-        neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0], self.trusted)  # [N_in, K]
-        return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out, out_range)
+        """The same pairs with input and output swapped; ``out_coords`` are this map's inputs. Its
+        table is this map's ``neighbors_t`` and its ``neighbors_t`` this map's table (per offset the
+        pairs are one-to-one), and the two share what is built from the tables (:meth:`table_memo`):
+        in training the decoder's transposed conv and the encoder's strided conv transpose and
+        reorder each table once."""
+        if out_coords.shape[0] != self.num_in:  # malformed: the op raises, naming the sizes
+            neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0], self.trusted)
+            return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out, out_range)
+        inverse = KernelMap.from_neighbors(self.neighbors_t, out_coords, out_stride, self.num_out, out_range)
+        inverse.__dict__["neighbors_t"] = self.neighbors  # (the cached_property's slot)
+        shared, side = self._memo.get(TABLES, (self._memo, 0))
+        inverse._memo[TABLES] = (shared, 1 - side)
+        return inverse
 
 
 def check_kernel_map(kmap: KernelMap, check_ranges: bool = True) -> None:
@@ -246,7 +268,9 @@ class KernelMapKey:
                      generative)
         # A conv call asks for the same key each time: one lookup then. Only ints and tuples of ints
         # go through the memo, which would take True or 3.0 inside a tuple for an equal int.
-        if all(map(_ints, (tensor_stride, kernel_size, stride, dilation, padding, spatial_range))):
+        # (torch.compile traces the function itself, and warns of a memo's wrapper.)
+        if all(map(_ints, (tensor_stride, kernel_size, stride, dilation, padding, spatial_range))) \
+                and not torch.compiler.is_compiling():
             return _key_of(*arguments)
         return _key_of.__wrapped__(*arguments)
 

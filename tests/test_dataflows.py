@@ -7,6 +7,8 @@ import torch
 import pointsparse as ps
 from pointsparse import ConvConfig, Dataflow, Grouping, ImplicitGemmConfig, dataflows
 from pointsparse import functional as F
+from pointsparse.dataflows.implicit import reordering
+from pointsparse.kmap import TABLES
 from pointsparse.strategies import FAMILIES, candidates, work_of
 
 from helpers import random_tensor
@@ -18,7 +20,7 @@ IMPLICIT = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConf
 def input_gradient_tables(kmap) -> set:
     """Which of the map's input-gradient tables exist (cached properties and memo entries)."""
     built = {name for name in ("neighbors_t", "in_pos") if name in kmap.__dict__}
-    return built | {key[0] + " transposed" for key in kmap._memo if key[0] == "implicit" and key[2]}
+    return built | {key[1][0] + " transposed" for key in kmap._memo if key[0] == TABLES and key[2]}
 
 
 @pytest.mark.parametrize("config", [GROUPED, IMPLICIT], ids=["grouped", "implicit"])
@@ -43,6 +45,30 @@ def test_inference_builds_no_input_gradient_tables(config):
     F.conv3d(x.with_feats(reference), weight, config=separate).feats.sum().backward()
     torch.testing.assert_close(feats.grad, reference.grad)
     torch.testing.assert_close(out.feats, y.feats)
+
+
+def test_a_transposed_map_and_the_map_it_inverts_share_their_tables_and_reorderings():
+    x = random_tensor(num_points=120, channels=4, seed=6, dtype=torch.float64)
+    down = ps.kernel_map(x, 2, 2)
+    y = F.conv3d(x, torch.randn(8, 4, 4, dtype=torch.float64), kernel_size=2, stride=2)
+    up = ps.kernel_map(y, 2, 2, transposed=True)
+    assert up.neighbors is down.neighbors_t and up.neighbors_t is down.neighbors
+    config = IMPLICIT.implicit
+    assert reordering(up, config, transposed=True) is reordering(down, config)
+    assert reordering(down, config, transposed=True) is reordering(up, config)
+    assert reordering(up, config) is not reordering(up, config, transposed=True)
+    # Both convs' gradients through the shared tables, against gather-GEMM-scatter.
+    grads = []
+    for config in (IMPLICIT, ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER)):
+        feats = x.feats.clone().requires_grad_()
+        w_down = torch.randn(8, 4, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1)).requires_grad_()
+        w_up = torch.randn(8, 3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2)).requires_grad_()
+        mid = F.conv3d(x.with_feats(feats), w_down, kernel_size=2, stride=2, config=config)
+        out = F.conv3d(mid, w_up, kernel_size=2, stride=2, transposed=True, config=config)
+        out.feats.square().sum().backward()
+        grads.append((out.feats.detach(), feats.grad, w_down.grad, w_up.grad))
+    for implicit, separate in zip(*grads):
+        torch.testing.assert_close(implicit, separate)
 
 
 def test_the_memo_builds_once_per_key():

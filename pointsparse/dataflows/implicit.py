@@ -19,9 +19,8 @@ SPLITS = (1, 2, 3, 4)
 
 def reordering(kmap: KernelMap, config: ImplicitGemmConfig, transposed: bool = False) -> Reordering:
     """The row order and tile masks of ``config`` for the map's table, or for its transpose
-    (``transposed``: the input gradient's), made once and kept with the map."""
-    return kmap.memo(("implicit", config, transposed),
-                     lambda: reorder_rows(kmap.neighbors_t if transposed else kmap.neighbors, config))
+    (``transposed``: the input gradient's), made once per table (see ``KernelMap.table_memo``)."""
+    return kmap.table_memo(("implicit", config), transposed, lambda table: reorder_rows(table, config))
 
 
 def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig) -> Tensor:
