@@ -38,7 +38,7 @@ KERNEL_MAP_RANGE = "pointsparse::kernel_map"  # the profiler range around every 
 
 
 PAIRS = "pairs"  # the memo key of a map's per-offset pairs
-TABLES = "tables"  # the memo key of (the memo shared with the map this one inverts, this map's side)
+TABLES = "tables"  # the memo key of (what is built from the tables, shared with an inverse; side)
 
 
 @dataclass(frozen=True, init=False, eq=False)
@@ -95,8 +95,8 @@ class KernelMap:
         made once per ``key``. A transposed conv's map and the strided map it inverts hold each
         other's transpose (see :meth:`transposed`), so what is built from a table (the implicit
         GEMM's reorderings) is built once for both."""
-        shared, side = self._memo.get(TABLES, (self._memo, 0))
-        entry = (TABLES, key, side ^ transposed)  # side 0: the first map's table; 1: its transpose
+        shared, side = self.memo(TABLES, lambda: ({}, 0))
+        entry = (key, side ^ transposed)  # side 0: the first map's table; 1: its transpose
         if entry not in shared:
             shared[entry] = build(self.neighbors_t if transposed else self.neighbors)
         return shared[entry]
@@ -187,14 +187,15 @@ class KernelMap:
         table is this map's ``neighbors_t`` and its ``neighbors_t`` this map's table (per offset the
         pairs are one-to-one), and the two share what is built from the tables (:meth:`table_memo`):
         in training the decoder's transposed conv and the encoder's strided conv transpose and
-        reorder each table once."""
-        if out_coords.shape[0] != self.num_in:  # malformed: the op raises, naming the sizes
+        reorder each table once. Only for maps the library built: a map handed in may repeat an
+        (input, offset) pair, and then its transpose's transpose is not its table."""
+        if not self.trusted or out_coords.shape[0] != self.num_in:
             neighbors = ops.kmap_transpose(self.neighbors, out_coords.shape[0], self.trusted)
             return KernelMap.from_neighbors(neighbors, out_coords, out_stride, self.num_out, out_range)
         inverse = KernelMap.from_neighbors(self.neighbors_t, out_coords, out_stride, self.num_out, out_range)
         inverse.__dict__["neighbors_t"] = self.neighbors  # (the cached_property's slot)
-        shared, side = self._memo.get(TABLES, (self._memo, 0))
-        inverse._memo[TABLES] = (shared, 1 - side)
+        shared, side = self.memo(TABLES, lambda: ({}, 0))
+        inverse._memo[TABLES] = (shared, 1 - side)  # (a dict of their own: no cycle between the maps)
         return inverse
 
 
@@ -264,6 +265,8 @@ class KernelMapKey:
            dilation: IntOrTriple = 1, transposed: bool = False, outputs: OutputRule = OutputRule.OCCUPIED,
            padding: Optional[IntOrTriple] = None, spatial_range: Optional[Triple] = None,
            generative: bool = False) -> "KernelMapKey":
+        if not isinstance(outputs, OutputRule):  # (before the memo, which would call it unhashable)
+            raise TypeError(f"outputs must be an OutputRule, got {outputs!r}")
         arguments = (tensor_stride, kernel_size, stride, dilation, transposed, outputs, padding, spatial_range,
                      generative)
         # A conv call asks for the same key each time: one lookup then. Only ints and tuples of ints
@@ -314,11 +317,9 @@ def _ints(value: Any) -> bool:
 def _key_of(tensor_stride: Triple, kernel_size: IntOrTriple, stride: IntOrTriple, dilation: IntOrTriple,
             transposed: bool, outputs: OutputRule, padding: Optional[IntOrTriple], spatial_range: Optional[Triple],
             generative: bool) -> KernelMapKey:
-    """KernelMapKey.of, memoised on its (hashable) arguments."""
+    """KernelMapKey.of past its check of ``outputs``, memoised on its (hashable) arguments."""
     size, step = as_triple(kernel_size, "kernel_size", planar=1), as_triple(stride, "stride", planar=1)
     dil = as_triple(dilation, "dilation", planar=1)
-    if not isinstance(outputs, OutputRule):
-        raise TypeError(f"outputs must be an OutputRule, got {outputs!r}")
     if generative and not transposed:
         raise ValueError("a generative conv is a transposed conv: pass transposed=True")
     pad = None if padding is None else as_triple(padding, "padding", minimum=0, planar=0)
@@ -429,9 +430,7 @@ def scaled_offsets(kernel_size: Triple, dilation: Triple, padding: Optional[Trip
     """int32 ``[K, 3]``: :func:`~pointsparse.offsets.kernel_offsets` times ``scale`` (a tensor
     stride), made once per geometry and device: no host-to-device copy per map. Read-only."""
     offsets = kernel_offsets(kernel_size, dilation, padding) * torch.tensor(scale, dtype=torch.int32)
-    if device.type == "cuda":  # from pinned memory: a copy from pageable memory would wait for the device
-        return offsets.pin_memory().to(device, non_blocking=True)
-    return offsets.to(device)
+    return offsets.to(device)  # blocking, once per geometry: the tensor is then read from any stream
 
 
 def _mul(a: Triple, b: Triple) -> Triple:

@@ -18,9 +18,12 @@ IMPLICIT = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConf
 
 
 def input_gradient_tables(kmap) -> set:
-    """Which of the map's input-gradient tables exist (cached properties and memo entries)."""
+    """Which of the map's input-gradient tables exist (cached properties and memo entries), for a map
+    that shares its tables with no inverse (side 0, see KernelMap.table_memo)."""
     built = {name for name in ("neighbors_t", "in_pos") if name in kmap.__dict__}
-    return built | {key[1][0] + " transposed" for key in kmap._memo if key[0] == TABLES and key[2]}
+    shared, side = kmap._memo.get(TABLES, ({}, 0))
+    assert side == 0
+    return built | {key[0] + " transposed" for key, transposed in shared if transposed}
 
 
 @pytest.mark.parametrize("config", [GROUPED, IMPLICIT], ids=["grouped", "implicit"])

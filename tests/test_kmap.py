@@ -259,12 +259,16 @@ def test_identity_and_tiling_maps_make_no_offsets():
     from pointsparse.kmap import scaled_offsets
 
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 1, 0]], dtype=torch.int32)
-    scaled_offsets.cache_clear()
+    def calls():
+        info = scaled_offsets.cache_info()
+        return info.hits + info.misses
+
+    before = calls()
     ps.build_kernel_map(coords, (1, 1, 1), 1)
     ps.build_kernel_map(coords, (1, 1, 1), 2, 2)
-    assert scaled_offsets.cache_info().currsize == 0
+    assert calls() == before
     ps.build_kernel_map(coords, (1, 1, 1), 3)
-    assert scaled_offsets.cache_info().currsize == 1
+    assert calls() == before + 1
 
 
 def test_a_key_is_made_once_per_geometry_and_the_memo_takes_no_look_alike():
@@ -272,6 +276,7 @@ def test_a_key_is_made_once_per_geometry_and_the_memo_takes_no_look_alike():
     # without taking True or 3.0 for the equal int (the memo's keys compare equal for those).
     key = ps.KernelMapKey.of((1, 1, 1), 3, (2, 2, 1))
     assert ps.KernelMapKey.of((1, 1, 1), 3, (2, 2, 1)) is key
+    ps.KernelMapKey.of((1, 1, 1), (3, 3, 3), 1), ps.KernelMapKey.of((1, 1, 1), 1, 1)  # memo the int look-alikes
     assert ps.KernelMapKey.of((1, 1, 1), [3, 3, 3], [2, 2, 1]) == key
     assert ps.KernelMapKey.of((1, 1, 1), 3, [2, 2]) == key  # 2-D: z of unit stride
     for size, stride in (((3, 3, 3.0), 1), (3, (2, 2, True)), (True, 1), (3, 1.0)):
@@ -279,6 +284,8 @@ def test_a_key_is_made_once_per_geometry_and_the_memo_takes_no_look_alike():
             ps.KernelMapKey.of((1, 1, 1), size, stride)
     with pytest.raises(ValueError, match="stride must be >= 1"):
         ps.KernelMapKey.of((1, 1, 1), 3, (2, 2, 0))
+    with pytest.raises(TypeError, match="outputs must be an OutputRule"):
+        ps.KernelMapKey.of((1, 1, 1), 3, 1, outputs=["occupied"])
     assert ps.functional.identity_offset(3, 1, False) == 13 and ps.functional.identity_offset((3, 3, 1), 1, False) == 4
     assert ps.functional.identity_offset(3, 2, False) == -1 and ps.functional.identity_offset(2, 1, False) == -1
     with pytest.raises(TypeError, match="kernel_size"):

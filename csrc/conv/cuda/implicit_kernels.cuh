@@ -118,13 +118,15 @@ struct Wmma<float> {
   static __device__ type zero() { return 0.f; }
 };
 
-// Offsets a stage packs side by side when the input is narrow (see StageCursor): 16 fill the MMA
-// depth of half / bfloat16 slabs for a 4-channel stem.
+// Offsets a stage packs side by side when the input is narrow (see StageCursor): 16 of a 4-channel
+// stem fill a half / bfloat16 slab.
 constexpr int kMaxPack = 16;
 
-// Offsets per stage for C_in input channels and slabs of `slab`: several once two fit in a slab.
+// Offsets per stage for C_in input channels and slabs of `slab`: several once two fit in a slab
+// (one for no channels at all: nothing to stage).
 inline __host__ __device__ int64_t offsets_per_stage(int64_t C_in, int64_t slab) {
-  return 2 * C_in > slab ? 1 : (slab / C_in < kMaxPack ? slab / C_in : kMaxPack);
+  if (C_in <= 0 || 2 * C_in > slab) return 1;
+  return slab / C_in < kMaxPack ? slab / C_in : kMaxPack;
 }
 
 #if PS_TENSOR_CORE_ARCH
@@ -160,17 +162,18 @@ struct StageCursor {
     if (pack > 1 || c0 >= C_in) next_offsets();
   }
 
-  // Positions of the stage per offset, its j-th offset (j < n), and how many positions hold data.
-  __device__ int64_t width() const { return pack > 1 ? C_in : slab; }
-  __device__ int64_t offset(int j) const { return 32 * w + nth_bit(stage_bits, j); }
-  __device__ int64_t depth() const { return pack > 1 ? n * C_in : min(slab, C_in - c0); }
-
-  // The offset (-1: past the stage's offsets) and input channel at position p.
-  __device__ int64_t offset_at(int64_t p) const {
-    const int64_t j = p / width();
-    return j < n ? offset(int(j)) : -1;
+  // Where position p (< slab) of the stage reads: which of its offsets (n or more: past them) and
+  // which input channel. Asked per staged element, so int math, and none for wide inputs.
+  __device__ int offset_index(int p) const { return pack > 1 ? p / int(C_in) : 0; }
+  __device__ int64_t channel_at(int p) const { return pack > 1 ? p % int(C_in) : c0 + p; }
+  // The stage's j-th offset (j < n), and the offset at position p (-1: past the stage's offsets).
+  __device__ int64_t offset(int j) const { return j == 0 ? k : 32 * w + nth_bit(stage_bits, j); }
+  __device__ int64_t offset_at(int p) const {
+    const int j = offset_index(p);
+    return j < n ? offset(j) : -1;
   }
-  __device__ int64_t channel_at(int64_t p) const { return c0 + p % width(); }
+  // Positions that hold data.
+  __device__ int64_t depth() const { return pack > 1 ? n * C_in : min(slab, C_in - c0); }
 };
 
 template <typename W>
@@ -200,14 +203,14 @@ __device__ inline void stage_rows(W* a, const W* feats, int64_t C_in, const int3
   constexpr int kPart = kSlab / kThreadsPerRow, kVector = 16 / sizeof(W);
   static_assert(kPart % kVector == 0, "a thread's part of a row is whole vectors");
   W* dst = a + r * padded<W>(kSlab) + part * kPart;
-  const int64_t first = part * kPart, width = at.width();
-  int64_t looked_up = -1;  // the offset index whose neighbour i holds: a part spans few offsets
+  const int first = part * kPart;
+  int looked_up = -1;  // the offset index whose neighbour i holds: a part spans few offsets
   int32_t i = -1;
-  const auto source = [&](int64_t p, bool& valid) {
-    const int64_t j = p / width;
+  const auto source = [&](int p, bool& valid) {
+    const int j = at.offset_index(p);
     if (j != looked_up) {
       looked_up = j;
-      i = nb_row != nullptr && j < at.n ? nb_row[at.offset(int(j))] : -1;
+      i = nb_row != nullptr && j < at.n ? nb_row[at.offset(j)] : -1;
     }
     const int64_t c = at.channel_at(p);
     valid = i >= 0 && c < C_in;

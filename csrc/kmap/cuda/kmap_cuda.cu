@@ -144,7 +144,8 @@ at::Tensor pack_coords_cuda(const at::Tensor& coords) {
 
 // The table of coords' rows (row i at its packed key), and int32 [1] on the device: 1 where a row
 // repeats an earlier one's key. Memory-safe for rows out of the packable range too (their keys are
-// garbage, every probe stays inside the table), so a caller may read the flag with the range.
+// garbage, their packing wrapping in int32, but every probe stays inside the table), so a caller may
+// read the flag together with the range.
 std::pair<OwnedHashTable, at::Tensor> insert_rows_cuda(const at::Tensor& coords) {
   const int64_t n = coords.size(0);
   const OwnedHashTable table = make_hash_table(n, -1, coords.options());
