@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import pointsparse as ps
 from pointsparse.bench.__main__ import main
 
 from helpers import DEVICES
@@ -65,6 +66,20 @@ def test_grouping_bench_reports_every_strategy_with_its_accounting(small_scan, t
             assert record["forward"]["median_ms"] > 0 and record["ratio_vs_separate"]["forward"] > 0
         assert layer["separate"]["redundancy"] == 0
         assert ("fused dataflow" in layer) == (device == "cpu")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_host_bench_times_every_dataflow_with_and_without_grad(small_scan, tmp_path, device):
+    out = tmp_path / "host.json"
+    assert main(["host", "--scan", str(small_scan), "--repeats", "1", "--calls", "5", "--device", device,
+                 "--out", str(out)]) == 0
+    results = json.loads(out.read_text())["results"]
+    assert set(results) == {s.dataflow.value for s in ps.dataflows.dataflows_for(device)}
+    for record in results.values():
+        for mode in ("no_grad", "grad"):
+            times = record[mode]
+            assert times["conv3d_us"] > 0 and times["module_us"] > 0 and times["dataflow_us"] > 0
+            assert times["glue_us"] == pytest.approx(times["conv3d_us"] - times["dataflow_us"])
 
 
 @pytest.mark.parametrize("device", DEVICES)

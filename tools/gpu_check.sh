@@ -138,6 +138,7 @@ assert torch._C._dispatch_has_kernel_for_dispatch_key('pointsparse::conv_implici
   step sparse24-bench 120 "$PYTHON" -m pointsparse.bench sparse24 --scan "$SCAN" --device cuda \
     --out "$OUT/sparse24_cuda.json"
   bench kmap 90 kmap_cuda
+  bench host 60 host_cuda --threads 1
   bench conv 150 conv_cuda
   bench implicit 120 implicit_cuda_float32
   bench implicit 120 implicit_cuda_tf32 --tf32

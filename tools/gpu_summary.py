@@ -9,8 +9,9 @@ Written: ``commit``, ``device``, ``torch``, ``scan``, ``voxels`` and ``minkunet1
 step builds its kernel maps afresh, as a new scan does), ``kernel_maps_ms`` (all maps of one
 inference forward, host time inside the builds), ``host_syncs_per_forward``,
 ``kernel_launches_per_train_step`` and ``peak_memory_mib`` (null where the device has no such
-thing), the profiled breakdowns, and ``layer_subm_k3_256_fp16_ms`` {forward, forward_backward} of
-one submanifold k3 256->256 conv on the scan's voxels, map cached. ``--add-tests`` adds the test
+thing), the profiled breakdowns, ``layer_subm_k3_256_fp16_ms`` {forward, forward_backward} of
+one submanifold k3 256->256 conv on the scan's voxels, map cached, and ``conv_host_us``: the host
+time of a cached-map conv (``bench host``, the device's default dataflow). ``--add-tests`` adds the test
 counts of ``tools/run_test_files.py``. ``--quick`` (the CPU mode CI runs) shrinks widths and
 repeats: the plumbing only.
 """
@@ -26,7 +27,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pointsparse import SparseTensor
+from pointsparse import Dataflow, SparseTensor, dataflows
+from pointsparse.bench import host
 from pointsparse.timing import current_commit, environment, time_ms
 from pointsparse.breakdown import breakdown, count_host_syncs
 from pointsparse.models import minkunet18
@@ -146,7 +148,16 @@ def measure(scan: Path, device: str, quick: bool) -> dict:
                "quick": quick}
     summary["minkunet18_cr1"] = minkunet_numbers(x, 0.25 if quick else 1.0, repeats)
     summary["layer_subm_k3_256_fp16_ms"] = wide_layer_ms(x, 32 if quick else 256, repeats)
+    summary["conv_host_us"] = conv_host_us(x, quick)
     return summary
+
+
+def conv_host_us(x: SparseTensor, quick: bool) -> dict:
+    """Host time of a cached-map conv with the device's default dataflow (``bench host``): under
+    ``no_grad`` and with a weight that requires a gradient."""
+    tiny = SparseTensor(torch.randn(64, host.CHANNELS, device=x.feats.device), x.coords[:64])
+    dataflow = dataflows.resolve(Dataflow.AUTO, tiny.feats.device, tiny.feats.dtype).dataflow
+    return {"dataflow": dataflow.value, **host.host_times(tiny, dataflow, 1 if quick else 10, 20 if quick else 1000)}
 
 
 def main(argv=None) -> int:

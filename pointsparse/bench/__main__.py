@@ -3,10 +3,10 @@
 import argparse
 import sys
 
-from . import conv, grouping, implicit, kmap, minkunet, sparse24
+from . import conv, grouping, host, implicit, kmap, minkunet, sparse24
 
 
-SUITES = {"conv": conv, "grouping": grouping, "implicit": implicit, "kmap": kmap, "minkunet": minkunet,
+SUITES = {"conv": conv, "grouping": grouping, "host": host, "implicit": implicit, "kmap": kmap, "minkunet": minkunet,
           "sparse24": sparse24}
 
 
