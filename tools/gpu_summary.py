@@ -155,7 +155,7 @@ def measure(scan: Path, device: str, quick: bool) -> dict:
 def conv_host_us(x: SparseTensor, quick: bool) -> dict:
     """Host time of a cached-map conv with the device's default dataflow (``bench host``): under
     ``no_grad`` and with a weight that requires a gradient."""
-    tiny = SparseTensor(torch.randn(64, host.CHANNELS, device=x.feats.device), x.coords[:64])
+    tiny = host.tiny_input(x.coords)
     dataflow = dataflows.resolve(Dataflow.AUTO, tiny.feats.device, tiny.feats.dtype).dataflow
     return {"dataflow": dataflow.value, **host.host_times(tiny, dataflow, 1 if quick else 10, 20 if quick else 1000)}
 

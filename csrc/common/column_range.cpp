@@ -41,17 +41,29 @@ void fold_bounds4(const int32_t* v, int64_t begin, int64_t end, int32_t* lo, int
 
 }  // namespace
 
+ColumnRange column_range(const at::Tensor& values, const at::Tensor& flags, std::vector<int32_t>& flag_values) {
+  if (values.device().is_cpu()) {
+    const at::Tensor host = flags.contiguous();
+    flag_values.assign(host.data_ptr<int32_t>(), host.data_ptr<int32_t>() + host.numel());
+    return column_range(values);
+  }
+  // One read-back of both rows and the flags: a single synchronisation (kernel-map builds only,
+  // never a conv).
+  const int64_t C = values.dim() == 1 ? 1 : values.size(1), F = flags.numel();
+  const auto [lo, hi] = at::aminmax(values.view({values.size(0), C}), 0);
+  const at::Tensor back = at::cat({lo, hi, flags.view({-1})}).cpu();  // [2 C + F]
+  const int32_t* b = back.data_ptr<int32_t>();
+  flag_values.assign(b + 2 * C, b + 2 * C + F);
+  return ColumnRange{std::vector<int32_t>(b, b + C), std::vector<int32_t>(b + C, b + 2 * C)};
+}
+
 ColumnRange column_range(const at::Tensor& values) {
   const int64_t C = values.dim() == 1 ? 1 : values.size(1);
-  ColumnRange range{std::vector<int32_t>(C, INT32_MAX), std::vector<int32_t>(C, INT32_MIN)};
   if (!values.device().is_cpu()) {
-    // One read-back of both rows: a single synchronisation (kernel-map builds only, never a conv).
-    const auto [lo, hi] = at::aminmax(values.view({values.size(0), C}), 0);
-    const at::Tensor both = at::stack({lo, hi}).cpu();  // [2, C]
-    std::copy_n(both.data_ptr<int32_t>(), C, range.lo.begin());
-    std::copy_n(both.data_ptr<int32_t>() + C, C, range.hi.begin());
-    return range;
+    std::vector<int32_t> none;
+    return column_range(values, at::empty({0}, values.options()), none);
   }
+  ColumnRange range{std::vector<int32_t>(C, INT32_MAX), std::vector<int32_t>(C, INT32_MIN)};
   const at::Tensor rows = values.contiguous();
   const int32_t* v = rows.data_ptr<int32_t>();
   const ColumnRange empty = range;

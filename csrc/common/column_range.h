@@ -16,4 +16,8 @@ struct ColumnRange {
 // values: int32 [N] or [N, C] with N > 0.
 ColumnRange column_range(const at::Tensor& values);
 
+// column_range of values, and flags (int32 [F] on values' device, set by a kernel beside them) read
+// into flag_values: off the CPU in the same copy as the range, one synchronisation for both.
+ColumnRange column_range(const at::Tensor& values, const at::Tensor& flags, std::vector<int32_t>& flag_values);
+
 }  // namespace pointsparse

@@ -124,7 +124,7 @@ constexpr int kMaxPack = 16;
 
 // Offsets per stage for C_in input channels and slabs of `slab`: several once two fit in a slab
 // (one for no channels at all: nothing to stage).
-inline __host__ __device__ int64_t offsets_per_stage(int64_t C_in, int64_t slab) {
+PS_HD int64_t offsets_per_stage(int64_t C_in, int64_t slab) {
   if (C_in <= 0 || 2 * C_in > slab) return 1;
   return slab / C_in < kMaxPack ? slab / C_in : kMaxPack;
 }

@@ -174,11 +174,9 @@ std::tuple<at::Tensor, at::Tensor> coords_hash_table_cuda(const at::Tensor& coor
   const at::Tensor coords = coords_.contiguous();
   const auto [table, duplicate] = insert_rows_cuda(coords);
   if (!checked && coords.size(0) > 0) {
-    const auto [lo, hi] = at::aminmax(coords, 0);                             // [4] each
-    const at::Tensor back = at::cat({lo, hi, duplicate}).cpu();              // [9]: one synchronisation
-    const int32_t* v = back.data_ptr<int32_t>();
-    check_coords_range(ColumnRange{std::vector<int32_t>(v, v + 4), std::vector<int32_t>(v + 4, v + 8)}, "coords");
-    check_no_duplicates(v[8] != 0, "coords");
+    std::vector<int32_t> flag;  // the duplicate flag, read back with the range
+    check_coords_range(column_range(coords, duplicate, flag), "coords");
+    check_no_duplicates(flag[0] != 0, "coords");
   }
   return {table.keys, table.values};
 }
