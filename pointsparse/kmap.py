@@ -424,11 +424,18 @@ def output_cache(cache: KernelMapCache, kmap: KernelMap) -> KernelMapCache:
     return cache if known is not None and same_rows(known, kmap.out_coords) else KernelMapCache()
 
 
-@functools.lru_cache(maxsize=1024)
 def scaled_offsets(kernel_size: Triple, dilation: Triple, padding: Optional[Triple], scale: Triple,
                    device: torch.device) -> Tensor:
     """int32 ``[K, 3]``: :func:`~pointsparse.offsets.kernel_offsets` times ``scale`` (a tensor
     stride), made once per geometry and device: no host-to-device copy per map. Read-only."""
+    if torch.compiler.is_compiling():  # traced into the graph; torch.compile would warn of a memo
+        return _scaled_offsets_memo.__wrapped__(kernel_size, dilation, padding, scale, device)
+    return _scaled_offsets_memo(kernel_size, dilation, padding, scale, device)
+
+
+@functools.lru_cache(maxsize=1024)
+def _scaled_offsets_memo(kernel_size: Triple, dilation: Triple, padding: Optional[Triple], scale: Triple,
+                         device: torch.device) -> Tensor:
     offsets = kernel_offsets(kernel_size, dilation, padding) * torch.tensor(scale, dtype=torch.int32)
     return offsets.to(device)  # blocking, once per geometry: the tensor is then read from any stream
 

@@ -256,11 +256,11 @@ def test_offsets_are_made_once_per_geometry_and_device():
 
 def test_identity_and_tiling_maps_make_no_offsets():
     # On CUDA the first use of a geometry copies its offsets to the device; maps that read none skip it.
-    from pointsparse.kmap import scaled_offsets
+    from pointsparse.kmap import _scaled_offsets_memo
 
     coords = torch.tensor([[0, 0, 0, 0], [0, 1, 0, 0], [0, 2, 1, 0]], dtype=torch.int32)
     def calls():
-        info = scaled_offsets.cache_info()
+        info = _scaled_offsets_memo.cache_info()
         return info.hits + info.misses
 
     before = calls()

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from .autocast import register_autocast
+from .autograd_kernel import register_autograd
 
 OPS = torch.ops.pointsparse
 
@@ -72,7 +73,7 @@ def register_pairs_op(forward: Callable, weight_grad: Callable) -> None:
     input gradient runs the same pairs backwards through ``forward``)."""
     torch.library.register_fake(f"pointsparse::{forward.__name__}")(_forward_fake)
     torch.library.register_fake(f"pointsparse::{weight_grad.__name__}")(_weight_grad_fake)
-    torch.library.register_autograd(f"pointsparse::{forward.__name__}", _make_backward(forward, weight_grad),
-                                    setup_context=_setup_context)
+    register_autograd(f"pointsparse::{forward.__name__}", _make_backward(forward, weight_grad),
+                      setup_context=_setup_context)
     register_autocast(f"pointsparse::{forward.__name__}")
     register_autocast(f"pointsparse::{weight_grad.__name__}")

@@ -7,6 +7,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from .autograd_kernel import register_autograd
 from .conv import OPS, register_pairs_op
 
 
@@ -74,7 +75,6 @@ def _affine_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
 
 
 torch.library.register_fake("pointsparse::conv_fused_affine_relu")(_affine_fake)
-torch.library.register_autograd("pointsparse::conv_fused_affine_relu", _affine_backward,
-                                setup_context=_affine_setup_context)
+register_autograd("pointsparse::conv_fused_affine_relu", _affine_backward, setup_context=_affine_setup_context)
 
 register_pairs_op(conv_fused, conv_fused_weight_grad)

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from .autocast import register_autocast
+from .autograd_kernel import register_autograd
 from .conv import OPS, register_pairs_op
 
 
@@ -79,7 +80,7 @@ def _grouped_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
 
 torch.library.register_fake("pointsparse::conv_grouped")(_grouped_fake)
 torch.library.register_fake("pointsparse::conv_grouped_weight_grad")(_grouped_weight_grad_fake)
-torch.library.register_autograd("pointsparse::conv_grouped", _grouped_backward, setup_context=_grouped_setup_context)
+register_autograd("pointsparse::conv_grouped", _grouped_backward, setup_context=_grouped_setup_context)
 register_autocast("pointsparse::conv_grouped")
 register_autocast("pointsparse::conv_grouped_weight_grad")
 

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from .autocast import register_autocast
+from .autograd_kernel import register_autograd
 from .conv import OPS
 
 
@@ -79,8 +80,7 @@ def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
 torch.library.register_fake("pointsparse::conv_implicit")(_implicit_fake)
 torch.library.register_fake("pointsparse::conv_implicit_weight_grad")(_implicit_weight_grad_fake)
 torch.library.register_fake("pointsparse::conv_implicit_affine_relu")(_implicit_affine_fake)
-torch.library.register_autograd("pointsparse::conv_implicit", _implicit_backward,
-                                setup_context=_implicit_setup_context)
+register_autograd("pointsparse::conv_implicit", _implicit_backward, setup_context=_implicit_setup_context)
 register_autocast("pointsparse::conv_implicit")
 register_autocast("pointsparse::conv_implicit_weight_grad")
 

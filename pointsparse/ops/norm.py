@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as TF
 from torch import Tensor
 
+from .autograd_kernel import register_autograd
+
 _ops = torch.ops.pointsparse
 
 
@@ -58,7 +60,7 @@ def _affine_backward(ctx, grad: Tensor):
 
 # Eval-mode batch norm is affine_relu with frozen statistics; gradients through it (fine-tuning
 # with frozen statistics) flow to x, scale and shift.
-torch.library.register_autograd("pointsparse::affine_relu", _affine_backward, setup_context=_affine_setup)
+register_autograd("pointsparse::affine_relu", _affine_backward, setup_context=_affine_setup)
 
 
 class _BatchNormReLU(torch.autograd.Function):
