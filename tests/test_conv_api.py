@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import pointsparse as ps
-from pointsparse import SparseTensor
+from pointsparse import ConvConfig, Dataflow, SparseTensor
 from pointsparse import functional as F
 from pointsparse import nn as spnn
 
@@ -106,13 +106,15 @@ def test_feature_ops_cat_add_and_global_pools():
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stride,transposed", [(1, False), (2, False), (2, True)])
-def test_empty_tensors_pass_through(device, stride, transposed):
+@pytest.mark.parametrize("size,stride,transposed", [(3, 1, False), (1, 1, False), (3, 2, False), (3, 2, True)])
+@pytest.mark.parametrize("dataflow", [Dataflow.AUTO, Dataflow.GATHER_GEMM_SCATTER, Dataflow.IMPLICIT_GEMM])
+def test_empty_tensors_pass_through(device, size, stride, transposed, dataflow):
     x = SparseTensor(torch.zeros(0, 3, device=device), torch.zeros(0, 4, dtype=torch.int32, device=device))
     if transposed:  # the coarse tensor a transposed conv returns from
         x = spnn.SparseConv3d(3, 3, 2, stride=2).to(device)(x)
         assert x.stride == (2, 2, 2)
-    conv = spnn.SparseConv3d(3, 5, 3, stride=stride, transposed=transposed).to(device)
+    conv = spnn.SparseConv3d(3, 5, size, stride=stride, transposed=transposed,
+                             config=ConvConfig(dataflow=dataflow)).to(device)
     y = conv(x)
     assert y.stride == ((1, 1, 1) if transposed else (stride,) * 3)
     assert y.feats.shape == (0, 5) and y.coords.shape == (0, 4)

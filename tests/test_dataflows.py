@@ -74,6 +74,32 @@ def test_a_transposed_map_and_the_map_it_inverts_share_their_tables_and_reorderi
         torch.testing.assert_close(implicit, separate)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
+def test_the_implicit_gemm_runs_a_1x1x1_submanifold_conv_as_one_dense_gemm(dtype, monkeypatch):
+    x = random_tensor(num_points=80, channels=4, seed=5, dtype=dtype)
+    kmap = ps.kernel_map(x, 1)
+    feats = x.feats.clone().requires_grad_()
+    weight = torch.randn(1, 4, 6, dtype=dtype, requires_grad=True)
+    scale, shift = torch.rand(6, dtype=dtype), torch.rand(6, dtype=dtype)
+
+    def unused(*args):
+        raise AssertionError("the implicit GEMM's kernels ran")
+
+    for name in ("conv_implicit", "conv_implicit_weight_grad", "conv_implicit_affine_relu"):
+        monkeypatch.setattr(torch.ops.pointsparse, name, unused)
+    out = F.conv3d(x.with_feats(feats), weight, kernel_size=1, config=IMPLICIT)
+    out.feats.float().square().sum().backward()
+    with torch.no_grad():
+        after = F.conv3d(x, weight, kernel_size=1, config=IMPLICIT, epilogue=F.Epilogue(scale, shift, relu=True))
+    assert TABLES not in kmap._memo  # no table reordered
+    product = (x.feats.double() @ weight[0].double()).to(dtype)
+    torch.testing.assert_close(out.feats, product)
+    torch.testing.assert_close(after.feats, torch.relu(product * scale + shift))
+    grad = 2 * product.float().to(dtype).double()
+    torch.testing.assert_close(weight.grad, (x.feats.double().t() @ grad)[None].to(dtype), rtol=2e-3, atol=2e-3)
+    torch.testing.assert_close(feats.grad, (grad @ weight[0].double().t()).to(dtype), rtol=2e-3, atol=2e-3)
+
+
 def test_the_memo_builds_once_per_key():
     kmap = ps.kernel_map(random_tensor(num_points=30, seed=4), 3)
     calls = []

@@ -35,6 +35,8 @@ Accumulator start_sum(const ConvPairs& pairs, const at::Tensor& weight, int64_t 
     return {at::zeros({num_out, weight.size(2)}, pairs.feats.options().dtype(acc_type)), dtype};
   }
   const at::Tensor centre = at::mm(pairs.feats, weight.select(0, pairs.identity_offset));  // [N, C_out]
+  // Nothing else to add (a 1x1x1 conv): the GEMM's output is the result, no round trip through float.
+  if (pairs.pairs(pairs.identity_offset) == pairs.ptr()[pairs.K]) return {centre, dtype};
   return {centre.scalar_type() == acc_type ? centre : centre.to(acc_type), dtype};
 }
 
@@ -216,7 +218,10 @@ at::Tensor conv_grouped_weight_grad_driver(const at::Tensor& feats, const at::Te
                                                  identity_offset, &grad_out);
   const std::vector<OffsetGroup> groups = parse_plan(plan, pairs);
   const int64_t C_in = pairs.feats.size(1), C_out = grad_out.size(1);
-  at::Tensor grad_weight = at::zeros({pairs.K, C_in, C_out}, pairs.feats.options());
+  // Every slot but the identity's may lack pairs, and is then zero; a 1x1x1 conv's one slot is written whole.
+  at::Tensor grad_weight = pairs.K == 1 && identity_offset == 0
+                               ? at::empty({1, C_in, C_out}, pairs.feats.options())
+                               : at::zeros({pairs.K, C_in, C_out}, pairs.feats.options());
   if (identity_offset >= 0) {
     at::Tensor slot = grad_weight.select(0, identity_offset);
     at::mm_out(slot, pairs.feats.t(), grad_out);  // [C_in, N] @ [N, C_out]

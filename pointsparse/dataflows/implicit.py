@@ -23,7 +23,17 @@ def reordering(kmap: KernelMap, config: ImplicitGemmConfig, transposed: bool = F
     return kmap.table_memo(("implicit", config), transposed, lambda table: reorder_rows(table, config))
 
 
+def dense(kmap: KernelMap, identity_offset: int) -> bool:
+    """Whether the conv is a 1x1x1 submanifold one over the library's identity map (its pairs made
+    with it): ``feats @ weight[0]``, one dense GEMM through the gather-GEMM-scatter op's identity
+    product, as TorchSparse and spconv run it. A table of one offset would only add its reordering
+    (a sort per map and pass) and tiles that stream every row through the neighbour table."""
+    return identity_offset == 0 and kmap.num_offsets == 1 and kmap.trusted and kmap.has_pairs
+
+
 def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig) -> Tensor:
+    if dense(kmap, identity_offset):
+        return ops.conv_gather_scatter(feats, weight, *kmap.pairs, kmap.num_out, identity_offset)
     implicit = config.implicit
     forward = reordering(kmap, implicit)
     if needs_input_grad(feats):
@@ -41,7 +51,7 @@ def run_epilogue(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset
     """The conv and its epilogue in the CUDA kernels' store, for inference (nothing requires a
     gradient, no autocast) with every operand of the features' dtype; None otherwise."""
     operands = (feats, weight, scale, shift) + (() if residual is None else (residual,))
-    if (feats.device.type != "cuda" or torch.is_autocast_enabled("cuda")
+    if (feats.device.type != "cuda" or dense(kmap, identity_offset) or torch.is_autocast_enabled("cuda")
             or any(t.dtype != feats.dtype for t in operands)
             or (torch.is_grad_enabled() and any(t.requires_grad for t in operands))):
         return None
