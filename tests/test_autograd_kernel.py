@@ -15,6 +15,10 @@ from helpers import random_tensor
 _LIB = torch.library.Library("pointsparse_autograd_test", "DEF")
 _LIB.define("scaled(Tensor x, Tensor w, float alpha=2.0) -> Tensor")
 _LIB.impl("scaled", lambda x, w, alpha=2.0: alpha * x * w, "CompositeExplicitAutograd")
+_LIB.define("bad_backward(Tensor x) -> Tensor")
+_LIB.impl("bad_backward", lambda x: x * 1, "CompositeExplicitAutograd")
+_LIB.define("keyword_only(Tensor x, *, int k) -> Tensor")
+_LIB.define("listed(Tensor[] xs) -> Tensor")
 SCALED = torch.ops.pointsparse_autograd_test.scaled
 SEEN = []
 
@@ -49,24 +53,24 @@ def test_the_kernel_fills_defaults_differentiates_and_sees_which_inputs_need_a_g
 
 def test_without_a_gradient_the_op_records_no_node():
     x = torch.randn(3)
+    SEEN.clear()
     assert SCALED(x, x).grad_fn is None
     with torch.no_grad():
         assert SCALED(x.requires_grad_(), x).grad_fn is None
+    assert SEEN == []  # the op ran below autograd directly, no autograd.Function around it
 
 
 def test_a_backward_with_the_wrong_number_of_gradients_raises():
-    _LIB.define("bad_backward(Tensor x) -> Tensor")
-    _LIB.impl("bad_backward", lambda x: x * 1, "CompositeExplicitAutograd")
     register_autograd("pointsparse_autograd_test::bad_backward", lambda ctx, grad: (grad, grad),
                       lambda ctx, inputs, output: None)
     with pytest.raises(RuntimeError, match="one gradient per input"):
         torch.ops.pointsparse_autograd_test.bad_backward(torch.ones(2, requires_grad=True)).sum().backward()
 
 
-def test_ops_with_keyword_only_arguments_are_refused():
-    _LIB.define("keyword_only(Tensor x, *, int k) -> Tensor")
-    with pytest.raises(NotImplementedError, match="positional"):
-        register_autograd("pointsparse_autograd_test::keyword_only", lambda ctx, grad: (grad,),
+@pytest.mark.parametrize("name", ["keyword_only", "listed"])
+def test_ops_with_keyword_only_arguments_or_tensor_lists_are_refused(name):
+    with pytest.raises(NotImplementedError, match="positional arguments and no tensor lists"):
+        register_autograd(f"pointsparse_autograd_test::{name}", lambda ctx, grad: (grad,),
                           lambda ctx, inputs, output: None)
 
 

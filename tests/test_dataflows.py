@@ -11,7 +11,7 @@ from pointsparse.dataflows.implicit import reordering
 from pointsparse.kmap import TABLES
 from pointsparse.strategies import FAMILIES, candidates, work_of
 
-from helpers import random_tensor
+from helpers import DEVICES, random_tensor
 
 GROUPED = ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER, grouping=Grouping.DENSE)
 IMPLICIT = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM, implicit=ImplicitGemmConfig(8, True, 2))
@@ -74,13 +74,15 @@ def test_a_transposed_map_and_the_map_it_inverts_share_their_tables_and_reorderi
         torch.testing.assert_close(implicit, separate)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float16])
-def test_the_implicit_gemm_runs_a_1x1x1_submanifold_conv_as_one_dense_gemm(dtype, monkeypatch):
-    x = random_tensor(num_points=80, channels=4, seed=5, dtype=dtype)
+def test_the_implicit_gemm_runs_a_1x1x1_submanifold_conv_as_one_dense_gemm(device, dtype, monkeypatch):
+    """Forward, both gradients and (CUDA) the inference epilogue, none through the implicit kernels."""
+    x = random_tensor(num_points=80, channels=4, seed=5, dtype=dtype, device=device)
     kmap = ps.kernel_map(x, 1)
     feats = x.feats.clone().requires_grad_()
-    weight = torch.randn(1, 4, 6, dtype=dtype, requires_grad=True)
-    scale, shift = torch.rand(6, dtype=dtype), torch.rand(6, dtype=dtype)
+    weight = torch.randn(1, 4, 6, dtype=dtype, device=device, requires_grad=True)
+    scale, shift = torch.rand(6, dtype=dtype, device=device), torch.rand(6, dtype=dtype, device=device)
 
     def unused(*args):
         raise AssertionError("the implicit GEMM's kernels ran")
@@ -95,7 +97,7 @@ def test_the_implicit_gemm_runs_a_1x1x1_submanifold_conv_as_one_dense_gemm(dtype
     product = (x.feats.double() @ weight[0].double()).to(dtype)
     torch.testing.assert_close(out.feats, product)
     torch.testing.assert_close(after.feats, torch.relu(product * scale + shift))
-    grad = 2 * product.float().to(dtype).double()
+    grad = 2 * product.double()
     torch.testing.assert_close(weight.grad, (x.feats.double().t() @ grad)[None].to(dtype), rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(feats.grad, (grad @ weight[0].double().t()).to(dtype), rtol=2e-3, atol=2e-3)
 

@@ -20,12 +20,17 @@ int64_t largest_group(const int64_t* ptr, int64_t K, int64_t identity_offset) {
 }
 
 // The output being summed: float32 for half / bfloat16 (rounded once, at the end), else the
-// feats' dtype. Starts from the identity GEMM when there is one.
+// feats' dtype. Starts from the identity GEMM when there is one; when that GEMM is all there is (a
+// 1x1x1 conv), it is the result, in the feats' dtype, and nothing is added to it.
 struct Accumulator {
   at::Tensor sum;  // [num_out, C_out] in the accumulation dtype
   at::ScalarType out_type;
 
   at::Tensor finish() const { return sum.scalar_type() == out_type ? sum : sum.to(out_type); }
+  void check_summing() const {
+    TORCH_INTERNAL_ASSERT(sum.scalar_type() == at::toOpMathType(out_type), "pairs outside the identity offset, "
+                          "but the sum was started as the identity GEMM's result");
+  }
 };
 
 Accumulator start_sum(const ConvPairs& pairs, const at::Tensor& weight, int64_t num_out) {
@@ -51,6 +56,7 @@ void accumulate_offset(const ConvPairs& pairs, const at::Tensor& weight, int64_t
                        Accumulator& acc, const RowKernels& rows) {
   const int64_t n = pairs.pairs(k);
   if (n == 0) return;
+  acc.check_summing();
   const int64_t begin = pairs.ptr()[k];
   at::Tensor g = buffers.gathered.narrow(0, 0, n), r = buffers.product.narrow(0, 0, n);
   rows.gather(pairs.feats, pairs.in_idx.data_ptr<int32_t>() + begin, n, g);
@@ -191,6 +197,7 @@ at::Tensor conv_grouped_driver(const at::Tensor& feats, const at::Tensor& weight
     at::Tensor product = slots_view(padded.product, table);    // [G, M, C_out]
     rows.gather_padded(pairs.feats, pairs.in_idx.data_ptr<int32_t>(), table, gathered);
     at::bmm_out(product, gathered, stack_offsets(weight, group));
+    acc.check_summing();
     rows.scatter_slots(product, pairs.out_idx.data_ptr<int32_t>(), pos, table, acc.sum);
   }
   return acc.finish();

@@ -22,8 +22,11 @@ def register_autograd(qualname: str, backward: Callable, setup_context: Callable
     op = torch._library.utils.lookup_op(qualname)
     schema = op._schema
     arguments = schema.arguments
-    if any(a.kwarg_only for a in arguments) or not torch._library.utils.is_functional_schema(schema):
-        raise NotImplementedError(f"{qualname}: only functional ops with positional arguments, got {schema}")
+    if (any(a.kwarg_only for a in arguments) or not torch._library.utils.is_functional_schema(schema)
+            or any(torch._library.utils.is_tensorlist_like_type(a.type) for a in (*arguments, *schema.returns))):
+        # (a tensor inside a list would get no gradient: torch's own kernel flattens lists for that)
+        raise NotImplementedError(f"{qualname}: only functional ops with positional arguments and no tensor "
+                                  f"lists, got {schema}")
     defaults = tuple(a.default_value for a in arguments)
     after_autograd = torch._C._after_autograd_keyset
 
@@ -46,7 +49,9 @@ def register_autograd(qualname: str, backward: Callable, setup_context: Callable
         finally:
             ctx.needs_input_grad = needs_input_grad
         num_inputs = len(needs_input_grad) - 1
-        if not isinstance(grad_inputs, tuple) or len(grad_inputs) not in (num_inputs, len(defaults)):
+        if not isinstance(grad_inputs, tuple):  # one input's gradient, or None
+            grad_inputs = (grad_inputs,)
+        if len(grad_inputs) not in (num_inputs, len(defaults)):
             raise RuntimeError(f"the backward of {qualname} must return a tuple with one gradient per input "
                                f"({num_inputs}), got {grad_inputs!r:.200}")
         if any(g is not None for g in grad_inputs[num_inputs:]):
