@@ -202,3 +202,41 @@ def test_a_minkunet_gives_the_same_logits_with_and_without_the_fused_residual_en
         finally:
             norm.fused_on = saved
     torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)
+
+
+def test_the_eval_affine_is_kept_until_a_parameter_or_statistic_changes():
+    torch.manual_seed(0)
+    bn = ps.nn.BatchNorm(6, relu=True).double()
+    with torch.no_grad():
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.weight.uniform_(0.5, 2)
+    bn.eval()
+
+    def expected():
+        return norm.eval_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+
+    with torch.no_grad():
+        first = bn.epilogue()
+        assert bn.epilogue().scale is first.scale  # kept: no ops per forward
+        torch.testing.assert_close((first.scale, first.shift), expected())
+        for change in (lambda: bn.running_var.mul_(2), lambda: bn.bias.add_(1),
+                       lambda: bn.load_state_dict({k: v.clone() * 1.5 for k, v in bn.state_dict().items()}),
+                       lambda: bn.float()):
+            before = bn.epilogue().scale
+            change()
+            now = bn.epilogue()
+            assert now.scale is not before
+            torch.testing.assert_close((now.scale, now.shift), expected())
+        with torch.inference_mode():
+            made_there = bn.epilogue().scale
+            assert bn.epilogue().scale is made_there
+        assert not bn.epilogue().scale.is_inference()  # (an inference tensor can't be saved for backward)
+    # Where a gradient reaches the weight through the affine, it is made afresh and differentiable.
+    epilogue = bn.epilogue()
+    assert epilogue.scale.requires_grad and epilogue.scale is not bn.epilogue().scale
+    (epilogue.scale.sum() + epilogue.shift.sum()).backward()
+    assert bn.weight.grad is not None and bn.bias.grad is not None
+    # Frozen parameters keep it under grad too.
+    bn.requires_grad_(False)
+    assert bn.epilogue().scale is bn.epilogue().scale
