@@ -39,8 +39,10 @@ class Epilogue:
         if self._fuses_with(y):
             return norm.affine_relu(y.contiguous(), self.scale, self.shift, self.relu,
                                     None if residual is None else residual.contiguous())
-        z = y * self.scale + self.shift if residual is None else y * self.scale + self.shift + residual
-        return (torch.relu(z) if self.relu else z).to(y.dtype)
+        z = torch.addcmul(self.shift, y, self.scale)  # [N, C]: y * scale + shift in one pass (one launch)
+        if residual is not None:
+            z = z.add_(residual)
+        return (z.relu_() if self.relu else z).to(y.dtype)
 
     def _fuses_with(self, feats: Tensor) -> bool:
         """Whether the CPU kernels (fused conv epilogue, ``affine_relu``) take it with ``feats``."""

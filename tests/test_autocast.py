@@ -130,7 +130,7 @@ def test_minkunet18_trains_under_autocast(device, dtype, dataflow):
 
 
 AUTOCAST_OPS = ("conv_gather_scatter", "conv_weight_grad", "conv_grouped", "conv_grouped_weight_grad", "conv_fused",
-                "conv_fused_weight_grad", "conv_implicit", "conv_implicit_weight_grad")
+                "conv_fused_weight_grad", "conv_implicit", "conv_implicit_weight_grad", "conv_implicit_affine_relu")
 
 
 @pytest.mark.parametrize("key", ["AutocastCPU", "AutocastCUDA"])

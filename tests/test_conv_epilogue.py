@@ -267,6 +267,49 @@ def test_the_implicit_epilogue_op_equals_the_conv_then_the_affine():
         ps.ops.conv_implicit_affine_relu(*args, scale, shift, True, residual[:-1])
 
 
+@pytest.mark.parametrize("python_twin", [False, True], ids=["cpp", "python"])
+def test_autocast_casts_the_epilogue_ops_operands_but_its_scale_and_shift(python_twin):
+    # The kernel reads scale and shift in float32: rounding them to half would lose a batch norm's digits.
+    x, kmap, reordering, weight = implicit_case(torch.float32)
+    scale = 1 + torch.arange(9, dtype=torch.float32) / 1000  # not bfloat16 values
+    shift = torch.linspace(-1, 1, 9) / 3
+    residual = torch.randn(kmap.num_out, 9)
+    table = (kmap.neighbors, reordering.order, reordering.tile_masks, 32)
+    op = ops.conv_implicit_affine_relu.default
+    if python_twin:  # what torch.compile's tracing runs
+        op = op.py_kernels[torch._C.DispatchKey.AutocastCPU]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = op(x.feats, weight, *table, scale, shift, True, residual)
+    bf16 = torch.bfloat16
+    expected = ops.conv_implicit_affine_relu(x.feats.to(bf16), weight.to(bf16), *table, scale, shift, True,
+                                             residual.to(bf16))
+    assert got.dtype == bf16
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+    rounded = ops.conv_implicit_affine_relu(x.feats.to(bf16), weight.to(bf16), *table, scale.to(bf16),
+                                            shift.to(bf16), True, residual.to(bf16))
+    assert not torch.equal(rounded, expected)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_an_autocast_inference_epilogue_runs_in_the_cuda_implicit_kernel(monkeypatch):
+    # Under autocast (fp16 inference with AMP) the epilogue still runs in the kernel's store: the
+    # features, weight and residual cast to half, scale and shift read in float32.
+    x, kmap, reordering, weight = implicit_case(torch.float32, 16, 32, "cuda")
+    scale, shift = (t.cuda() for t in affine(32, torch.float32))
+    residual = ps.SparseTensor._derive(torch.randn(x.coords.shape[0], 32, device="cuda"), x.coords, x.stride,
+                                       x.cache, None)
+    config = ConvConfig(dataflow=Dataflow.IMPLICIT_GEMM)
+    calls = []
+    original = ps.ops.conv_implicit_affine_relu
+    monkeypatch.setattr(ps.ops, "conv_implicit_affine_relu", lambda *a: calls.append(1) or original(*a))
+    with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16):
+        fused = F.conv3d(x, weight, kernel_size=3, config=config, epilogue=F.Epilogue(scale, shift, True, residual))
+        plain = F.conv3d(x, weight, kernel_size=3, config=config)
+    assert calls == [1] and fused.feats.dtype == torch.float16
+    expected = reference(plain.feats.float(), scale, shift, True, residual.feats.half().float())
+    torch.testing.assert_close(fused.feats.float(), expected, rtol=2e-2, atol=2e-2)
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_an_inference_epilogue_runs_in_the_cuda_implicit_kernel(monkeypatch, dtype):

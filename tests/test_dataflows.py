@@ -96,7 +96,7 @@ def test_the_implicit_gemm_runs_a_1x1x1_submanifold_conv_as_one_dense_gemm(devic
     assert TABLES not in kmap._memo  # no table reordered
     product = (x.feats.double() @ weight[0].double()).to(dtype)
     torch.testing.assert_close(out.feats, product)
-    torch.testing.assert_close(after.feats, torch.relu(product * scale + shift))
+    torch.testing.assert_close(after.feats, torch.relu(product.double() * scale.double() + shift.double()).to(dtype))
     grad = 2 * product.double()
     torch.testing.assert_close(weight.grad, (x.feats.double().t() @ grad)[None].to(dtype), rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(feats.grad, (grad @ weight[0].double().t()).to(dtype), rtol=2e-3, atol=2e-3)

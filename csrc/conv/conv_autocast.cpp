@@ -12,13 +12,20 @@
 namespace pointsparse {
 namespace {
 
+// Operands an epilogue reads in float32 whatever their dtype (a batch norm's per-channel scale and
+// shift): left as they are, not rounded to half.
+bool kept_as_given(const c10::Argument& argument) { return argument.name() == "scale" || argument.name() == "shift"; }
+
 template <c10::DeviceType kDevice>
 void autocast_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::jit::Stack* stack) {
   const at::ScalarType dtype = at::autocast::get_autocast_dtype(kDevice);
-  const size_t arguments = op.schema().arguments().size();
-  for (size_t i = stack->size() - arguments; i < stack->size(); ++i) {
-    c10::IValue& value = (*stack)[i];
-    if (value.isTensor()) value = at::autocast::cached_cast(dtype, value.toTensor(), kDevice);
+  const std::vector<c10::Argument>& arguments = op.schema().arguments();
+  const size_t first = stack->size() - arguments.size();
+  for (size_t i = 0; i < arguments.size(); ++i) {
+    c10::IValue& value = (*stack)[first + i];
+    if (value.isTensor() && !kept_as_given(arguments[i])) {
+      value = at::autocast::cached_cast(dtype, value.toTensor(), kDevice);
+    }
   }
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(
       at::autocast::get_autocast_dispatch_key_from_device_type(kDevice));
@@ -27,8 +34,9 @@ void autocast_kernel(const c10::OperatorHandle& op, c10::DispatchKeySet, torch::
 
 // The ops whose floating operands autocast casts (their Python fake kernels promise the cast dtype).
 constexpr const char* kAutocastOps[] = {
-    "conv_gather_scatter", "conv_weight_grad", "conv_grouped",  "conv_grouped_weight_grad",
-    "conv_fused",          "conv_fused_weight_grad", "conv_implicit", "conv_implicit_weight_grad",
+    "conv_gather_scatter", "conv_weight_grad",          "conv_grouped",
+    "conv_grouped_weight_grad", "conv_fused",           "conv_fused_weight_grad",
+    "conv_implicit",       "conv_implicit_weight_grad", "conv_implicit_affine_relu",
 };
 
 template <c10::DeviceType kDevice>

@@ -14,6 +14,7 @@ from ..kmap import KernelMap
 from .spec import FLOATS, DataflowSpec, Strategy, Work, needs_input_grad
 
 TILES = (16, 32, 64, 128)
+AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)  # the dtypes autocast casts from
 SPLITS = (1, 2, 3, 4)
 
 
@@ -49,11 +50,18 @@ def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, co
 def run_epilogue(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig,
                  scale: Tensor, shift: Tensor, relu: bool, residual: Optional[Tensor]) -> Optional[Tensor]:
     """The conv and its epilogue in the CUDA kernels' store, for inference (nothing requires a
-    gradient, no autocast) with every operand of the features' dtype; None otherwise."""
+    gradient) with every operand of the features' dtype, or under autocast, which casts the features,
+    weight and residual to its dtype and leaves the scale and shift (read in float32); None otherwise."""
     operands = (feats, weight, scale, shift) + (() if residual is None else (residual,))
-    if (feats.device.type != "cuda" or dense(kmap, identity_offset) or torch.is_autocast_enabled("cuda")
-            or any(t.dtype != feats.dtype for t in operands)
-            or (torch.is_grad_enabled() and any(t.requires_grad for t in operands))):
+    if feats.device.type != "cuda" or dense(kmap, identity_offset) or (
+            torch.is_grad_enabled() and any(t.requires_grad for t in operands)):
+        return None
+    if torch.is_autocast_enabled("cuda"):
+        cast = (feats, weight) + (() if residual is None else (residual,))
+        if any(t.dtype not in AUTOCAST_CASTS for t in cast) or not (scale.is_floating_point()
+                                                                   and shift.is_floating_point()):
+            return None  # (autocast leaves float64 as it is)
+    elif any(t.dtype != feats.dtype for t in operands):
         return None
     forward = reordering(kmap, config.implicit)
     return ops.conv_implicit_affine_relu(feats, weight, kmap.neighbors, forward.order, forward.tile_masks,

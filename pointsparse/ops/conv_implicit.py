@@ -83,4 +83,5 @@ torch.library.register_fake("pointsparse::conv_implicit_affine_relu")(_implicit_
 register_autograd("pointsparse::conv_implicit", _implicit_backward, setup_context=_implicit_setup_context)
 register_autocast("pointsparse::conv_implicit")
 register_autocast("pointsparse::conv_implicit_weight_grad")
+register_autocast("pointsparse::conv_implicit_affine_relu")
 
