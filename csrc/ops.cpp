@@ -100,10 +100,13 @@ TORCH_LIBRARY(pointsparse, m) {
   // tile_rows consecutive rows of its order, the offsets (bits) the tile runs, only that split's.
   // Splits add up in order, tiles run in parallel, each output row is written by one tile: no
   // atomics. neighbors_t / order_t / tile_masks_t: the same for the transposed table [N_in, K]
-  // (input gradient); offset_ptr / in_idx / out_idx: the map's pairs (weight gradient).
+  // (input gradient); offset_ptr / in_idx / out_idx: the map's pairs (weight gradient). symmetric:
+  // the table is its own transpose with the offsets reversed (a submanifold map of a centred odd
+  // kernel: input i's output at offset k is neighbors[i, K-1-k]), so the input gradient reads it and
+  // its order and masks (passed again as the *_t) with the weight's offsets reversed.
   m.def("conv_implicit(Tensor feats, Tensor weight, Tensor neighbors, Tensor order, Tensor tile_masks, "
         "Tensor neighbors_t, Tensor order_t, Tensor tile_masks_t, Tensor offset_ptr, Tensor in_idx, "
-        "Tensor out_idx, int tile_rows) -> Tensor");
+        "Tensor out_idx, int tile_rows, bool symmetric=False) -> Tensor");
   // conv_implicit ending in relu?(out * scale + shift [+ residual]) per output channel (an eval-mode
   // batch norm, a residual block's addition, a ReLU), applied to the float sums before they are
   // rounded to the output's dtype (CUDA: in the tiled kernel's store). Inference: no autograd.

@@ -42,12 +42,48 @@ def test_inference_builds_no_input_gradient_tables(config):
     feats = x.feats.clone().requires_grad_()
     out = F.conv3d(x.with_feats(feats), weight, config=config)
     out.feats.sum().backward()
-    assert input_gradient_tables(kmap) == ({"in_pos"} if config is GROUPED else {"neighbors_t", "implicit transposed"})
+    # (The implicit GEMM's input gradient of a submanifold conv reads the forward's own table: see below.)
+    assert input_gradient_tables(kmap) == ({"in_pos"} if config is GROUPED else set())
     reference = x.feats.clone().requires_grad_()
     separate = ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER)
     F.conv3d(x.with_feats(reference), weight, config=separate).feats.sum().backward()
     torch.testing.assert_close(feats.grad, reference.grad)
     torch.testing.assert_close(out.feats, y.feats)
+
+
+@pytest.mark.parametrize("size,dilation", [(3, 1), ((3, 1, 5), 2)])
+def test_a_submanifold_implicit_gemm_differentiates_through_its_own_table(size, dilation):
+    """Its table is its own transpose with the offsets reversed: the input gradient reads the forward's
+    table, order and tiles, with no transposed table or reordering, and equals gather-GEMM-scatter's;
+    the pairs it hands on are its table's own; a strided map still transposes its table."""
+    x = random_tensor(num_points=60, channels=3, span=6, seed=7, dtype=torch.float64)
+    K = torch.tensor(size).prod().item() if isinstance(size, tuple) else size ** 3
+    weight = torch.randn(K, 3, 4, dtype=torch.float64, requires_grad=True)
+    feats = x.feats.clone().requires_grad_()
+
+    def conv(config):
+        return lambda f, w: F.conv3d(x.with_feats(f), w, kernel_size=size, dilation=dilation, config=config).feats
+
+    implicit, separate = conv(IMPLICIT), conv(ConvConfig(dataflow=Dataflow.GATHER_GEMM_SCATTER))
+    probe = torch.randn(x.coords.shape[0], 4, dtype=torch.float64)
+    grads = [torch.autograd.grad((f(feats, weight) * probe).sum(), (feats, weight)) for f in (implicit, separate)]
+    kmap = ps.kernel_map(x, size, dilation=dilation)
+    assert input_gradient_tables(kmap) == set()
+    for got, expected in zip(*grads):
+        torch.testing.assert_close(got, expected)
+    # The input gradient's own conv (as the backward calls it) is the conv over the map's pairs.
+    order = reordering(kmap, IMPLICIT.implicit)
+    w_t = weight.detach().flip(0).transpose(1, 2).requires_grad_()
+    table = (kmap.neighbors, order.order, order.tile_masks)
+    nested = ps.ops.conv_implicit(probe, w_t, *table, *table, *kmap.pairs, IMPLICIT.implicit.tile_rows, True)
+    over_pairs = ps.ops.conv_gather_scatter(probe, w_t, *kmap.pairs, kmap.num_out, -1)
+    torch.testing.assert_close(nested, over_pairs)
+    weight_grads = [torch.autograd.grad((y * x.feats[:, :1]).sum(), w_t)[0] for y in (nested, over_pairs)]
+    torch.testing.assert_close(*weight_grads)
+    # A strided conv's input gradient transposes its table (nothing to share).
+    F.conv3d(x.with_feats(feats), weight[:8, :, :].contiguous(), kernel_size=2, stride=2,
+             config=IMPLICIT).feats.sum().backward()
+    assert input_gradient_tables(ps.kernel_map(x, 2, 2)) == {"neighbors_t", "implicit transposed"}
 
 
 def test_a_transposed_map_and_the_map_it_inverts_share_their_tables_and_reorderings():

@@ -37,14 +37,20 @@ def run(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, co
         return ops.conv_gather_scatter(feats, weight, *kmap.pairs, kmap.num_out, identity_offset)
     implicit = config.implicit
     forward = reordering(kmap, implicit)
-    if needs_input_grad(feats):
+    # A submanifold map of a centred odd kernel (the library's: its table is built symmetric) is its
+    # own transpose with the offsets reversed: the input gradient reads its table, order and tiles.
+    symmetric = identity_offset >= 0 and kmap.trusted
+    if symmetric:
+        table_t, backward = kmap.neighbors, forward
+    elif needs_input_grad(feats):
         table_t, backward = kmap.neighbors_t, reordering(kmap, implicit, transposed=True)
     else:  # no input gradient: no transposed table (empty stand-ins the forward never reads, made once)
         table_t, backward = kmap.memo(("implicit", implicit, "no input gradient"), lambda: (
             kmap.neighbors.new_empty((0, kmap.num_offsets)),
             Reordering(forward.order[:, :0], forward.tile_masks[:, :0], implicit.tile_rows)))
     return ops.conv_implicit(feats, weight, kmap.neighbors, forward.order, forward.tile_masks, table_t,
-                             backward.order, backward.tile_masks, *pairs_for(kmap, feats.device), implicit.tile_rows)
+                             backward.order, backward.tile_masks, *pairs_for(kmap, feats.device), implicit.tile_rows,
+                             symmetric)
 
 
 def run_epilogue(feats: Tensor, weight: Tensor, kmap: KernelMap, identity_offset: int, config: ConvConfig,

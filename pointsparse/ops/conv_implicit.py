@@ -13,13 +13,15 @@ from .conv import OPS
 
 def conv_implicit(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
                   neighbors_t: Tensor, order_t: Tensor, tile_masks_t: Tensor, offset_ptr: Tensor, in_idx: Tensor,
-                  out_idx: Tensor, tile_rows: int) -> Tensor:
+                  out_idx: Tensor, tile_rows: int, symmetric: bool = False) -> Tensor:
     """Implicit GEMM: ``out [N_out, C_out]``, ``out[o] = sum_k feats[neighbors[o, k]] @ weight[k]``, in
     tiles of ``tile_rows`` rows of each split's ``order`` running the offsets of ``tile_masks``
     (:class:`pointsparse.implicit.Reordering`); ``*_t``: the same for the transposed table (input
-    gradient); the CSR pairs serve the weight gradient."""
+    gradient); the CSR pairs serve the weight gradient. ``symmetric``: the table is its own transpose
+    with the offsets reversed (a submanifold map of a centred odd kernel), passed again as ``*_t``: the
+    input gradient reads it with the weight's offsets reversed, and no transposed table is made."""
     return OPS.conv_implicit(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t,
-                              offset_ptr, in_idx, out_idx, tile_rows)
+                              offset_ptr, in_idx, out_idx, tile_rows, symmetric)
 
 
 def conv_implicit_affine_relu(feats: Tensor, weight: Tensor, neighbors: Tensor, order: Tensor, tile_masks: Tensor,
@@ -43,7 +45,7 @@ def conv_implicit_weight_grad(feats: Tensor, grad_out: Tensor, neighbors: Tensor
 
 
 def _implicit_fake(feats, weight, neighbors, order, tile_masks, neighbors_t, order_t, tile_masks_t, offset_ptr,
-                   in_idx, out_idx, tile_rows):
+                   in_idx, out_idx, tile_rows, symmetric=False):
     return feats.new_empty((neighbors.shape[0], weight.shape[2]))
 
 
@@ -57,9 +59,9 @@ def _implicit_weight_grad_fake(feats, grad_out, neighbors, order, tile_masks, ti
 
 
 def _implicit_setup_context(ctx, inputs: Tuple, output: Tensor) -> None:
-    *tensors, tile_rows = inputs
+    *tensors, tile_rows, symmetric = inputs
     ctx.save_for_backward(*tensors)
-    ctx.tile_rows = tile_rows
+    ctx.tile_rows, ctx.symmetric = tile_rows, symmetric
 
 
 def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
@@ -67,14 +69,20 @@ def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
      out_idx) = ctx.saved_tensors
     grad = grad.contiguous()
     grad_feats = grad_weight = None
-    if ctx.needs_input_grad[0]:
+    if ctx.needs_input_grad[0] and ctx.symmetric:
+        # Input row i's output at offset k is neighbors[i, K-1-k]: i sums grad[neighbors[i, j]] @
+        # weight[K-1-j]^T over j, the same table, order and tiles with the offsets reversed (one copy of
+        # the weight; its pairs are the map's own, as seen from this table).
+        grad_feats = conv_implicit(grad, weight.flip(0).transpose(1, 2), neighbors, order, tile_masks, neighbors,
+                                   order, tile_masks, offset_ptr, in_idx, out_idx, ctx.tile_rows, True)
+    elif ctx.needs_input_grad[0]:
         # The transposed table: input row i sums grad[o] @ weight[k]^T over its outputs o.
         grad_feats = conv_implicit(grad, weight.transpose(1, 2), neighbors_t, order_t, tile_masks_t, neighbors,
                                    order, tile_masks, offset_ptr, out_idx, in_idx, ctx.tile_rows)
     if ctx.needs_input_grad[1]:
         grad_weight = conv_implicit_weight_grad(feats, grad, neighbors, order, tile_masks, ctx.tile_rows, offset_ptr,
                                                 in_idx, out_idx)
-    return (grad_feats, grad_weight) + (None,) * 10
+    return (grad_feats, grad_weight) + (None,) * 11
 
 
 torch.library.register_fake("pointsparse::conv_implicit")(_implicit_fake)

@@ -33,14 +33,15 @@ void tile_offsets(const int32_t* words, int64_t n_words, int64_t K, std::vector<
 }
 
 // Splits run one after another (the first assigns, the others add: a fixed order of the sum); the
-// tiles of one split in parallel, each output row in exactly one tile.
+// tiles of one split in parallel, each output row in exactly one tile. (The *_t tables, the pairs and
+// symmetric are the gradients' concern: see pointsparse/ops/conv_implicit.py.)
 at::Tensor conv_implicit_cpu(const at::Tensor& feats_, const at::Tensor& weight, const at::Tensor& neighbors_,
                              const at::Tensor& order_, const at::Tensor& tile_masks_, const at::Tensor& neighbors_t,
                              const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
-                             const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
+                             const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows, bool symmetric) {
   if (runs_in_float(feats_, weight)) {
     return conv_implicit_cpu(feats_.to(at::kFloat), weight.to(at::kFloat), neighbors_, order_, tile_masks_,
-                             neighbors_t, order_t, tile_masks_t, offset_ptr, in_idx, out_idx, tile_rows)
+                             neighbors_t, order_t, tile_masks_t, offset_ptr, in_idx, out_idx, tile_rows, symmetric)
         .to(feats_.scalar_type());
   }
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
@@ -85,7 +86,7 @@ at::Tensor conv_implicit_affine_relu_cpu(const at::Tensor& feats, const at::Tens
                                          const std::optional<at::Tensor>& residual) {
   const at::Tensor none = at::empty({0}, neighbors.options());  // the gradients' operands, unread
   const at::Tensor out = conv_implicit_cpu(feats, weight, neighbors, order, tile_masks, none, none, none,
-                                           none.to(at::kLong), none, none, tile_rows);  // [N_out, C_out]
+                                           none.to(at::kLong), none, none, tile_rows, false);  // [N_out, C_out]
   check_implicit_epilogue(feats, out.size(0), out.size(1), scale, shift, residual);
   return affine_relu_after(out.to(at::toOpMathType(out.scalar_type())), scale, shift, residual, relu)
       .to(out.scalar_type());

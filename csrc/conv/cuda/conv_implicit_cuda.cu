@@ -119,7 +119,8 @@ at::Tensor implicit_forward(const ImplicitInputs& in, const at::Tensor& weight_,
 at::Tensor conv_implicit_cuda(const at::Tensor& feats, const at::Tensor& weight, const at::Tensor& neighbors,
                               const at::Tensor& order, const at::Tensor& tile_masks, const at::Tensor& neighbors_t,
                               const at::Tensor& order_t, const at::Tensor& tile_masks_t, const at::Tensor& offset_ptr,
-                              const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows) {
+                              const at::Tensor& in_idx, const at::Tensor& out_idx, int64_t tile_rows,
+                              bool /*symmetric: the input gradient's*/) {
   const c10::OptionalDeviceGuard guard(at::device_of(feats));
   const c10::impl::ExcludeDispatchKeyGuard no_autocast(c10::autocast_dispatch_keyset);
   return implicit_forward(check_conv_implicit(feats, weight, neighbors, order, tile_masks, tile_rows), weight, nullptr);
