@@ -7,7 +7,6 @@ TorchSparse and spconv, and their checkpoints load without renaming.
 
 from typing import Optional, Tuple
 
-import torch
 from torch import Tensor, nn
 from torch.autograd.profiler import record_function
 
@@ -71,24 +70,8 @@ class BatchNorm(nn.BatchNorm1d):
             return None
         if residual is not None and self.relu:
             raise ValueError("add_relu adds the residual before the ReLU: the norm's own relu must be off")
-        scale, shift = self._eval_affine()
+        scale, shift = eval_affine(self.running_mean, self.running_var, self.weight, self.bias, self.eps)
         return F.Epilogue(scale, shift, self.relu or residual is not None, residual)
-
-    def _eval_affine(self) -> Tuple[Tensor, Tensor]:
-        """Eval mode's ``(scale, shift)`` ``[C]``, kept while the parameters and running statistics are
-        the same tensors, unmodified (five small ops a layer per forward otherwise: kernel launches on
-        CUDA). Made afresh when a gradient must reach the weight or bias through them, for parameters
-        made in inference mode, and under torch.compile, which traces them into its graph."""
-        tensors = (self.running_mean, self.running_var, self.weight, self.bias)
-        if (torch.compiler.is_compiling() or any(t.is_inference() for t in tensors)  # (no version counter)
-                or (torch.is_grad_enabled() and (self.weight.requires_grad or self.bias.requires_grad))):
-            return eval_affine(*tensors, self.eps)
-        key = (self.eps, torch.is_inference_mode_enabled()) + tuple((t.data_ptr(), t._version, t.dtype, t.device)
-                                                                    for t in tensors)
-        kept = self.__dict__.get("_kept_eval_affine")  # (not a buffer: no state-dict entry, no .to())
-        if kept is None or kept[0] != key:
-            kept = self.__dict__["_kept_eval_affine"] = (key, eval_affine(*tensors, self.eps))
-        return kept[1]
 
     def extra_repr(self) -> str:
         return super().extra_repr() + (", relu=True" if self.relu else "")
