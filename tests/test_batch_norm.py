@@ -202,3 +202,17 @@ def test_a_minkunet_gives_the_same_logits_with_and_without_the_fused_residual_en
         finally:
             norm.fused_on = saved
     torch.testing.assert_close(fused, separate, rtol=1e-4, atol=1e-4)
+
+
+def test_the_eval_affine_follows_writes_that_bump_no_version():
+    # An EMA model updates its copy through .data (no version bump): the next eval forward must see it.
+    bn = ps.nn.BatchNorm(4).double().eval()
+    with torch.no_grad():
+        bn.running_var.uniform_(0.5, 2)
+        before = bn.epilogue()
+        bn.weight.data.mul_(3)
+        bn.running_mean.data.add_(1)
+        after = bn.epilogue()
+    expected = norm.eval_affine(bn.running_mean, bn.running_var, bn.weight, bn.bias, bn.eps)
+    torch.testing.assert_close((after.scale, after.shift), expected)
+    torch.testing.assert_close(after.scale, 3 * before.scale)

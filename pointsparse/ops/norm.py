@@ -84,9 +84,11 @@ class _BatchNormReLU(torch.autograd.Function):
 
 def eval_affine(running_mean: Tensor, running_var: Tensor, weight: Tensor, bias: Tensor,
                 eps: float) -> Tuple[Tensor, Tensor]:
-    """Eval-mode batch norm as ``x * scale + shift`` per channel: ``(scale, shift)`` ``[C]``."""
+    """Eval-mode batch norm as ``x * scale + shift`` per channel: ``(scale, shift)`` ``[C]``. Made on
+    every call (four small ops: kernel launches on CUDA), not kept: a kept value would go stale where
+    a parameter is written without a version bump (``p.data.mul_``, as EMA models do)."""
     scale = weight * torch.rsqrt(running_var + eps)
-    return scale, bias - running_mean * scale
+    return scale, torch.addcmul(bias, running_mean, scale, value=-1)  # bias - mean * scale
 
 
 def fused_on(x: Tensor) -> bool:
