@@ -14,8 +14,8 @@ from ..kmap import KernelMap
 from .spec import FLOATS, DataflowSpec, Strategy, Work, needs_input_grad
 
 TILES = (16, 32, 64, 128)
-AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)  # the dtypes autocast casts from
 SPLITS = (1, 2, 3, 4)
+AUTOCAST_CASTS = (torch.float32, torch.float16, torch.bfloat16)  # the dtypes autocast casts from
 
 
 def reordering(kmap: KernelMap, config: ImplicitGemmConfig, transposed: bool = False) -> Reordering:
