@@ -69,16 +69,15 @@ def _implicit_backward(ctx, grad: Tensor) -> Tuple[Optional[Tensor], ...]:
      out_idx) = ctx.saved_tensors
     grad = grad.contiguous()
     grad_feats = grad_weight = None
-    if ctx.needs_input_grad[0] and ctx.symmetric:
-        # Input row i's output at offset k is neighbors[i, K-1-k]: i sums grad[neighbors[i, j]] @
-        # weight[K-1-j]^T over j, the same table, order and tiles with the offsets reversed (one copy of
-        # the weight; its pairs are the map's own, as seen from this table).
-        grad_feats = conv_implicit(grad, weight.flip(0).transpose(1, 2), neighbors, order, tile_masks, neighbors,
-                                   order, tile_masks, offset_ptr, in_idx, out_idx, ctx.tile_rows, True)
-    elif ctx.needs_input_grad[0]:
-        # The transposed table: input row i sums grad[o] @ weight[k]^T over its outputs o.
-        grad_feats = conv_implicit(grad, weight.transpose(1, 2), neighbors_t, order_t, tile_masks_t, neighbors,
-                                   order, tile_masks, offset_ptr, out_idx, in_idx, ctx.tile_rows)
+    if ctx.needs_input_grad[0]:
+        # Input row i sums grad[o] @ weight[k]^T over its outputs o: the transposed table, whose pairs
+        # are the map's swapped. A symmetric table (passed as its own *_t) is its own transpose with the
+        # offsets reversed, input i's output at offset k being neighbors[i, K-1-k]: it is read with the
+        # weight's offsets reversed (one copy), and its pairs are the map's own as seen from it.
+        weight_t = (weight.flip(0) if ctx.symmetric else weight).transpose(1, 2)
+        rows = (in_idx, out_idx) if ctx.symmetric else (out_idx, in_idx)
+        grad_feats = conv_implicit(grad, weight_t, neighbors_t, order_t, tile_masks_t, neighbors, order, tile_masks,
+                                   offset_ptr, *rows, ctx.tile_rows, ctx.symmetric)
     if ctx.needs_input_grad[1]:
         grad_weight = conv_implicit_weight_grad(feats, grad, neighbors, order, tile_masks, ctx.tile_rows, offset_ptr,
                                                 in_idx, out_idx)
